@@ -1,0 +1,1 @@
+"""Registered experiments and sweeps, one module per family (see jaxlm.registry)."""

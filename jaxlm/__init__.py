@@ -1,0 +1,1 @@
+"""jaxlm: a JAX research framework for training language models."""

@@ -1,0 +1,326 @@
+"""The typed config tree of a run, its validation, and `--set key=value` overrides.
+
+A config is a frozen dataclass tree: `Config(model, data, optim, train,
+checkpoint, mesh, seed)`. Experiments build one in Python; the command line can
+only change leaves, each parsed to the field's declared type. Invalid values are
+rejected when the config is built, with the dotted key in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """Bad configuration input; the message names the key and what was expected."""
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+  if not ok:
+    raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+  _check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder-only Transformer shape and options."""
+  vocab_size: int = 2048
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 0          # 0: same as n_heads (multi-head); fewer: grouped-query
+  d_ff: int = 0                # 0: 4*d_model for gelu, 8/3*d_model (rounded up to 64) for swiglu
+  max_seq_len: int = 1024      # longest sequence the model supports (learned positions size)
+  positions: str = "rope"      # rope | learned
+  norm: str = "rmsnorm"        # rmsnorm | layernorm
+  mlp: str = "swiglu"          # swiglu | gelu
+  use_bias: bool = False       # biases in attention and MLP projections
+  tie_embeddings: bool = True  # output projection shares the token embedding
+  attention: str = "auto"      # auto | xla | cudnn | pallas
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  init_std: float = 0.02
+  remat: bool = False          # recompute each layer's activations in the backward pass
+
+  def __post_init__(self):
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+      _check(getattr(self, key) > 0, f"model.{key}", getattr(self, key), "a positive integer")
+    _check(self.n_kv_heads >= 0, "model.n_kv_heads", self.n_kv_heads, ">= 0 (0 means n_heads)")
+    _check(self.d_ff >= 0, "model.d_ff", self.d_ff, ">= 0 (0 means derived from d_model)")
+    _check(self.d_model % self.n_heads == 0, "model.n_heads", self.n_heads,
+           f"a divisor of model.d_model={self.d_model}")
+    _check(self.n_heads % self.kv_heads == 0, "model.n_kv_heads", self.n_kv_heads,
+           f"a divisor of model.n_heads={self.n_heads}")
+    _check(self.head_dim % 2 == 0 or self.positions != "rope", "model.d_model", self.d_model,
+           "an even head dimension (d_model / n_heads) for rotary positions")
+    _choice("model.positions", self.positions, ("rope", "learned"))
+    _choice("model.norm", self.norm, ("rmsnorm", "layernorm"))
+    _choice("model.mlp", self.mlp, ("swiglu", "gelu"))
+    _choice("model.attention", self.attention, ("auto", "xla", "cudnn", "pallas"))
+    _choice("model.param_dtype", self.param_dtype, DTYPES)
+    _choice("model.compute_dtype", self.compute_dtype, DTYPES)
+    _check(self.init_std > 0, "model.init_std", self.init_std, "a positive float")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def ff_dim(self) -> int:
+    if self.d_ff:
+      return self.d_ff
+    if self.mlp == "gelu":
+      return 4 * self.d_model
+    return -(-8 * self.d_model // 3 // 64) * 64  # LLaMA: 2/3 of 4d, rounded up to 64
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Corpus, tokenizer and sequence packing."""
+  corpus: str = "shakespeare"
+  tokenizer: str = "sentencepiece"  # sentencepiece | bytes
+  tokenizer_path: str = ""          # "" means the committed model for vocab_size
+  vocab_size: int = 0               # tokenizer vocabulary; 0 means model.vocab_size
+  seq_len: int = 256
+  mask_documents: bool = True       # packed documents never attend to each other
+
+  def __post_init__(self):
+    _choice("data.corpus", self.corpus, ("shakespeare",))
+    _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes"))
+    _check(self.seq_len > 0, "data.seq_len", self.seq_len, "a positive integer")
+    _check(self.vocab_size >= 0, "data.vocab_size", self.vocab_size,
+           ">= 0 (0 means model.vocab_size)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with linear warmup and cosine decay."""
+  lr: float = 3e-3
+  min_lr_ratio: float = 0.1   # final learning rate as a fraction of lr
+  warmup_steps: int = 50
+  schedule: str = "cosine"    # cosine | constant
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0      # global norm; 0 disables
+
+  def __post_init__(self):
+    _check(self.lr > 0, "optim.lr", self.lr, "a positive float")
+    _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+    _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+    _choice("optim.schedule", self.schedule, ("cosine", "constant"))
+    _check(0 <= self.b1 < 1, "optim.b1", self.b1, "in [0, 1)")
+    _check(0 <= self.b2 < 1, "optim.b2", self.b2, "in [0, 1)")
+    _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+    _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 disables)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Length of training, batch, and what is logged and evaluated."""
+  steps: int = 1000
+  batch_size: int = 32
+  log_every: int = 25
+  eval_every: int = 250       # 0: evaluate only at the end
+  eval_batches: int = 16      # validation batches per evaluation
+  sample_tokens: int = 200    # tokens sampled at the end of the run (0: none)
+  sample_prompt: str = "ROMEO.\n"
+  sample_temperature: float = 0.8
+
+  def __post_init__(self):
+    for key in ("steps", "batch_size", "log_every", "eval_batches"):
+      _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "a positive integer")
+    _check(self.eval_every >= 0, "train.eval_every", self.eval_every, ">= 0")
+    _check(self.sample_tokens >= 0, "train.sample_tokens", self.sample_tokens, ">= 0")
+    _check(self.sample_temperature >= 0, "train.sample_temperature", self.sample_temperature,
+           ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """When Orbax checkpoints are written and how many are kept."""
+  every: int = 500            # steps between saves; the last step is always saved; 0: only last
+  keep: int = 2
+
+  def __post_init__(self):
+    _check(self.every >= 0, "checkpoint.every", self.every, ">= 0")
+    _check(self.keep > 0, "checkpoint.keep", self.keep, "a positive integer")
+
+
+# Logical axis -> mesh axes. Every logical axis a parameter or activation names
+# must appear here (a test checks it); None means replicated.
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", ()),
+    ("act_embed", ()),
+    ("act_heads", ("tensor",)),
+    ("act_kv_heads", ("tensor",)),
+    ("act_mlp", ("tensor",)),
+    ("act_vocab", ("tensor",)),
+    ("layers", ()),
+    ("vocab", ("tensor",)),
+    ("embed", ("fsdp",)),
+    ("heads", ("tensor",)),
+    ("kv_heads", ("tensor",)),
+    ("head_dim", ()),
+    ("mlp", ("tensor",)),
+    ("positions", ()),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh shape; -1 fills the remaining devices (at most one axis)."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
+
+  def __post_init__(self):
+    sizes = {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tensor": self.tensor}
+    for key, size in sizes.items():
+      _check(size == -1 or size > 0, key, size, "a positive integer or -1 (fill)")
+    _check(list(sizes.values()).count(-1) <= 1, "mesh", sizes, "at most one axis set to -1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A whole run: what to train, on what, for how long, on which devices."""
+  name: str = "unnamed"
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  optim: OptimConfig = OptimConfig()
+  train: TrainConfig = TrainConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  mesh: MeshConfig = MeshConfig()
+  seed: int = 0
+
+  def __post_init__(self):
+    _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len", self.data.seq_len,
+           f"at most model.max_seq_len={self.model.max_seq_len}")
+
+
+def replace(config, **changes):
+  """dataclasses.replace that also accepts dotted keys: replace(c, **{"model.d_model": 64})."""
+  nested: dict[str, dict[str, Any]] = {}
+  flat = {}
+  for key, value in changes.items():
+    head, _, rest = key.partition(".")
+    if rest:
+      nested.setdefault(head, {})[rest] = value
+    else:
+      flat[key] = value
+  for head, sub in nested.items():
+    flat[head] = replace(getattr(config, head), **sub)
+  return dataclasses.replace(config, **flat)
+
+
+def leaf_keys(config) -> dict[str, type]:
+  """Every overridable dotted key of a config and its declared type."""
+  out = {}
+  hints = typing.get_type_hints(type(config))
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      out.update({f"{field.name}.{k}": t for k, t in leaf_keys(value).items()})
+    else:
+      out[field.name] = hints[field.name]
+  return out
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _parse(key: str, text: str, kind) -> Any:
+  if kind is bool:
+    if text.lower() in _TRUE + _FALSE:
+      return text.lower() in _TRUE
+  elif kind is int:
+    try:
+      return int(text.replace("_", ""))
+    except ValueError:
+      pass
+  elif kind is float:
+    try:
+      return float(text)
+    except ValueError:
+      pass
+  elif kind is str:
+    return text
+  else:
+    raise ConfigError(f"{key} has type {kind} and cannot be set with --set; "
+                      "change it in the experiment's Python config")
+  raise ConfigError(f"{key}={text!r} is not a valid {kind.__name__}")
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+  """Returns config with `key=value` overrides applied, each parsed to its field's type."""
+  keys = leaf_keys(config)
+  changes = {}
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep:
+      raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.d_model=256")
+    if key not in keys:
+      close = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.5)
+      hint = f"; did you mean {', '.join(close)}?" if close else ""
+      raise ConfigError(f"unknown config key {key!r}{hint}")
+    changes[key] = _parse(key, text.strip(), keys[key])
+  return replace(config, **changes)
+
+
+def to_dict(config) -> dict:
+  """The config tree as plain JSON-able dicts."""
+  return dataclasses.asdict(config)
+
+
+def _from_value(kind, value):
+  if dataclasses.is_dataclass(kind):
+    return from_dict(kind, value)
+  if typing.get_origin(kind) is tuple or kind is tuple:
+    return tuple(_from_value(arg, v) for arg, v in
+                 zip(_tuple_args(kind, len(value)), value))
+  return value
+
+
+def _tuple_args(kind, n):
+  args = typing.get_args(kind)
+  if len(args) == 2 and args[1] is Ellipsis:
+    return [args[0]] * n
+  return list(args) if args else [Any] * n
+
+
+def from_dict(cls, data: dict):
+  """Rebuilds a config dataclass from to_dict() output (e.g. a run's config.json)."""
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(data) - names
+  if unknown:
+    raise ConfigError(f"unknown keys {sorted(unknown)} for {cls.__name__}")
+  return cls(**{k: _from_value(hints[k], v) for k, v in data.items()})
+
+
+def dumps(config: Config) -> str:
+  return json.dumps(to_dict(config), indent=2, sort_keys=False)
+
+
+def loads(text: str) -> Config:
+  return from_dict(Config, json.loads(text))

@@ -1,0 +1,1 @@
+"""Data: embedded corpora, tokenizers and input pipelines."""

@@ -1,0 +1,130 @@
+"""grain input pipelines: tokenize, pack, shuffle, batch, shard by process.
+
+The documents of a split are tokenized once and concatenated, each followed by
+the end-of-sequence id, into one stream. Training draws windows of seq_len + 1
+tokens from it (inputs and next-token targets), in a new random order and at a
+new random offset each epoch; packing keeps document boundaries as segment ids,
+so attention never crosses documents and positions restart in each one.
+Evaluation reads the split's windows in order, each target token exactly once.
+
+A batch is a dict of (B, T) numpy arrays: `inputs`, `targets`, `segment_ids`,
+`positions` (int32) and `weights` (float32; 0 where a target is padding or the
+first token of the next document).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import grain
+import numpy as np
+
+from jaxlm.config import DataConfig
+from jaxlm.data import corpus as corpus_lib
+from jaxlm.data import tokenizer as tokenizer_lib
+
+
+def tokenizer_for(config: DataConfig, vocab_size: int) -> tokenizer_lib.Tokenizer:
+  """The tokenizer a data config names, checked against the model's vocabulary."""
+  tok = tokenizer_lib.load_tokenizer(config.tokenizer, config.tokenizer_path,
+                                     config.vocab_size or vocab_size)
+  if tok.vocab_size > vocab_size:
+    raise ValueError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
+                     f"vocabulary ({tok.vocab_size}, data.tokenizer={config.tokenizer!r}); "
+                     f"set model.vocab_size >= {tok.vocab_size}")
+  return tok
+
+
+@functools.lru_cache(maxsize=8)
+def _stream(corpus: str, split: str, tok: tokenizer_lib.Tokenizer):
+  works = corpus_lib.load_works(split)
+  tokens, docs = [], []
+  for i, work in enumerate(works, start=1):
+    ids = np.append(tok.encode(work.text).astype(np.int32), np.int32(tok.eos_id))
+    tokens.append(ids)
+    docs.append(np.full(len(ids), i, np.int32))
+  return np.concatenate(tokens), np.concatenate(docs)
+
+
+def token_stream(config: DataConfig, split: str, tok) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, document ids) of a whole split, each document ended by eos."""
+  return _stream(config.corpus, split, tok)
+
+
+def make_example(tokens, docs, start: int, seq_len: int, eos_id: int) -> dict:
+  """One packed example from stream[start : start + seq_len + 1], zero-padded at the end."""
+  window = tokens[start:start + seq_len + 1]
+  doc = docs[start:start + seq_len + 1]
+  valid = len(window)
+  if valid < seq_len + 1:
+    pad = seq_len + 1 - valid
+    window = np.pad(window, (0, pad))
+    doc = np.pad(doc, (0, pad))
+  inputs, targets = window[:-1], window[1:]
+  segment_ids = doc[:-1]
+  # Position within the document, restarting where the segment id changes.
+  idx = np.arange(seq_len, dtype=np.int32)
+  starts = np.concatenate([[True], segment_ids[1:] != segment_ids[:-1]])
+  positions = idx - np.maximum.accumulate(np.where(starts, idx, 0))
+  weights = ((idx + 1 < valid) & (inputs != eos_id) & (segment_ids > 0)).astype(np.float32)
+  return {"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
+          "segment_ids": segment_ids.astype(np.int32), "positions": positions.astype(np.int32),
+          "weights": weights}
+
+
+def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """Infinite dataset of this process's share of each global batch of training windows.
+
+  Global batch k holds windows [k*batch_size, (k+1)*batch_size) of the shuffled
+  sequence; process p gets every process_count-th of them from offset p, so the
+  processes together read each window once and none reads another's.
+  """
+  if batch_size % process_count:
+    raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
+                     f"{process_count} processes")
+  tokens, docs = token_stream(config, "train", tok)
+  T = config.seq_len
+  n = (len(tokens) - 1) // T - 1  # windows per epoch, leaving room for the offset
+  if n < batch_size:
+    raise ValueError(f"data.seq_len={T} with train.batch_size={batch_size} needs "
+                     f"{batch_size * T} training tokens; the split has {len(tokens)}")
+  offsets = np.random.default_rng(seed).integers(0, T, size=1024)
+
+  def example(index, window):
+    start = window * T + int(offsets[(index // n) % len(offsets)])
+    return make_example(tokens, docs, start, T, tok.eos_id)
+
+  ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None).map_with_index(example)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  return ds.batch(batch_size // process_count, drop_remainder=True)
+
+
+def train_iterator(dataset: grain.MapDataset):
+  """A checkpointable iterator (get_state/set_state) with light prefetching."""
+  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+  return iter(dataset.to_iter_dataset(options))
+
+
+def eval_batches(config: DataConfig, tok, batch_size: int, max_batches: int = 0,
+                 split: str = "validation", process_index: int = 0, process_count: int = 1):
+  """Batches covering the split in order (each target once); the last is padded.
+
+  max_batches > 0 keeps that many batches, spread evenly over the split.
+  """
+  tokens, docs = token_stream(config, split, tok)
+  T = config.seq_len
+  starts = np.arange(0, len(tokens) - 1, T)
+  n_batches = -(-len(starts) // batch_size)
+  chosen = range(n_batches)
+  if 0 < max_batches < n_batches:
+    chosen = np.linspace(0, n_batches - 1, max_batches).round().astype(int)
+  local = batch_size // process_count
+  for b in chosen:
+    rows = [make_example(tokens, docs, int(s), T, tok.eos_id)
+            for s in starts[b * batch_size:(b + 1) * batch_size]]
+    while len(rows) < batch_size:
+      rows.append({k: np.zeros_like(v) for k, v in rows[0].items()})
+    rows = rows[process_index * local:(process_index + 1) * local]
+    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -1,0 +1,163 @@
+"""Byte and sentencepiece tokenizers behind one interface.
+
+Both round-trip text exactly, and both say how many UTF-8 bytes each id stands
+for (`token_bytes`): that turns a loss per token into bits per byte, the one
+number comparable across tokenizers.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Protocol, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
+KINDS = ("sentencepiece", "bytes")
+
+
+class Tokenizer(Protocol):
+  """What the pipeline, training, evaluation and generation rely on."""
+
+  name: str
+  vocab_size: int
+  eos_id: int  # The document separator; encode never produces it.
+
+  def encode(self, text: str) -> np.ndarray:
+    """Returns the int32 ids of `text`, with no eos appended."""
+    ...
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """Returns the text of `ids`, skipping eos and other control ids."""
+    ...
+
+  def token_bytes(self) -> np.ndarray:
+    """Returns int32 (vocab_size,): the UTF-8 bytes each id decodes to, 0 for control ids."""
+    ...
+
+
+def _as_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
+  """Checks ids at the boundary: a model whose vocab is padded can sample any id."""
+  ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+  bad = ids[(ids < 0) | (ids >= vocab_size)]
+  if bad.size:
+    raise ValueError(f"token id {int(bad[0])} is out of range; expected 0 <= id < {vocab_size}")
+  return ids
+
+
+class ByteTokenizer:
+  """Ids 0..255 are the UTF-8 bytes of the text; id 256 is eos."""
+
+  name = "bytes"
+  vocab_size = 257
+  eos_id = 256
+
+  def encode(self, text: str) -> np.ndarray:
+    """Returns the UTF-8 bytes of `text` as int32 ids."""
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """Returns the text of `ids`; invalid UTF-8 (a sampled byte soup) becomes U+FFFD."""
+    ids = _as_ids(ids, self.vocab_size)
+    data = ids[ids != self.eos_id].astype(np.uint8).tobytes()
+    return data.decode("utf-8", errors="replace")
+
+  def token_bytes(self) -> np.ndarray:
+    """Returns 1 for each byte id and 0 for eos."""
+    return np.array([1] * 256 + [0], dtype=np.int32)
+
+
+class SentencePieceTokenizer:
+  """A sentencepiece model as trained by scripts/train_tokenizer.py.
+
+  Exact round trips rely on how that script trains: identity normalization, no
+  dummy prefix, whitespace kept, byte fallback. One limit is sentencepiece's:
+  a literal U+2581 in the input decodes as a space.
+  """
+
+  def __init__(self, model_path: str):
+    self._sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    self.name = pathlib.Path(model_path).stem
+    self.vocab_size = self._sp.get_piece_size()
+    self.eos_id = self._sp.eos_id()
+    if not 0 <= self.eos_id < self.vocab_size:
+      raise ValueError(f"sentencepiece model {model_path} has no eos id; retrain it with eos_id")
+    self._token_bytes = self._count_bytes()
+    self._keep = self._token_bytes > 0  # Ids that decode to text; the rest are control.
+
+  def _count_bytes(self) -> np.ndarray:
+    sp = self._sp
+    counts = np.zeros(self.vocab_size, dtype=np.int32)
+    for i in range(self.vocab_size):
+      if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+        continue
+      if sp.is_byte(i):  # <0xNN>
+        counts[i] = 1
+      else:  # "\u2581" is sentencepiece's stand-in for one space.
+        counts[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+    return counts
+
+  def encode(self, text: str) -> np.ndarray:
+    """Returns the int32 ids of `text`, with no eos appended."""
+    return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """Returns the text of `ids`, skipping eos, unk and other control ids."""
+    ids = _as_ids(ids, self.vocab_size)
+    return self._sp.decode(ids[self._keep[ids]].tolist())
+
+  def token_bytes(self) -> np.ndarray:
+    """Returns int32 (vocab_size,): the UTF-8 bytes each id decodes to, 0 for control ids."""
+    return self._token_bytes.copy()
+
+
+def committed_vocab_sizes() -> list[int]:
+  """The vocab sizes of the sentencepiece models committed under jaxlm/data/assets/."""
+  sizes = []
+  for path in ASSETS.glob("shakespeare_sp*.model"):
+    suffix = path.stem.removeprefix("shakespeare_sp")
+    if suffix.isdigit():
+      sizes.append(int(suffix))
+  return sorted(sizes)
+
+
+_BYTES = ByteTokenizer()
+
+
+def load_tokenizer(kind: str, path: str = "", vocab_size: int = 0) -> Tokenizer:
+  """Returns the tokenizer that the config keys name; each model is loaded once.
+
+  Args:
+    kind: `data.tokenizer`, "sentencepiece" or "bytes".
+    path: `data.tokenizer_path`, a sentencepiece .model file; "" means the
+      committed jaxlm/data/assets/shakespeare_sp{vocab_size}.model.
+    vocab_size: `model.vocab_size`; picks the committed model when path is "".
+  """
+  if kind == "bytes":
+    return _BYTES
+  if kind != "sentencepiece":
+    raise ValueError(f"data.tokenizer={kind!r} is not a tokenizer; expected one of {KINDS}")
+  if not path:
+    model = ASSETS / f"shakespeare_sp{vocab_size}.model"
+    if not model.is_file():
+      raise FileNotFoundError(
+          f"data.tokenizer_path is empty and no model is committed for model.vocab_size="
+          f"{vocab_size}; expected a vocab_size in {committed_vocab_sizes()} or a "
+          "data.tokenizer_path (train one with `python scripts/train_tokenizer.py`)")
+    path = str(model)
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(
+        f"data.tokenizer_path={path!r} is not a file; expected a sentencepiece .model file")
+  return _load_sentencepiece(str(pathlib.Path(path).resolve()))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_sentencepiece(path: str) -> SentencePieceTokenizer:
+  """Loads a model once per resolved path; the pipeline, eval and generate all ask."""
+  try:
+    return SentencePieceTokenizer(path)
+  except (RuntimeError, OSError) as e:  # What sentencepiece raises for a file it can't parse.
+    raise ValueError(
+        f"data.tokenizer_path={path!r} is not a sentencepiece model ({e})") from None

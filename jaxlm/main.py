@@ -1,0 +1,59 @@
+"""Command-line entry point: train a registered experiment.
+
+  python -m jaxlm.main --experiment=shakespeare [--workdir=DIR] [--set key=value]...
+  python -m jaxlm.main --list
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --list).")
+flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. model.d_model=256.")
+flags.DEFINE_string("workdir", None, "Run directory; default runs/<experiment>/<timestamp>. "
+                    "An existing run directory is resumed.")
+flags.DEFINE_bool("list", False, "List registered experiments and exit.")
+flags.DEFINE_bool("dry_run", False, "Print the plan (params, memory, FLOPs) and exit.")
+FLAGS = flags.FLAGS
+
+
+def fail(message: str) -> None:
+  """One line on stderr and exit status 2: the contract for bad input."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}; use --set key=value for config overrides")
+  from jaxlm import config as config_lib, registry
+  if FLAGS.list:
+    for name, line in registry.names().items():
+      print(f"{name:24s} {line}")
+    return
+  if not FLAGS.experiment:
+    fail("--experiment is required (--list shows the registered ones)")
+  from jaxlm import plan, train
+  try:
+    config = config_lib.apply_overrides(registry.experiment(FLAGS.experiment), FLAGS.set)
+    if FLAGS.dry_run:
+      print(plan.describe(config))
+      return
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    workdir = FLAGS.workdir or os.path.join("runs", FLAGS.experiment, stamp)
+    run = train.setup(config, workdir)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    fail(str(e))
+  train.run(run)
+
+
+def entry():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,123 @@
+"""dot_product_attention(): one attention API over XLA, cuDNN and Pallas kernels.
+
+Dimension legend: B batch, T query length, S key length, N query heads,
+K key/value heads (N divisible by K), G = N // K query heads per kv head,
+H head dim.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+
+# Large but finite, so a fully masked row gives a uniform softmax, never NaN.
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class AttentionUnsupportedError(ValueError):
+  """The requested implementation cannot serve this call; the message says why."""
+
+
+def _split_segments(segment_ids, T, S):
+  if segment_ids is None:
+    return None, None
+  if isinstance(segment_ids, (tuple, list)):
+    q_seg, kv_seg = segment_ids
+  else:
+    if T != S:
+      raise ValueError("segment_ids as one array needs equal query and key lengths; "
+                       "pass (query_segment_ids, kv_segment_ids)")
+    q_seg = kv_seg = segment_ids
+  return q_seg, kv_seg
+
+
+def mask_BTS(T: int, S: int, is_causal: bool, q_seg_BT=None, kv_seg_BS=None):
+  """Boolean mask (True = attend) of shape (B or 1, T, S); causal aligns the ends."""
+  mask = jnp.ones((1, T, S), dtype=bool)
+  if is_causal:
+    # Query t sees keys s <= t + (S - T): with a cache prefix, the newest queries
+    # are at the end.
+    mask = mask & (jnp.arange(S)[None, :] <= jnp.arange(T)[:, None] + (S - T))[None]
+  if q_seg_BT is not None:
+    mask = mask & (q_seg_BT[:, :, None] == kv_seg_BS[:, None, :])
+  return mask
+
+
+def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None):
+  """Reference attention in plain jnp: grouped-query einsums, float32 softmax."""
+  B, T, N, H = q_BTNH.shape
+  S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+  q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+  s_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
+                       preferred_element_type=jnp.float32) * (H ** -0.5)
+  q_seg, kv_seg = _split_segments(segment_ids, T, S)
+  if is_causal or q_seg is not None:
+    mask = mask_BTS(T, S, is_causal, q_seg, kv_seg)
+    s_BKGTS = jnp.where(mask[:, None, None], s_BKGTS, _MASKED)
+  p_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1).astype(v_BSKH.dtype)
+  o_BTKGH = jnp.einsum("bkgts,bskh->btkgh", p_BKGTS, v_BSKH)
+  return o_BTKGH.reshape(B, T, N, H)
+
+
+def _cudnn_attention(q, k, v, *, is_causal=False, segment_ids=None):
+  why = _cudnn_unsupported(q, k, segment_ids)
+  if why:
+    raise AttentionUnsupportedError(f"cudnn attention cannot serve this call: {why}")
+  return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="cudnn")
+
+
+def _cudnn_unsupported(q, k, segment_ids) -> str:
+  if jax.default_backend() != "gpu":
+    return f"it needs a GPU, and the backend is {jax.default_backend()}"
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    return f"it needs bfloat16 or float16 inputs, got {q.dtype}"
+  if segment_ids is not None:
+    return "packed segment ids are not supported by this path; use xla or pallas"
+  if q.shape[-1] % 8 or q.shape[-1] > 128:
+    return f"head dim must be a multiple of 8 and at most 128, got {q.shape[-1]}"
+  return ""
+
+
+def _pallas_attention(q, k, v, *, is_causal=False, segment_ids=None):
+  raise AttentionUnsupportedError(
+      "pallas flash attention is not built yet (tracked as the Pallas issue); "
+      "use implementation xla or cudnn")
+
+
+_IMPLS = {"xla": xla_attention, "cudnn": _cudnn_attention, "pallas": _pallas_attention}
+
+
+def choose(q, k, segment_ids=None) -> str:
+  """The fastest implementation that serves this backend, dtype and shape."""
+  return "xla" if _cudnn_unsupported(q, k, segment_ids) else "cudnn"
+
+
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None,
+                          implementation=None):
+  """Scaled dot-product attention, shaped like jax.nn.dot_product_attention.
+
+  Args:
+    q_BTNH: queries (B, T, N, H).
+    k_BSKH, v_BSKH: keys and values (B, S, K, H); N must be divisible by K.
+    is_causal: query t attends to keys s <= t (aligned at the end when S > T).
+    segment_ids: (B, T) ids for self-attention, or a (query, kv) pair; tokens
+      attend only within their own segment.
+    implementation: None or "auto" (best available), "xla", "cudnn", "pallas".
+  Returns:
+    (B, T, N, H) attention output in the dtype of v.
+  """
+  if q_BTNH.ndim != 4 or k_BSKH.ndim != 4 or v_BSKH.shape != k_BSKH.shape:
+    raise ValueError(f"expected q (B,T,N,H) and k, v (B,S,K,H), got {q_BTNH.shape}, "
+                     f"{k_BSKH.shape}, {v_BSKH.shape}")
+  if q_BTNH.shape[2] % k_BSKH.shape[2]:
+    raise ValueError(f"query heads {q_BTNH.shape[2]} not divisible by kv heads "
+                     f"{k_BSKH.shape[2]}")
+  if implementation in (None, "auto"):
+    implementation = choose(q_BTNH, k_BSKH, segment_ids)
+  if implementation not in _IMPLS:
+    raise ValueError(f"implementation={implementation!r}: expected None, 'auto' or one of "
+                     f"{', '.join(IMPLEMENTATIONS)}")
+  return _IMPLS[implementation](q_BTNH, k_BSKH, v_BSKH, is_causal=is_causal,
+                                segment_ids=segment_ids)

@@ -1,0 +1,124 @@
+"""Pure-function building blocks: parameter specs, norms, rotary embedding, MLPs.
+
+Dimension legend: B batch, T length, D model width, F MLP width, H head dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  """What a parameter is: shape, logical axis names, initializer, and its role.
+
+  `init(key, shape, dtype)` draws the initial value. `decay` marks tensors
+  that take weight decay (matrices, not norms, biases or embeddings);
+  `embedding` marks those excluded from the non-embedding parameter count.
+  """
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  init: Callable
+  decay: bool = False
+  embedding: bool = False
+
+  def __post_init__(self):
+    assert len(self.shape) == len(self.axes), (self.shape, self.axes)
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.shape)
+
+
+def normal(std: float) -> Callable:
+  return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
+
+
+def zeros(key, shape, dtype):
+  del key
+  return jnp.zeros(shape, dtype)
+
+
+def ones(key, shape, dtype):
+  del key
+  return jnp.ones(shape, dtype)
+
+
+def is_spec(x) -> bool:
+  return isinstance(x, ParamSpec)
+
+
+def norm_specs(kind: str, dim: int, lead: tuple[int, ...] = (), lead_axes=()) -> dict:
+  """Specs of a norm's scale (and bias for layernorm), optionally stacked over layers."""
+  specs = {"scale": ParamSpec(lead + (dim,), lead_axes + ("embed",), ones)}
+  if kind == "layernorm":
+    specs["bias"] = ParamSpec(lead + (dim,), lead_axes + ("embed",), zeros)
+  return specs
+
+
+def norm(params: dict, x_BTD: jax.Array, kind: str, eps: float) -> jax.Array:
+  """RMSNorm or LayerNorm over the last axis, computed in float32."""
+  x = x_BTD.astype(jnp.float32)
+  if kind == "layernorm":
+    x = x - x.mean(-1, keepdims=True)
+  x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps)
+  x = x * params["scale"].astype(jnp.float32)
+  if "bias" in params:
+    x = x + params["bias"].astype(jnp.float32)
+  return x.astype(x_BTD.dtype)
+
+
+def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021), rotating halves of the head dim."""
+  half = x_BTNH.shape[-1] // 2
+  freq_H = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BTH = positions_BT[..., None].astype(jnp.float32) * freq_H
+  sin = jnp.sin(angle_BTH)[:, :, None, :]
+  cos = jnp.cos(angle_BTH)[:, :, None, :]
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+def mlp_specs(kind: str, d: int, f: int, use_bias: bool, std: float, out_std: float,
+              lead: tuple[int, ...] = (), lead_axes=()) -> dict:
+  """Specs of a GELU MLP (w_in, w_out) or SwiGLU (w_gate, w_in, w_out)."""
+  specs = {
+      "w_in": ParamSpec(lead + (d, f), lead_axes + ("embed", "mlp"), normal(std), decay=True),
+      "w_out": ParamSpec(lead + (f, d), lead_axes + ("mlp", "embed"), normal(out_std),
+                         decay=True),
+  }
+  if kind == "swiglu":
+    specs["w_gate"] = ParamSpec(lead + (d, f), lead_axes + ("embed", "mlp"), normal(std),
+                                decay=True)
+  if use_bias:
+    specs["b_in"] = ParamSpec(lead + (f,), lead_axes + ("mlp",), zeros)
+    specs["b_out"] = ParamSpec(lead + (d,), lead_axes + ("embed",), zeros)
+    if kind == "swiglu":
+      specs["b_gate"] = ParamSpec(lead + (f,), lead_axes + ("mlp",), zeros)
+  return specs
+
+
+def mlp(params: dict, x_BTD: jax.Array, kind: str, constrain: Callable) -> jax.Array:
+  """GELU MLP or SwiGLU (Shazeer 2020)."""
+  dtype = x_BTD.dtype
+  h_BTF = jnp.einsum("btd,df->btf", x_BTD, params["w_in"].astype(dtype))
+  if "b_in" in params:
+    h_BTF = h_BTF + params["b_in"].astype(dtype)
+  if kind == "swiglu":
+    g_BTF = jnp.einsum("btd,df->btf", x_BTD, params["w_gate"].astype(dtype))
+    if "b_gate" in params:
+      g_BTF = g_BTF + params["b_gate"].astype(dtype)
+    h_BTF = jax.nn.silu(g_BTF) * h_BTF
+  else:
+    h_BTF = jax.nn.gelu(h_BTF, approximate=True)
+  h_BTF = constrain(h_BTF, ("batch", "length", "act_mlp"))
+  out_BTD = jnp.einsum("btf,fd->btd", h_BTF, params["w_out"].astype(dtype))
+  if "b_out" in params:
+    out_BTD = out_BTD + params["b_out"].astype(dtype)
+  return out_BTD

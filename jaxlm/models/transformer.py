@@ -1,0 +1,178 @@
+"""Decoder-only Transformer (GPT-2 / LLaMA family) as pure functions of params.
+
+Dimension legend: B batch, T length, D model width, N query heads, K kv heads,
+H head dim, F MLP width, V vocab, L layers.
+
+`param_specs(config)` is the single description of the parameters; `init`,
+the shardings, the weight-decay mask and `param_count` all derive from it.
+The layer stack is a `lax.scan` over params stacked on a leading L axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm import sharding
+from jaxlm.config import ModelConfig
+from jaxlm.models import layers
+from jaxlm.models.attention import dot_product_attention
+from jaxlm.models.layers import ParamSpec, normal
+
+
+def param_specs(config: ModelConfig) -> dict:
+  """The tree of ParamSpec describing every parameter of the model."""
+  c = config
+  D, N, K, H, F, V, L = (c.d_model, c.n_heads, c.kv_heads, c.head_dim, c.ff_dim, c.vocab_size,
+                         c.n_layers)
+  std = c.init_std
+  out_std = std / math.sqrt(2 * L)  # GPT-2: scale residual projections by depth
+  lead, lead_axes = (L,), ("layers",)
+  attn = {
+      "wq": ParamSpec((L, D, N, H), lead_axes + ("embed", "heads", "head_dim"), normal(std),
+                      decay=True),
+      "wk": ParamSpec((L, D, K, H), lead_axes + ("embed", "kv_heads", "head_dim"), normal(std),
+                      decay=True),
+      "wv": ParamSpec((L, D, K, H), lead_axes + ("embed", "kv_heads", "head_dim"), normal(std),
+                      decay=True),
+      "wo": ParamSpec((L, N, H, D), lead_axes + ("heads", "head_dim", "embed"),
+                      normal(out_std), decay=True),
+  }
+  if c.use_bias:
+    attn["bq"] = ParamSpec((L, N, H), lead_axes + ("heads", "head_dim"), layers.zeros)
+    attn["bk"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), layers.zeros)
+    attn["bv"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), layers.zeros)
+    attn["bo"] = ParamSpec((L, D), lead_axes + ("embed",), layers.zeros)
+  specs = {
+      "embed": ParamSpec((V, D), ("vocab", "embed"), normal(std), embedding=True),
+      "layers": {
+          "attn_norm": layers.norm_specs(c.norm, D, lead, lead_axes),
+          "attn": attn,
+          "mlp_norm": layers.norm_specs(c.norm, D, lead, lead_axes),
+          "mlp": layers.mlp_specs(c.mlp, D, F, c.use_bias, std, out_std, lead, lead_axes),
+      },
+      "final_norm": layers.norm_specs(c.norm, D),
+  }
+  if c.positions == "learned":
+    specs["pos_embed"] = ParamSpec((c.max_seq_len, D), ("positions", "embed"), normal(std),
+                                   embedding=True)
+  if not c.tie_embeddings:
+    specs["unembed"] = ParamSpec((D, V), ("embed", "vocab"), normal(std), decay=True,
+                                 embedding=True)
+  return specs
+
+
+def init(config: ModelConfig, rng: jax.Array) -> dict:
+  """Draws initial params (a nested dict of arrays) from the spec tree."""
+  specs = param_specs(config)
+  leaves, treedef = jax.tree.flatten(specs, is_leaf=layers.is_spec)
+  keys = jax.random.split(rng, len(leaves))
+  dtype = jnp.dtype(config.param_dtype)
+  return treedef.unflatten([s.init(k, s.shape, dtype) for s, k in zip(leaves, keys)])
+
+
+def param_count(config: ModelConfig) -> dict[str, int]:
+  """Total and non-embedding parameter counts, from the config alone."""
+  leaves = jax.tree.leaves(param_specs(config), is_leaf=layers.is_spec)
+  total = sum(s.size for s in leaves)
+  embedding = sum(s.size for s in leaves if s.embedding)
+  return {"total": total, "non_embedding": total - embedding}
+
+
+def decay_mask(config: ModelConfig) -> dict:
+  """Tree of bools: True where weight decay applies."""
+  return jax.tree.map(lambda s: s.decay, param_specs(config), is_leaf=layers.is_spec)
+
+
+def _attention(p, x_BTD, positions_BT, segment_ids_BT, config, constrain):
+  c = config
+  dtype = x_BTD.dtype
+  q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, p["wq"].astype(dtype))
+  k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, p["wk"].astype(dtype))
+  v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, p["wv"].astype(dtype))
+  if "bq" in p:
+    q_BTNH, k_BTKH, v_BTKH = (q_BTNH + p["bq"].astype(dtype), k_BTKH + p["bk"].astype(dtype),
+                              v_BTKH + p["bv"].astype(dtype))
+  if c.positions == "rope":
+    q_BTNH = layers.rope(q_BTNH, positions_BT, c.rope_theta)
+    k_BTKH = layers.rope(k_BTKH, positions_BT, c.rope_theta)
+  q_BTNH = constrain(q_BTNH, ("batch", "length", "act_heads", "head_dim"))
+  k_BTKH = constrain(k_BTKH, ("batch", "length", "act_kv_heads", "head_dim"))
+  impl = None if c.attention == "auto" else c.attention
+  o_BTNH = dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True,
+                                 segment_ids=segment_ids_BT, implementation=impl)
+  out_BTD = jnp.einsum("btnh,nhd->btd", o_BTNH, p["wo"].astype(dtype))
+  if "bo" in p:
+    out_BTD = out_BTD + p["bo"].astype(dtype)
+  return out_BTD
+
+
+def _block(x_BTD, p, positions_BT, segment_ids_BT, config):
+  c = config
+  constrain = sharding.constrain
+  h_BTD = layers.norm(p["attn_norm"], x_BTD, c.norm, c.norm_eps)
+  x_BTD = x_BTD + _attention(p["attn"], h_BTD, positions_BT, segment_ids_BT, c, constrain)
+  h_BTD = layers.norm(p["mlp_norm"], x_BTD, c.norm, c.norm_eps)
+  x_BTD = x_BTD + layers.mlp(p["mlp"], h_BTD, c.mlp, constrain)
+  return constrain(x_BTD, ("batch", "length", "act_embed"))
+
+
+def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_BT=None,
+          segment_ids_BT=None) -> jax.Array:
+  """Next-token logits (B, T, V) in float32 for int tokens (B, T).
+
+  Args:
+    params: the tree from init().
+    tokens_BT: int token ids.
+    config: the model config the params were made for.
+    positions_BT: position of each token within its document (default 0..T-1).
+    segment_ids_BT: document id of each token; attention stays within a
+      document. None treats each row as one document.
+  """
+  c = config
+  dtype = jnp.dtype(c.compute_dtype)
+  B, T = tokens_BT.shape
+  if positions_BT is None:
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  x_BTD = jnp.take(params["embed"], tokens_BT, axis=0).astype(dtype)
+  if c.positions == "learned":
+    x_BTD = x_BTD + jnp.take(params["pos_embed"], positions_BT, axis=0).astype(dtype)
+  x_BTD = sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
+
+  def body(x_BTD, p):
+    return _block(x_BTD, p, positions_BT, segment_ids_BT, c), None
+
+  if c.remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
+  x_BTD = layers.norm(params["final_norm"], x_BTD, c.norm, c.norm_eps)
+  if c.tie_embeddings:
+    logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, params["embed"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+  else:
+    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, params["unembed"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+  return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> dict[str, float]:
+  """Training FLOPs per token: 6N (non-embedding matmuls + logits) and attention.
+
+  Following Chinchilla's appendix F / PaLM's MFU accounting: every weight
+  matmul costs 6 FLOPs per parameter per token (forward + backward), and
+  causal attention adds 6 * L * T * D (QK^T and AV, halved for causality,
+  tripled for the backward pass; 12 * L * T * D without the halving).
+  """
+  counts = param_count(config)
+  matmul_params = counts["non_embedding"] + config.vocab_size * config.d_model
+  dense = 6.0 * matmul_params
+  attention = 6.0 * config.n_layers * seq_len * config.d_model
+  return {"dense": dense, "attention": attention, "total": dense + attention}
+
+
+def numpy_params(params) -> dict:
+  """Host copy of params as numpy arrays (for export and tests)."""
+  return jax.tree.map(np.asarray, params)

@@ -1,0 +1,116 @@
+"""Device mesh, logical-axis rules, and the shardings of params and batches.
+
+Model code names logical axes ("embed", "heads", ...); one rules table in
+`MeshConfig.rules` maps each to mesh axes ("data", "fsdp", "tensor"). A mesh
+axis that does not divide a dimension is dropped for that tensor (it stays
+replicated along that axis) rather than failing deep inside XLA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxlm.config import ConfigError, MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jaxlm_sharding", default=None)
+
+
+def mesh_shape(config: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+  """Resolves -1 in (data, fsdp, tensor) and checks the product is n_devices."""
+  sizes = [config.data, config.fsdp, config.tensor]
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n_devices % known:
+      raise ConfigError(f"mesh: {n_devices} devices are not divisible by "
+                        f"the fixed axes' product {known}")
+    sizes[sizes.index(-1)] = n_devices // known
+  if math.prod(sizes) != n_devices:
+    raise ConfigError(f"mesh.data*mesh.fsdp*mesh.tensor = {math.prod(sizes)} but "
+                      f"{n_devices} devices are available; set one axis to -1 to fill")
+  return tuple(sizes)
+
+
+def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh over all (or the given) devices."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh(mesh_shape(config, len(devices)), MESH_AXES, devices=devices)
+
+
+def logical_to_spec(axes, rules, shape=None, mesh=None) -> P:
+  """PartitionSpec for logical `axes` under `rules`.
+
+  With a mesh, mesh axes of size 1, or whose size does not divide the
+  dimension in `shape`, are left out, so such a tensor is replicated along
+  them instead of failing to compile.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for i, name in enumerate(axes):
+    if name not in table:
+      raise ConfigError(f"logical axis {name!r} has no rule in mesh.rules; "
+                        f"known: {', '.join(table)}")
+    chosen: list[str] = []
+    for ax in table[name]:
+      if ax in used:
+        continue
+      if mesh is not None:
+        size = mesh.shape[ax]
+        shard = math.prod(mesh.shape[a] for a in chosen) * size
+        if size == 1 or (shape is not None and shape[i] % shard):
+          continue
+      chosen.append(ax)
+      used.add(ax)
+    out.append(tuple(chosen) if len(chosen) > 1 else (chosen[0] if chosen else None))
+  return P(*out)
+
+
+def tree_shardings(specs, mesh, rules):
+  """NamedShardings for a tree of ParamSpec (anything with .axes and .shape)."""
+  from jaxlm.models.layers import is_spec
+  return jax.tree.map(lambda s: NamedSharding(mesh, logical_to_spec(s.axes, rules, s.shape,
+                                                                     mesh)),
+                      specs, is_leaf=is_spec)
+
+
+def batch_sharding(mesh, rules, ndim: int = 2) -> NamedSharding:
+  """Sharding of a (B, T, ...) batch: B over the rule for "batch"."""
+  spec = logical_to_spec(("batch",), rules, mesh=mesh)
+  return NamedSharding(mesh, P(*spec, *([None] * (ndim - 1))))
+
+
+@contextlib.contextmanager
+def activation_rules(mesh, rules):
+  """Within this context, constrain() pins activations to the rules on `mesh`."""
+  token = _ACTIVE.set((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  """with_sharding_constraint by logical axes; a no-op outside activation_rules()."""
+  active = _ACTIVE.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  spec = logical_to_spec(axes, rules, x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def bytes_per_device(tree) -> np.ndarray:
+  """Bytes of a tree of jax.Arrays held by each addressable device."""
+  totals: dict = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
+  return np.array([totals[d] for d in sorted(totals, key=lambda d: d.id)])
