@@ -10,7 +10,7 @@ import datetime
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --list).")
 flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. model.d_model=256.")
@@ -30,6 +30,7 @@ def fail(message: str) -> None:
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; use --set key=value for config overrides")
+  logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
   from jaxlm import config as config_lib, registry
   if FLAGS.list:
     for name, line in registry.names().items():

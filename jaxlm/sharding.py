@@ -41,7 +41,10 @@ def mesh_shape(config: MeshConfig, n_devices: int) -> tuple[int, int, int]:
 def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh over all (or the given) devices."""
   devices = jax.devices() if devices is None else devices
-  return jax.make_mesh(mesh_shape(config, len(devices)), MESH_AXES, devices=devices)
+  # Auto axes: XLA's partitioner propagates shardings from the params, batch and
+  # the constraints the model places (jax >= 0.8 defaults to Explicit axes).
+  return jax.make_mesh(mesh_shape(config, len(devices)), MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
 def logical_to_spec(axes, rules, shape=None, mesh=None) -> P:

@@ -51,7 +51,7 @@ def train_step(state: TrainState, batch: dict, *, config: Config, tx) -> tuple:
   (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, config)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -90,9 +90,9 @@ def decay_mask(config: ModelConfig) -> dict:
 def _attention(p, x_BTD, positions_BT, segment_ids_BT, config, constrain):
   c = config
   dtype = x_BTD.dtype
-  q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, p["wq"].astype(dtype))
-  k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, p["wk"].astype(dtype))
-  v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, p["wv"].astype(dtype))
+  q_BTNH = layers.dense(x_BTD, p["wq"])
+  k_BTKH = layers.dense(x_BTD, p["wk"])
+  v_BTKH = layers.dense(x_BTD, p["wv"])
   if "bq" in p:
     q_BTNH, k_BTKH, v_BTKH = (q_BTNH + p["bq"].astype(dtype), k_BTKH + p["bk"].astype(dtype),
                               v_BTKH + p["bv"].astype(dtype))
@@ -104,7 +104,7 @@ def _attention(p, x_BTD, positions_BT, segment_ids_BT, config, constrain):
   impl = None if c.attention == "auto" else c.attention
   o_BTNH = dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True,
                                  segment_ids=segment_ids_BT, implementation=impl)
-  out_BTD = jnp.einsum("btnh,nhd->btd", o_BTNH, p["wo"].astype(dtype))
+  out_BTD = layers.dense(o_BTNH, p["wo"], n_in=2)
   if "bo" in p:
     out_BTD = out_BTD + p["bo"].astype(dtype)
   return out_BTD
@@ -149,12 +149,8 @@ def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
   x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
   x_BTD = layers.norm(params["final_norm"], x_BTD, c.norm, c.norm_eps)
-  if c.tie_embeddings:
-    logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, params["embed"].astype(dtype),
-                            preferred_element_type=jnp.float32)
-  else:
-    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, params["unembed"].astype(dtype),
-                            preferred_element_type=jnp.float32)
+  unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
+  logits_BTV = layers.dense(x_BTD, unembed_DV, out_dtype=jnp.float32)
   return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
 

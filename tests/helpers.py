@@ -1,0 +1,34 @@
+"""Tiny configs shared by the tests."""
+
+from jaxlm import config as config_lib
+from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+
+def tiny_model(**kw) -> ModelConfig:
+  base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+def tiny_config(**dotted) -> Config:
+  """A byte-level run small enough for a few CPU steps in a second or two."""
+  config = Config(
+      name="tiny",
+      model=tiny_model(vocab_size=257, max_seq_len=32),
+      data=DataConfig(tokenizer="bytes", seq_len=32),
+      optim=OptimConfig(lr=3e-3, warmup_steps=2),
+      train=TrainConfig(steps=4, batch_size=8, log_every=2, eval_every=0, eval_batches=2,
+                        sample_tokens=0),
+  )
+  return config_lib.replace(config, **dotted)
+
+
+# Overrides that shrink any registered experiment to a CPU-sized variant while
+# keeping its architecture choices (norm, MLP, positions, GQA ratio, dtypes).
+def tiny_variant(config: Config) -> Config:
+  ratio = config.model.n_heads // config.model.kv_heads
+  return config_lib.replace(
+      config, **{"model.d_model": 32, "model.n_layers": 2, "model.n_heads": 4,
+                 "model.n_kv_heads": 4 // ratio, "model.d_ff": 0, "model.max_seq_len": 32,
+                 "data.seq_len": 32, "train.batch_size": 8, "train.steps": 2,
+                 "train.eval_batches": 1, "train.sample_tokens": 0})

@@ -1,0 +1,54 @@
+import pytest
+
+from jaxlm import config as config_lib
+from jaxlm.config import Config, ConfigError
+
+
+def test_override_parses_to_declared_types():
+  c = config_lib.apply_overrides(Config(), ["model.d_model=128", "optim.lr=1e-3",
+                                            "model.tie_embeddings=false", "data.tokenizer=bytes",
+                                            "train.steps=1_000"])
+  assert c.model.d_model == 128 and isinstance(c.model.d_model, int)
+  assert c.optim.lr == 1e-3
+  assert c.model.tie_embeddings is False
+  assert c.data.tokenizer == "bytes"
+  assert c.train.steps == 1000
+
+
+def test_unknown_key_names_closest():
+  with pytest.raises(ConfigError, match="unknown config key 'model.dmodel'.*model.d_model"):
+    config_lib.apply_overrides(Config(), ["model.dmodel=3"])
+
+
+@pytest.mark.parametrize("item,pattern", [
+    ("model.d_model=abc", "model.d_model='abc' is not a valid int"),
+    ("model.tie_embeddings=maybe", "not a valid bool"),
+    ("optim.lr=fast", "optim.lr='fast' is not a valid float"),
+    ("model.attention=flash", "model.attention='flash' is invalid: expected one of"),
+    ("model.n_heads=3", "model.n_heads=3 is invalid: expected a divisor of model.d_model"),
+    ("train.steps=0", "train.steps=0 is invalid"),
+    ("data.seq_len=4096", "data.seq_len=4096 is invalid: expected at most model.max_seq_len"),
+    ("model.d_model", "expected key=value"),
+    ("mesh.rules=x", "cannot be set with --set"),
+])
+def test_bad_overrides_name_key_and_expectation(item, pattern):
+  with pytest.raises(ConfigError, match=pattern):
+    config_lib.apply_overrides(Config(), [item])
+
+
+def test_json_round_trip():
+  c = config_lib.apply_overrides(Config(), ["model.n_kv_heads=2", "mesh.fsdp=2"])
+  assert config_lib.loads(config_lib.dumps(c)) == c
+
+
+def test_configs_are_immutable():
+  with pytest.raises(Exception):
+    Config().model.d_model = 3  # type: ignore[misc]
+
+
+def test_derived_values():
+  m = Config().model
+  assert m.kv_heads == m.n_heads and m.head_dim == m.d_model // m.n_heads
+  gelu = config_lib.replace(Config(), **{"model.mlp": "gelu"}).model
+  assert gelu.ff_dim == 4 * gelu.d_model
+  assert m.ff_dim % 64 == 0 and m.ff_dim >= 8 * m.d_model // 3

@@ -1,0 +1,41 @@
+import jax
+import pytest
+
+from jaxlm import registry
+from jaxlm.config import Config
+from jaxlm.models import transformer
+from tests.helpers import tiny_variant
+
+
+def test_list_has_descriptions():
+  names = registry.names()
+  assert "shakespeare" in names and "gpt2_small" in names and "llama_small" in names
+  assert all(line for line in names.values())
+
+
+def test_unknown_experiment_suggests():
+  with pytest.raises(registry.UnknownNameError, match="did you mean shakespeare"):
+    registry.experiment("shakespear")
+
+
+@pytest.mark.parametrize("name", sorted(registry.names()))
+def test_every_experiment_builds_and_its_tiny_variant_trains(name):
+  from jaxlm import sharding
+  from jaxlm.data import pipeline
+  from jaxlm.train import Trainer
+  config = registry.experiment(name)
+  assert isinstance(config, Config) and config.name == name
+  tiny = tiny_variant(config)
+  tok = pipeline.tokenizer_for(tiny.data, tiny.model.vocab_size)
+  trainer = Trainer(tiny, sharding.make_mesh(tiny.mesh), tok.token_bytes())
+  state = trainer.init(jax.random.key(0))
+  batch = next(pipeline.train_iterator(pipeline.train_dataset(tiny.data, tok, 8, 0)))
+  state, m = trainer.step(state, trainer.device_batch(batch))
+  assert bool(jax.numpy.isfinite(m["loss"]))
+
+
+def test_presets_have_the_advertised_size():
+  gpt2 = transformer.param_count(registry.experiment("gpt2_small").model)["total"]
+  llama = transformer.param_count(registry.experiment("llama_small").model)["total"]
+  assert 123e6 < gpt2 < 126e6  # GPT-2 small with a 50304 vocabulary: 124.5M
+  assert 100e6 < llama < 160e6

@@ -1,0 +1,77 @@
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm import sharding, train
+from jaxlm.data import pipeline
+from tests.helpers import tiny_config
+
+
+def _setup(config):
+  tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
+  trainer = train.Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())
+  batch = next(pipeline.train_iterator(
+      pipeline.train_dataset(config.data, tok, config.train.batch_size, 0)))
+  return trainer, trainer.device_batch(batch), tok
+
+
+def test_tiny_model_overfits_one_batch():
+  config = tiny_config(**{"train.steps": 80, "optim.warmup_steps": 5, "optim.lr": 1e-2,
+                          "optim.schedule": "constant", "optim.weight_decay": 0.0,
+                          "model.d_model": 64})
+  trainer, batch, _ = _setup(config)
+  state = trainer.init(jax.random.key(0))
+  losses = []
+  for _ in range(80):
+    state, m = trainer.step(state, batch)
+    losses.append(float(m["loss"]))
+  assert losses[0] > 5.0  # about ln(257)
+  assert losses[-1] < 0.5, losses[::10]
+  assert int(state.step) == 80
+
+
+def test_one_step_lowers_loss_on_fixed_batch():
+  config = tiny_config(**{"optim.warmup_steps": 0, "optim.schedule": "constant"})
+  trainer, batch, _ = _setup(config)
+  state = trainer.init(jax.random.key(0))
+  before = train.loss_fn(state.params, batch, config)[0]
+  state, _ = trainer.step(state, batch)
+  after = train.loss_fn(state.params, batch, config)[0]
+  assert float(after) < float(before)
+
+
+def test_eval_bits_per_byte_is_loss_over_bytes():
+  config = tiny_config()
+  trainer, batch, tok = _setup(config)
+  state = trainer.init(jax.random.key(0))
+  out = trainer.run_eval(state.params, [jax.device_get(batch)])
+  # Byte tokenizer: each target is one byte, so bpb = loss / ln 2.
+  assert out["val_bpb"] == pytest.approx(out["val_loss"] / math.log(2), rel=1e-5)
+
+
+def test_weight_decay_mask_skips_norms_and_embeddings():
+  from jaxlm.models import transformer
+  mask = transformer.decay_mask(tiny_config().model)
+  assert mask["embed"] is False
+  assert mask["layers"]["attn_norm"]["scale"] is False
+  assert mask["layers"]["mlp"]["w_in"] is True
+
+
+def test_schedule_warmup_and_cosine():
+  from jaxlm import optim
+  from jaxlm.config import OptimConfig
+  s = optim.schedule(OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1), 110)
+  assert float(s(0)) == 0.0
+  assert float(s(10)) == pytest.approx(1.0)
+  assert float(s(60)) == pytest.approx(0.55, abs=1e-3)
+  assert float(s(110)) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_workdir_with_another_config_is_refused(tmp_path):
+  from jaxlm.config import ConfigError
+  train.prepare_workdir(tiny_config(), str(tmp_path))
+  train.prepare_workdir(tiny_config(), str(tmp_path))  # same config: resume is fine
+  with pytest.raises(ConfigError, match="differs in model.d_model"):
+    train.prepare_workdir(tiny_config(**{"model.d_model": 64}), str(tmp_path))
