@@ -11,14 +11,17 @@ def shakespeare():
 
   python -m jaxlm.main --experiment=shakespeare
   """
+  # Sized for the 5-minute budget on 2 CPU cores (docs/benchmarks.md): at this
+  # scale, short windows with a large batch see more text per second than long
+  # ones, since attention's cost per token grows with the window.
   return Config(
       name="shakespeare",
-      model=ModelConfig(vocab_size=2048, d_model=256, n_layers=4, n_heads=4, max_seq_len=256),
-      data=DataConfig(tokenizer="sentencepiece", seq_len=256),
-      optim=OptimConfig(lr=3e-3, warmup_steps=50),
-      train=TrainConfig(steps=600, batch_size=32, log_every=25, eval_every=200,
+      model=ModelConfig(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, max_seq_len=64),
+      data=DataConfig(tokenizer="sentencepiece", seq_len=64),
+      optim=OptimConfig(lr=4e-3, warmup_steps=30),
+      train=TrainConfig(steps=350, batch_size=128, log_every=25, eval_every=175,
                         eval_batches=8),
-      checkpoint=CheckpointConfig(every=200, keep=2),
+      checkpoint=CheckpointConfig(every=175, keep=2),
   )
 
 
@@ -30,7 +33,7 @@ def shakespeare_char():
   """
   base = shakespeare()
   return Config(name="shakespeare_char",
-                model=ModelConfig(vocab_size=257, d_model=256, n_layers=4, n_heads=4,
+                model=ModelConfig(vocab_size=257, d_model=128, n_layers=4, n_heads=2,
                                   max_seq_len=256),
                 data=DataConfig(tokenizer="bytes", seq_len=256),
                 optim=base.optim, train=base.train, checkpoint=base.checkpoint)

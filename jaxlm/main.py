@@ -18,6 +18,10 @@ flags.DEFINE_string("workdir", None, "Run directory; default runs/<experiment>/<
                     "An existing run directory is resumed.")
 flags.DEFINE_bool("list", False, "List registered experiments and exit.")
 flags.DEFINE_bool("dry_run", False, "Print the plan (params, memory, FLOPs) and exit.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a multi-process "
+                    "run (automatic under SLURM and on TPU VMs).")
+flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
 FLAGS = flags.FLAGS
 
 
@@ -38,8 +42,11 @@ def main(argv):
     return
   if not FLAGS.experiment:
     fail("--experiment is required (--list shows the registered ones)")
-  from jaxlm import plan, train
+  from jaxlm import distributed, plan, train
   try:
+    if distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                              FLAGS.process_id) and not FLAGS.workdir:
+      fail("a multi-process run needs an explicit --workdir shared by all processes")
     config = config_lib.apply_overrides(registry.experiment(FLAGS.experiment), FLAGS.set)
     if FLAGS.dry_run:
       print(plan.describe(config))

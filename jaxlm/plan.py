@@ -27,7 +27,7 @@ def _device_bytes(abstract_tree) -> int:
 
 def device_memory_limit() -> int | None:
   """Usable bytes of device 0, where the backend reports it (GPU, TPU); None on CPU."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   return stats.get("bytes_limit")
 
 

@@ -269,8 +269,10 @@ def run(r: Run) -> dict:
       last_time, last_step = now, step
     final = step == c.train.steps
     if (c.train.eval_every and step % c.train.eval_every == 0) or final:
+      eval_start = time.perf_counter()
       val = evaluate(step, final)
-      last_time = time.perf_counter()
+      if last_time is not None:  # keep evaluation time out of the training throughput
+        last_time += time.perf_counter() - eval_start
     if (c.checkpoint.every and step % c.checkpoint.every == 0) or final:
       checkpoint.save(mngr, step, state, it.get_state(), c)
   if not val:  # resumed a finished run

@@ -41,8 +41,6 @@ def test_forced_implementations_explain_why_not():
   q, k, v = _qkv()
   with pytest.raises(attention.AttentionUnsupportedError, match="cudnn.*GPU"):
     attention.dot_product_attention(q, k, v, implementation="cudnn")
-  with pytest.raises(attention.AttentionUnsupportedError, match="pallas"):
-    attention.dot_product_attention(q, k, v, implementation="pallas")
   with pytest.raises(ValueError, match="implementation='flash'"):
     attention.dot_product_attention(q, k, v, implementation="flash")
 

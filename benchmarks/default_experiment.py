@@ -1,0 +1,64 @@
+"""Quality bar of the default experiment: wall time and validation bits per byte.
+
+Runs `python -m jaxlm.main --experiment=shakespeare` exactly as a user would (a
+fresh process: imports, tokenization, compilation, evaluation and the final
+sample all count), then reads summary.json. Prints a table and writes JSON.
+
+  python benchmarks/default_experiment.py [--experiment shakespeare] [--out FILE]
+
+Goal (issue 3): at most 300 s on a 2-core CPU and val_bpb <= 2.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--experiment", default="shakespeare")
+  parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
+  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                                    "default_experiment.json"))
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = os.path.join(tmp, "run")
+    cmd = [sys.executable, "-m", "jaxlm.main", f"--experiment={args.experiment}",
+           f"--workdir={workdir}"] + [f"--set={s}" for s in args.set]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+    wall = time.time() - start
+    if proc.returncode:
+      sys.exit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+  result = {
+      "experiment": args.experiment, "overrides": args.set,
+      "date": datetime.date.today().isoformat(), "machine": platform.processor() or
+      platform.machine(), "cpus": os.cpu_count(), "wall_seconds_total": wall,
+      "wall_seconds_in_run": summary["wall_seconds"], "final_val_bpb": summary["final_val_bpb"],
+      "final_val_loss": summary["final_val_loss"], "params": summary["params"],
+      "tokens": summary["tokens"], "goal_seconds": 300, "goal_bpb": 2.3,
+  }
+  result["meets_goal"] = wall <= 300 and summary["final_val_bpb"] <= 2.3
+  print(f"| experiment | params | tokens | wall s (process) | val bpb | goal met |")
+  print(f"| --- | --- | --- | --- | --- | --- |")
+  print(f"| {args.experiment} | {result['params']:,} | {result['tokens']:,} | {wall:.0f} | "
+        f"{result['final_val_bpb']:.3f} | {result['meets_goal']} |")
+  print("sample and log tail:\n" + proc.stdout[-1200:])
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,88 @@
+"""Sharded training on 8 fake CPU devices gives the single-device numbers."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxlm import config as config_lib, sharding, train
+from jaxlm.config import MeshConfig
+from jaxlm.data import pipeline
+from jaxlm.models import layers, transformer
+from tests.helpers import tiny_config
+
+CONFIG = tiny_config(**{"model.n_kv_heads": 2, "model.d_model": 64, "train.steps": 10,
+                        "optim.warmup_steps": 3})
+
+
+def _losses(config, devices):
+  tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
+  trainer = train.Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
+  it = pipeline.train_iterator(pipeline.train_dataset(config.data, tok,
+                                                      config.train.batch_size, 0))
+  state = trainer.init(jax.random.key(0))
+  losses = []
+  for _ in range(config.train.steps):
+    state, m = trainer.step(state, trainer.device_batch(next(it)))
+    losses.append(float(m["loss"]))
+  return np.array(losses), state, trainer
+
+
+@pytest.fixture(scope="module")
+def single_device_losses():
+  one = config_lib.replace(CONFIG, **{"mesh.data": 1})
+  return _losses(one, jax.devices()[:1])[0]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)])
+def test_meshes_match_one_device(shape, single_device_losses):
+  assert jax.device_count() == 8
+  config = config_lib.replace(CONFIG, mesh=MeshConfig(*shape))
+  losses, state, trainer = _losses(config, jax.devices())
+  np.testing.assert_allclose(losses, single_device_losses, rtol=1e-4)
+  # Params come out of the compiled step sharded as the rules say.
+  specs = jax.tree.leaves(trainer.specs, is_leaf=layers.is_spec)
+  for spec, leaf in zip(specs, jax.tree.leaves(state.params)):
+    expected = sharding.logical_to_spec(spec.axes, config.mesh.rules, spec.shape,
+                                        trainer.mesh)
+    assert leaf.sharding.spec == expected, (spec.axes, leaf.sharding.spec, expected)
+
+
+def test_fsdp_splits_parameter_bytes():
+  config = config_lib.replace(CONFIG, mesh=MeshConfig(data=1, fsdp=8))
+  tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
+  trainer = train.Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())
+  state = trainer.init(jax.random.key(0))
+  per_device = sharding.bytes_per_device(state.params)
+  total = sum(x.nbytes for x in jax.tree.leaves(state.params))
+  assert len(per_device) == 8
+  assert per_device.max() <= 1.05 * total / 8, (per_device, total)
+  assert sharding.bytes_per_device(state.opt_state).max() <= 1.05 * 2 * total / 8 + 1024
+
+
+def test_rules_cover_every_logical_axis():
+  names = set()
+  for variant in (dict(), dict(positions="learned", tie_embeddings=False, use_bias=True,
+                               norm="layernorm")):
+    cfg = config_lib.replace(CONFIG.model, **variant)
+    for spec in jax.tree.leaves(transformer.param_specs(cfg), is_leaf=layers.is_spec):
+      names.update(spec.axes)
+  names |= {"batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp",
+            "act_vocab"}
+  assert names <= set(dict(CONFIG.mesh.rules)), names - set(dict(CONFIG.mesh.rules))
+
+
+def test_indivisible_dims_stay_replicated():
+  mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=1, tensor=8))
+  # 257 (byte vocab) is not divisible by 8: that axis is left replicated.
+  assert sharding.logical_to_spec(("vocab", "embed"), CONFIG.mesh.rules, (257, 64),
+                                  mesh) == P(None, None)
+  assert sharding.logical_to_spec(("embed", "mlp"), CONFIG.mesh.rules, (64, 256),
+                                  mesh) == P(None, "tensor")
+
+
+def test_bad_mesh_is_a_config_error():
+  with pytest.raises(config_lib.ConfigError, match="8 devices"):
+    sharding.make_mesh(MeshConfig(data=3, fsdp=1, tensor=1))
+  with pytest.raises(config_lib.ConfigError, match="at most one axis"):
+    MeshConfig(data=-1, fsdp=-1)
