@@ -6,4 +6,3 @@ Must run before jax is imported anywhere in the test process.
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")

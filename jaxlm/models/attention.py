@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.kernels import flash_attention
+
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 
 # Large but finite, so a fully masked row gives a uniform softmax, never NaN.
@@ -81,9 +83,21 @@ def _cudnn_unsupported(q, k, segment_ids) -> str:
 
 
 def _pallas_attention(q, k, v, *, is_causal=False, segment_ids=None):
-  raise AttentionUnsupportedError(
-      "pallas flash attention is not built yet (tracked as the Pallas issue); "
-      "use implementation xla or cudnn")
+  why = flash_attention.unsupported(q, k, v)
+  if why:
+    raise AttentionUnsupportedError(f"pallas attention cannot serve this call: {why}")
+  # On CPU this runs the GPU kernel in the Pallas interpreter: exact but slow.
+  return flash_attention.flash_attention(q, k, v, is_causal=is_causal, segment_ids=segment_ids)
+
+
+def _pallas_unsupported(q, k, segment_ids) -> str:
+  """Why pallas should not be chosen automatically here, or "" if it should."""
+  if jax.default_backend() != "gpu":
+    return (f"it is only chosen on GPU (elsewhere it is interpreted or unverified), and "
+            f"the backend is {jax.default_backend()}")
+  if segment_ids is None:
+    return "without segment ids cuDNN is expected to be faster"
+  return flash_attention.unsupported(q, k)
 
 
 _IMPLS = {"xla": xla_attention, "cudnn": _cudnn_attention, "pallas": _pallas_attention}
@@ -91,7 +105,11 @@ _IMPLS = {"xla": xla_attention, "cudnn": _cudnn_attention, "pallas": _pallas_att
 
 def choose(q, k, segment_ids=None) -> str:
   """The fastest implementation that serves this backend, dtype and shape."""
-  return "xla" if _cudnn_unsupported(q, k, segment_ids) else "cudnn"
+  if not _cudnn_unsupported(q, k, segment_ids):
+    return "cudnn"
+  if not _pallas_unsupported(q, k, segment_ids):
+    return "pallas"  # packed sequences on GPU: cuDNN cannot mask them here
+  return "xla"
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None,
