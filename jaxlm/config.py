@@ -51,7 +51,7 @@ class ModelConfig:
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5
   init_std: float = 0.02
-  remat: bool = False          # recompute each layer's activations in the backward pass
+  remat: str = "none"          # none | full | dots: what each layer recomputes in the backward
 
   def __post_init__(self):
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -68,6 +68,7 @@ class ModelConfig:
     _choice("model.norm", self.norm, ("rmsnorm", "layernorm"))
     _choice("model.mlp", self.mlp, ("swiglu", "gelu"))
     _choice("model.attention", self.attention, ("auto", "xla", "cudnn", "pallas"))
+    _choice("model.remat", self.remat, ("none", "full", "dots"))
     _choice("model.param_dtype", self.param_dtype, DTYPES)
     _choice("model.compute_dtype", self.compute_dtype, DTYPES)
     _check(self.init_std > 0, "model.init_std", self.init_std, "a positive float")
@@ -142,11 +143,16 @@ class TrainConfig:
   sample_tokens: int = 200    # tokens sampled at the end of the run (0: none)
   sample_prompt: str = "ROMEO.\n"
   sample_temperature: float = 0.8
+  nonfinite: str = "stop"     # non-finite loss or grads: stop (error) | skip (drop the update)
+  spike_factor: float = 3.0   # log a spike when loss > factor * running mean; 0: never
 
   def __post_init__(self):
     for key in ("steps", "batch_size", "log_every", "eval_batches"):
       _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "a positive integer")
     _check(self.eval_every >= 0, "train.eval_every", self.eval_every, ">= 0")
+    _choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
+    _check(self.spike_factor == 0 or self.spike_factor > 1, "train.spike_factor",
+           self.spike_factor, "0 (off) or a float > 1")
     _check(self.sample_tokens >= 0, "train.sample_tokens", self.sample_tokens, ">= 0")
     _check(self.sample_temperature >= 0, "train.sample_temperature", self.sample_temperature,
            ">= 0")
@@ -156,7 +162,7 @@ class TrainConfig:
 class CheckpointConfig:
   """When Orbax checkpoints are written and how many are kept."""
   every: int = 500            # steps between saves; the last step is always saved; 0: only last
-  keep: int = 2
+  keep: int = 2               # the latest `keep`, plus the one with the best val_loss
 
   def __post_init__(self):
     _check(self.every >= 0, "checkpoint.every", self.every, ">= 0")

@@ -49,7 +49,7 @@ def check_fits(compiled, config: Config) -> None:
         f"the train step needs {need / 2**30:.1f} GiB per device but "
         f"{limit / 2**30:.1f} GiB are available: lower train.batch_size "
         f"({config.train.batch_size}) or data.seq_len ({config.data.seq_len}), set "
-        "model.remat=true, or shard wider with mesh.fsdp / mesh.tensor")
+        "model.remat=full, or shard wider with mesh.fsdp / mesh.tensor")
 
 
 def describe(config: Config) -> str:

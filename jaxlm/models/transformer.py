@@ -23,6 +23,12 @@ from jaxlm.models.attention import dot_product_attention
 from jaxlm.models.layers import ParamSpec, normal
 
 
+# What a layer keeps for the backward pass: "full" keeps only its input (and
+# recomputes the rest), "dots" keeps matmul outputs and recomputes elementwise ops.
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 def param_specs(config: ModelConfig) -> dict:
   """The tree of ParamSpec describing every parameter of the model."""
   c = config
@@ -87,7 +93,20 @@ def decay_mask(config: ModelConfig) -> dict:
   return jax.tree.map(lambda s: s.decay, param_specs(config), is_leaf=layers.is_spec)
 
 
-def _attention(p, x_BTD, positions_BT, segment_ids_BT, config, constrain):
+def self_attention(segment_ids_BT, config: ModelConfig):
+  """The training-time `attend`: causal self-attention within documents; no aux output."""
+  impl = None if config.attention == "auto" else config.attention
+
+  def attend(q_BTNH, k_BTKH, v_BTKH):
+    return dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True,
+                                 segment_ids=segment_ids_BT, implementation=impl), None
+
+  return attend
+
+
+def _attention(p, x_BTD, positions_BT, config, constrain, attend):
+  # `attend(q, k, v) -> (o, aux)` is plugged in, so a key/value cache
+  # (jaxlm.models.decode) reuses these projections instead of copying them.
   c = config
   dtype = x_BTD.dtype
   q_BTNH = layers.dense(x_BTD, p["wq"])
@@ -101,23 +120,43 @@ def _attention(p, x_BTD, positions_BT, segment_ids_BT, config, constrain):
     k_BTKH = layers.rope(k_BTKH, positions_BT, c.rope_theta)
   q_BTNH = constrain(q_BTNH, ("batch", "length", "act_heads", "head_dim"))
   k_BTKH = constrain(k_BTKH, ("batch", "length", "act_kv_heads", "head_dim"))
-  impl = None if c.attention == "auto" else c.attention
-  o_BTNH = dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True,
-                                 segment_ids=segment_ids_BT, implementation=impl)
+  o_BTNH, aux = attend(q_BTNH, k_BTKH, v_BTKH)
   out_BTD = layers.dense(o_BTNH, p["wo"], n_in=2)
   if "bo" in p:
     out_BTD = out_BTD + p["bo"].astype(dtype)
-  return out_BTD
+  return out_BTD, aux
 
 
-def _block(x_BTD, p, positions_BT, segment_ids_BT, config):
+def block(x_BTD, p, positions_BT, config, attend):
+  """One pre-norm layer with `attend(q, k, v) -> (o, aux)`; returns (x_BTD, aux)."""
   c = config
   constrain = sharding.constrain
   h_BTD = layers.norm(p["attn_norm"], x_BTD, c.norm, c.norm_eps)
-  x_BTD = x_BTD + _attention(p["attn"], h_BTD, positions_BT, segment_ids_BT, c, constrain)
+  a_BTD, aux = _attention(p["attn"], h_BTD, positions_BT, c, constrain, attend)
+  x_BTD = x_BTD + a_BTD
   h_BTD = layers.norm(p["mlp_norm"], x_BTD, c.norm, c.norm_eps)
   x_BTD = x_BTD + layers.mlp(p["mlp"], h_BTD, c.mlp, constrain)
-  return constrain(x_BTD, ("batch", "length", "act_embed"))
+  return constrain(x_BTD, ("batch", "length", "act_embed")), aux
+
+
+def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
+          config: ModelConfig) -> jax.Array:
+  """Token (and learned position) embeddings (B, T, D) in the compute dtype."""
+  c = config
+  dtype = jnp.dtype(c.compute_dtype)
+  x_BTD = jnp.take(params["embed"], tokens_BT, axis=0).astype(dtype)
+  if c.positions == "learned":
+    x_BTD = x_BTD + jnp.take(params["pos_embed"], positions_BT, axis=0).astype(dtype)
+  return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
+
+
+def unembed(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
+  """Final norm and output projection: float32 logits (B, T, V)."""
+  c = config
+  x_BTD = layers.norm(params["final_norm"], x_BTD, c.norm, c.norm_eps)
+  unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
+  logits_BTV = layers.dense(x_BTD, unembed_DV, out_dtype=jnp.float32)
+  return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
 
 def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_BT=None,
@@ -133,25 +172,19 @@ def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
       document. None treats each row as one document.
   """
   c = config
-  dtype = jnp.dtype(c.compute_dtype)
   B, T = tokens_BT.shape
   if positions_BT is None:
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-  x_BTD = jnp.take(params["embed"], tokens_BT, axis=0).astype(dtype)
-  if c.positions == "learned":
-    x_BTD = x_BTD + jnp.take(params["pos_embed"], positions_BT, axis=0).astype(dtype)
-  x_BTD = sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
+  x_BTD = embed(params, tokens_BT, positions_BT, c)
+  attend = self_attention(segment_ids_BT, c)
 
   def body(x_BTD, p):
-    return _block(x_BTD, p, positions_BT, segment_ids_BT, c), None
+    return block(x_BTD, p, positions_BT, c, attend)
 
-  if c.remat:
-    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  if c.remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[c.remat])
   x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
-  x_BTD = layers.norm(params["final_norm"], x_BTD, c.norm, c.norm_eps)
-  unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
-  logits_BTV = layers.dense(x_BTD, unembed_DV, out_dtype=jnp.float32)
-  return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
+  return unembed(params, x_BTD, c)
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> dict[str, float]:
