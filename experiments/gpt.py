@@ -20,7 +20,7 @@ def shakespeare():
       data=DataConfig(tokenizer="sentencepiece", seq_len=64),
       optim=OptimConfig(lr=4e-3, warmup_steps=30),
       train=TrainConfig(steps=350, batch_size=128, log_every=25, eval_every=175,
-                        eval_batches=8),
+                        eval_batches=8, loss_chunk=1024),
       checkpoint=CheckpointConfig(every=175, keep=2),
   )
 

@@ -1,49 +1,156 @@
-"""Orbax checkpoints of the train state, the data iterator and the config.
+"""Orbax checkpoints of the train state, the data iterator and the config; preemption.
 
-Each checkpoint step holds three items: `state` (params, optimizer state,
-step), `data` (the grain iterator state, JSON) and `config` (the resolved
-config, JSON). Orbax writes a step into a temporary directory and renames it
-when complete, so a crash mid-save leaves nothing that a restart would load.
+Each checkpoint step holds `state` (step, params, optimizer state, RNG key,
+non-finite step count), `data` (the grain iterator state, JSON), `config` (the
+resolved config, JSON) and, where the step was evaluated, `metrics` (val_loss,
+val_bpb). Orbax writes a step into a temporary directory and renames it when
+complete, so a crash mid-save leaves nothing that a restart would load; the
+leftovers are removed when the next manager opens. The latest `keep` steps are
+kept, and the one with the best val_loss however old it is.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import signal
+import sys
+import threading
+import time
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxlm import config as config_lib
 
+BEST_METRIC = "val_loss"
+# What a corrupt or truncated step raises on restore: tensorstore reports bad
+# bytes as ValueError, a missing item as KeyError, a missing file as OSError.
+_UNREADABLE = (ValueError, KeyError, OSError, TypeError)
 
-def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
-  """A CheckpointManager over WORKDIR/checkpoints keeping the last `keep` steps."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_save)
+
+class CheckpointError(ValueError):
+  """No checkpoint of a run can be restored into the state this config builds."""
+
+
+def _best_metric(metrics: dict) -> float:
+  return metrics.get(BEST_METRIC, math.inf)  # steps saved without an evaluation rank last
+
+
+def manager(workdir: str, keep: int, async_save: bool = True,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over WORKDIR/checkpoints: the last `keep` steps and the best."""
+  policies = ocp.checkpoint_managers
+  preserve = policies.AnyPreservationPolicy([
+      policies.LatestN(n=keep),
+      policies.BestN(get_metric_fn=_best_metric, reverse=True, n=1,
+                     keep_checkpoints_without_metrics=False)])
+  options = ocp.CheckpointManagerOptions(
+      create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
+      save_interval_steps=0 if read_only else 1,  # else read_only warns that it resets it
+      preservation_policy=preserve, cleanup_tmp_directories=not read_only,
+      # best_fn only makes the manager write each step's metrics and answer best_step().
+      best_fn=_best_metric, best_mode="min")
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options, item_names=("state", "data", "config"))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
-         config: config_lib.Config) -> None:
-  """Starts saving step `step` (asynchronously where the manager allows)."""
+         config: config_lib.Config, metrics: dict | None = None, wait: bool = False) -> None:
+  """Starts saving step `step` (asynchronously unless `wait`); metrics rank it for keep-best."""
+  metrics = {k: float(v) for k, v in (metrics or {}).items()}
+  if not all(map(math.isfinite, metrics.values())):
+    metrics = {}  # a NaN would sort anywhere; such a step is kept only while latest
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave(data_state),
-      config=ocp.args.JsonSave(config_lib.to_dict(config))), force=True)
+      config=ocp.args.JsonSave(config_lib.to_dict(config))), metrics=metrics, force=True)
+  if wait:
+    mngr.wait_until_finished()
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
-  """Restores (state, data_state) of `step` (default latest) into the given shardings."""
-  step = mngr.latest_step() if step is None else step
-  out = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=ocp.args.JsonRestore()))
-  return out["state"], out["data"]
+  """Restores (state, data_state) into the given shapes and shardings.
+
+  `step` None means the latest readable step: an unreadable newer step (a corrupt
+  or truncated copy) is reported on stderr and moved to WORKDIR/corrupt_checkpoints,
+  so that training from the one before can write that step again.
+  """
+  steps = [step] if step is not None else sorted(mngr.all_steps(), reverse=True)
+  unreadable = []
+  _ignore_abandoned_reads()
+  for s in steps:
+    try:
+      out = mngr.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.JsonRestore()))
+    except _UNREADABLE as e:
+      problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e) else ''}"
+      unreadable.append(str(s))
+      _warn(f"checkpoint {mngr.directory / str(s)} cannot be restored ({problem}); "
+            + ("trying the one before" if s != steps[-1] else "none left to try"))
+      continue
+    _quarantine(mngr, steps[:steps.index(s)])
+    return out["state"], out["data"]
+  raise CheckpointError(
+      f"no checkpoint in {mngr.directory} can be restored into this config's train state "
+      f"(step{'s' * (len(unreadable) > 1)} {', '.join(unreadable)}: see the warnings above); "
+      "expected a complete checkpoint of the same model, or use --overwrite to start over")
+
+
+def saved_metrics(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+  """The evaluation metrics saved with `step`, or None if it had none."""
+  if step not in mngr.all_steps():
+    return None
+  return mngr.metadata(step).metrics or None
+
+
+def _ignore_abandoned_reads() -> None:
+  """Silences the noise of the reads that a failed restore leaves behind.
+
+  Orbax stops at the first unreadable array; tensorstore then completes the other
+  reads into the event loop that asyncio.run has closed, and Python reports each
+  as an unraisable "Event loop is closed" RuntimeError: dozens of tracebacks, some
+  before the restore raises and some after. Only that exact error is dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "jaxlm_filter", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.jaxlm_filter = True
+  sys.unraisablehook = hook
+
+
+def _warn(text: str) -> None:
+  if jax.process_index() == 0:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def _quarantine(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves unreadable steps out of the manager's sight, keeping the bytes for a post-mortem."""
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    aside = os.path.join(os.path.dirname(str(mngr.directory)), "corrupt_checkpoints")
+    os.makedirs(aside, exist_ok=True)
+    for s in steps:
+      target = os.path.join(aside, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
+      os.rename(str(mngr.directory / str(s)), target)
+      _warn(f"moved unreadable checkpoint step {s} to {target}")
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxlm_checkpoint_quarantine")
+  mngr.reload()
 
 
 def restore_params(workdir: str, abstract_params, step: int | None = None):
   """Params alone (no optimizer state) from a run's latest or given checkpoint."""
-  mngr = manager(workdir, keep=1, async_save=False)
+  mngr = manager(workdir, keep=1, async_save=False, read_only=True)
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
@@ -53,3 +160,63 @@ def restore_params(workdir: str, abstract_params, step: int | None = None):
           restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract_params}),
           partial_restore=True)))
   return out["state"]["params"], step
+
+
+def restore_config(workdir: str, step: int | None = None) -> tuple[config_lib.Config, int]:
+  """The resolved config saved with a run's latest or given checkpoint, and that step."""
+  mngr = manager(workdir, keep=1, async_save=False, read_only=True)
+  step = mngr.latest_step() if step is None else step
+  if step is None or step not in mngr.all_steps():
+    raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in "
+                            f"{mngr.directory}; expected one of steps {list(mngr.all_steps())}")
+  out = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  try:
+    return config_lib.from_dict(config_lib.Config, out["config"]), step
+  except (ValueError, TypeError) as e:
+    raise config_lib.ConfigError(f"the config saved with step {step} in {mngr.directory} does "
+                                 f"not load in this version of jaxlm ({e})") from None
+
+
+class Preemption:
+  """Turns SIGTERM and SIGINT into a request to save and stop after the current step.
+
+  Use around the training loop and ask `reached(step)` after every step. One
+  process: the signal sets a flag. Several: JAX's preemption service, which
+  listens for SIGTERM, tells every process and picks one step for all of them
+  (`reached_preemption_sync_point`), so SIGTERM is left to it and SIGINT is passed
+  on to it as SIGTERM. A second signal before the save stops the old way.
+  """
+
+  def __init__(self):
+    self.signal: str | None = None
+    self._previous: dict = {}
+    self._shared = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+
+  def __enter__(self) -> Preemption:
+    if threading.current_thread() is threading.main_thread():  # signal.signal requires it
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        if not (self._shared and sig == signal.SIGTERM):
+          self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame) -> None:
+    if self.signal is not None:
+      self.__exit__()
+      signal.raise_signal(signum)
+      return
+    self.signal = signal.Signals(signum).name
+    _warn(f"{self.signal} received: finishing this step, then saving a checkpoint and "
+          "stopping (send it again to stop at once)")
+    if self._shared:
+      signal.raise_signal(signal.SIGTERM)
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step` (every process gets the same answer)."""
+    if self._shared:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signal is not None

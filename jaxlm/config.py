@@ -140,6 +140,7 @@ class TrainConfig:
   log_every: int = 25
   eval_every: int = 250       # 0: evaluate only at the end
   eval_batches: int = 16      # validation batches per evaluation
+  loss_chunk: int = 0         # rows of batch*length per loss chunk (0: all at once)
   sample_tokens: int = 200    # tokens sampled at the end of the run (0: none)
   sample_prompt: str = "ROMEO.\n"
   sample_temperature: float = 0.8
@@ -154,6 +155,7 @@ class TrainConfig:
     _check(self.spike_factor == 0 or self.spike_factor > 1, "train.spike_factor",
            self.spike_factor, "0 (off) or a float > 1")
     _check(self.sample_tokens >= 0, "train.sample_tokens", self.sample_tokens, ">= 0")
+    _check(self.loss_chunk >= 0, "train.loss_chunk", self.loss_chunk, ">= 0 (0: no chunks)")
     _check(self.sample_temperature >= 0, "train.sample_temperature", self.sample_temperature,
            ">= 0")
 

@@ -1,7 +1,11 @@
 """Command-line entry point: train a registered experiment.
 
   python -m jaxlm.main --experiment=shakespeare [--workdir=DIR] [--set key=value]...
+      [--resume | --overwrite]
   python -m jaxlm.main --list
+
+Rerunning a command with the same --workdir resumes it from its latest complete
+checkpoint; SIGTERM or SIGINT saves one and exits 0.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --
 flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. model.d_model=256.")
 flags.DEFINE_string("workdir", None, "Run directory; default runs/<experiment>/<timestamp>. "
                     "An existing run directory is resumed.")
+flags.DEFINE_bool("resume", False, "Continue the run in --workdir although the config differs "
+                  "(not in model.*), e.g. a lower optim.lr after a non-finite loss.")
+flags.DEFINE_bool("overwrite", False, "Start over in --workdir, moving a run there to "
+                  "WORKDIR.old-<time>.")
 flags.DEFINE_bool("list", False, "List registered experiments and exit.")
 flags.DEFINE_bool("dry_run", False, "Print the plan (params, memory, FLOPs) and exit.")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a multi-process "
@@ -53,10 +61,17 @@ def main(argv):
       return
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.experiment, stamp)
-    run = train.setup(config, workdir)
+    if FLAGS.resume and FLAGS.overwrite:
+      fail("--resume and --overwrite exclude each other; expected at most one")
+    mode = "resume" if FLAGS.resume else "overwrite" if FLAGS.overwrite else "auto"
+    run = train.setup(config, workdir, mode)
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
-  train.run(run)
+  try:
+    train.run(run)
+  except train.NonFiniteError as e:  # not bad input: exit 1, but one readable line
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def entry():

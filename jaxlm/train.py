@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlm import checkpoint, generate, metrics, optim, plan, sharding
@@ -33,26 +34,42 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  rng: jax.Array          # split every step, so randomness after a resume matches
+  nonfinite: jax.Array    # steps so far whose loss or gradients were not finite
 
 
 def loss_fn(params, batch: dict, config: Config):
   """Mean next-token cross-entropy over weighted targets; also returns per-token nll."""
   segments = batch["segment_ids"] if config.data.mask_documents else None
-  logits_BTV = transformer.apply(params, batch["inputs"], config.model,
-                                 positions_BT=batch["positions"], segment_ids_BT=segments)
-  nll_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+  x_BTD = transformer.trunk(params, batch["inputs"], config.model,
+                           positions_BT=batch["positions"], segment_ids_BT=segments)
+  nll_BT = transformer.next_token_nll(params, x_BTD, batch["targets"], config.model,
+                                      config.train.loss_chunk)
   weights_BT = batch["weights"]
   loss = jnp.sum(nll_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
   return loss, nll_BT
 
 
 def train_step(state: TrainState, batch: dict, *, config: Config, tx) -> tuple:
-  """One optimizer step on a batch; returns the new state and scalar metrics."""
+  """One optimizer step on a batch; returns the new state and scalar metrics.
+
+  A step whose loss or gradients are not finite is counted in `nonfinite`; with
+  train.nonfinite=skip its update is dropped (params and optimizer moments stay
+  as they were), decided on device so that no step waits for the host.
+  """
+  rng, _ = jax.random.split(state.rng)  # the other half is this step's (dropout has none yet)
   (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, config)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if config.train.nonfinite == "skip":
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
+  nonfinite = state.nonfinite + jnp.logical_not(finite).astype(jnp.int32)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite_steps": nonfinite}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+                    nonfinite=nonfinite), metrics
 
 
 def eval_step(params, batch: dict, *, config: Config, token_bytes) -> dict:
@@ -90,13 +107,15 @@ class Trainer:
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, NamedSharding))
     self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
-                                      opt_state=opt_shardings)
+                                      opt_state=opt_shardings, rng=replicated,
+                                      nonfinite=replicated)
     self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
 
     def init_state(rng):
       params = transformer.init(c.model, rng)
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params))
+                        opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
+                        nonfinite=jnp.zeros((), jnp.int32))
 
     def step(state, batch):
       with sharding.activation_rules(self.mesh, rules):
@@ -148,27 +167,73 @@ class Trainer:
 # The training loop.
 
 
-def prepare_workdir(config: Config, workdir: str) -> None:
-  """Creates workdir and writes config.json, or checks it matches the run there."""
+WORKDIR_MODES = ("auto", "resume", "overwrite")
+
+
+class NonFiniteError(RuntimeError):
+  """Training met a non-finite loss or gradient under train.nonfinite=stop."""
+
+
+def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[str]:
+  """Creates workdir and writes config.json, or checks that the run there may go on.
+
+  mode "auto" resumes a run of the same config (the mesh may differ: it says
+  where a run trains, not what) and refuses any other; "resume" also continues
+  one whose config differs outside model.* (e.g. a lower optim.lr after a NaN);
+  "overwrite" moves a run there to WORKDIR.old-<time> and starts anew. Returns
+  the keys in which a resumed run's config.json differs (setup rewrites it).
+  """
+  if mode not in WORKDIR_MODES:
+    raise ValueError(f"workdir mode {mode!r} is invalid: expected one of {WORKDIR_MODES}")
   path = os.path.join(workdir, "config.json")
+  if mode == "overwrite":
+    if jax.process_index() == 0 and os.path.exists(path):
+      _move_aside(workdir)
+    if jax.process_count() > 1:  # nobody reads the workdir before process 0 has moved it
+      multihost_utils.sync_global_devices("jaxlm_workdir_overwrite")
   if os.path.exists(path):
     with open(path) as f:
       try:
         existing = config_lib.loads(f.read())
       except (ValueError, TypeError) as e:
-        raise config_lib.ConfigError(f"{path} is not a jaxlm config ({e}); "
-                                     "use a new --workdir") from None
-    if existing != config:
-      old, new = _flatten(config_lib.to_dict(existing)), _flatten(config_lib.to_dict(config))
-      diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise config_lib.ConfigError(f"{path} is not a jaxlm config ({e}); use --overwrite "
+                                     "to move it aside, or a new --workdir") from None
+    old, new = _flatten(config_lib.to_dict(existing)), _flatten(config_lib.to_dict(config))
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if mode == "resume":
+      blocking = [k for k in diff if k.startswith("model.")]
+    else:
+      blocking = [k for k in diff if not k.startswith("mesh.")]
+    if blocking:
+      what = (f"a run of {existing.name!r}, not {config.name!r}," if existing.name != config.name
+              else f"a run of {existing.name!r}")
+      hint = "rerun with the same settings to resume it"
+      if mode == "resume":
+        hint = "--resume continues only a run of the same model.* settings"
+      elif not any(k.startswith("model.") for k in blocking):
+        hint += ", --resume to continue it with the new settings"
       raise config_lib.ConfigError(
-          f"--workdir {workdir} holds a run of {existing.name!r} whose config differs in "
-          f"{', '.join(diff[:6])}; rerun with the same settings to resume, or use a new "
+          f"--workdir {workdir} holds {what} whose config differs in "
+          f"{', '.join(blocking[:6])}; {hint}, --overwrite to start over, or use a new "
           "--workdir")
-    return
+    return diff
+  if mode == "resume":
+    raise config_lib.ConfigError(f"--resume: --workdir {workdir} holds no run (no "
+                                 "config.json); expected an existing run, or drop --resume")
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     _write_atomic(path, config_lib.dumps(config))
+  return []
+
+
+def _move_aside(workdir: str) -> None:
+  """Renames a previous run rather than deleting it: --overwrite should not lose work."""
+  base = f"{os.path.abspath(workdir)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+  target, n = base, 1
+  while os.path.exists(target):
+    target, n = f"{base}-{n}", n + 1
+  os.rename(workdir, target)
+  print(f"--overwrite: moved the previous run in {workdir} to {target}", flush=True)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -196,10 +261,16 @@ class Run:
   tokenizer: Any
   trainer: Trainer
   dataset: Any
+  checkpoints: Any = None  # the Orbax CheckpointManager of workdir
+  restored: Any = None     # (state, data iterator state) of the checkpoint resumed from
 
 
-def setup(config: Config, workdir: str) -> Run:
-  """Checks inputs (tokenizer, corpus, mesh, workdir) and builds the run; raises on bad input."""
+def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
+  """Checks inputs (tokenizer, corpus, mesh, workdir, checkpoints) and builds the run.
+
+  Raises on bad input, before anything in workdir is written; `mode` is as in
+  prepare_workdir.
+  """
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   dataset = pipeline.train_dataset(config.data, tok, config.train.batch_size, config.seed,
@@ -210,21 +281,34 @@ def setup(config: Config, workdir: str) -> Run:
     compiled = plan.compile_step(trainer)
     plan.check_fits(compiled, config)
     trainer.step = compiled
-  prepare_workdir(config, workdir)
-  return Run(config, workdir, tok, trainer, dataset)
+  changed = prepare_workdir(config, workdir, mode)
+  mngr = checkpoint.manager(workdir, config.checkpoint.keep)
+  restored = None
+  if mngr.latest_step() is not None:
+    restored = checkpoint.restore(mngr, trainer.abstract_state())
+  if changed and jax.process_index() == 0:
+    print(f"continuing the run in {workdir} with new {', '.join(changed[:6])}", flush=True)
+    _write_atomic(os.path.join(workdir, "config.json"), config_lib.dumps(config))
+  return Run(config, workdir, tok, trainer, dataset, mngr, restored)
 
 
 def run(r: Run) -> dict:
-  """Trains (or resumes) to train.steps; writes metrics, checkpoints and summary.json."""
+  """Trains (or resumes) to train.steps; writes metrics, checkpoints and summary.json.
+
+  SIGTERM or SIGINT ends the current step, saves a checkpoint and returns
+  {"preempted_at": step} (main exits 0); rerunning the same command resumes.
+  """
   c, trainer, tok = r.config, r.trainer, r.tokenizer
   wall_start = time.time()
   writer = metrics.Writer(r.workdir, c.train.steps)
-  mngr = checkpoint.manager(r.workdir, c.checkpoint.keep)
+  mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep)
   it = pipeline.train_iterator(r.dataset)
   counts = transformer.param_count(c.model)
-  if mngr.latest_step() is not None:
-    state, data_state = checkpoint.restore(mngr, trainer.abstract_state())
+  if r.restored is not None:
+    (state, data_state), r.restored = r.restored, None  # the first step donates it
     it.set_state(data_state)
+    if writer.enabled:  # the steps after the checkpoint are logged again
+      _truncate_metrics(writer.path, int(state.step))
     writer.print(f"resumed from step {int(state.step)} in {r.workdir}")
   else:
     state = trainer.init(jax.random.key(c.seed))
@@ -238,7 +322,8 @@ def run(r: Run) -> dict:
   schedule = optim.schedule(c.optim, c.train.steps)
   start_step = int(state.step)
   last_time, last_step = None, start_step
-  val = {}
+  val, loss_mean = {}, None
+  checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
 
   def evaluate(step: int, final: bool) -> dict:
     batches = pipeline.eval_batches(c.data, tok, c.train.batch_size,
@@ -250,33 +335,66 @@ def run(r: Run) -> dict:
     writer.log({"step": step, **result})
     return result
 
-  for step in range(start_step + 1, c.train.steps + 1):
-    state, step_metrics = trainer.step(state, trainer.device_batch(next(it)))
-    if last_time is None:  # the first step includes compilation
-      jax.block_until_ready(step_metrics)
-      writer.print(f"compiled and ran step {step} in {time.time() - wall_start:.1f}s")
-      last_time, last_step = time.perf_counter(), step
-    if step % c.train.log_every == 0 or step == c.train.steps:
-      m = jax.device_get(step_metrics)
-      now = time.perf_counter()
-      seconds = (now - last_time) / max(step - last_step, 1)
-      tps = tokens_per_step / seconds if step > last_step else 0.0
-      mfu = tps * flops_per_token / (peak * jax.device_count()) if peak and tps else None
-      loss, lr = float(m["loss"]), float(schedule(step - 1))
-      writer.train_line(step, loss, lr, tps, seconds, mfu)
-      writer.log({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
-                  "grad_norm": float(m["grad_norm"])})
-      last_time, last_step = now, step
-    final = step == c.train.steps
-    if (c.train.eval_every and step % c.train.eval_every == 0) or final:
-      eval_start = time.perf_counter()
-      val = evaluate(step, final)
-      if last_time is not None:  # keep evaluation time out of the training throughput
-        last_time += time.perf_counter() - eval_start
-    if (c.checkpoint.every and step % c.checkpoint.every == 0) or final:
-      checkpoint.save(mngr, step, state, it.get_state(), c)
-  if not val:  # resumed a finished run
-    val = evaluate(c.train.steps, True)
+  def check_finite(step: int, m: dict) -> None:
+    """Stops (train.nonfinite=stop) or reports skipped updates since the last check."""
+    count, first = int(m["nonfinite_steps"]), checked["step"] + 1
+    if count > checked["nonfinite"]:
+      where = f"step {step}" if first == step else f"steps {first}-{step}"
+      if c.train.nonfinite == "stop":
+        mngr.wait_until_finished()
+        good = mngr.latest_step()  # only finite states are ever saved
+        last = ("no checkpoint was saved yet" if good is None else
+                f"the last good checkpoint is step {good} in {mngr.directory}")
+        raise NonFiniteError(
+            f"non-finite loss or gradients at {where} (loss {float(m['loss'])}); {last}; "
+            "lower optim.lr or raise optim.warmup_steps and rerun with --resume to go on "
+            "from it, or set train.nonfinite=skip to drop such updates")
+      writer.print(f"warning: skipped {count - checked['nonfinite']} update(s) with "
+                   f"non-finite loss or gradients at {where} ({count} in this run)")
+    checked.update(step=step, nonfinite=count)
+
+  with checkpoint.Preemption() as preemption:
+    for step in range(start_step + 1, c.train.steps + 1):
+      state, step_metrics = trainer.step(state, trainer.device_batch(next(it)))
+      if last_time is None:  # the first step includes compilation
+        jax.block_until_ready(step_metrics)
+        writer.print(f"compiled and ran step {step} in {time.time() - wall_start:.1f}s")
+        last_time, last_step = time.perf_counter(), step
+      final = step == c.train.steps
+      if step % c.train.log_every == 0 or final:
+        m = jax.device_get(step_metrics)
+        check_finite(step, m)
+        now = time.perf_counter()
+        seconds = (now - last_time) / max(step - last_step, 1)
+        tps = tokens_per_step / seconds if step > last_step else 0.0
+        mfu = tps * flops_per_token / (peak * jax.device_count()) if peak and tps else None
+        loss, lr = float(m["loss"]), float(schedule(step - 1))
+        writer.train_line(step, loss, lr, tps, seconds, mfu)
+        writer.log({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
+                    "grad_norm": float(m["grad_norm"]),
+                    "nonfinite_steps": int(m["nonfinite_steps"])})
+        loss_mean = _log_spike(writer, step, loss, loss_mean, c.train.spike_factor)
+        last_time, last_step = now, step
+      # Every process calls this every step: in multi-process runs it is how they agree.
+      preempted = preemption.reached(step) and not final
+      evaluated = None
+      if ((c.train.eval_every and step % c.train.eval_every == 0) or final) and not preempted:
+        eval_start = time.perf_counter()
+        val = evaluated = evaluate(step, final)
+        if last_time is not None:  # keep evaluation time out of the training throughput
+          last_time += time.perf_counter() - eval_start
+      if (c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted:
+        check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
+        checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
+                        wait=preempted)
+      if preempted:
+        by = f" by {preemption.signal}" if preemption.signal else ""
+        writer.print(f"preempted{by} at step {step}; checkpoint saved in {mngr.directory}; "
+                     "rerun the same command to resume")
+        mngr.close()
+        return {"preempted_at": step}
+  if not val:  # resumed a finished run: its final evaluation was saved with the checkpoint
+    val = checkpoint.saved_metrics(mngr, c.train.steps) or evaluate(c.train.steps, True)
   mngr.wait_until_finished()
   mngr.close()
   tokens = c.train.steps * tokens_per_step
@@ -293,10 +411,37 @@ def run(r: Run) -> dict:
   return summary
 
 
+def _log_spike(writer, step: int, loss: float, mean: float | None, factor: float):
+  """Reports a loss over `factor` x the running mean of logged losses; returns the new mean."""
+  if not math.isfinite(loss):
+    return mean
+  if factor and mean is not None and loss > factor * mean:
+    writer.print(f"warning: loss spike at step {step}: {loss:.4f} is over {factor:g}x the "
+                 f"running mean {mean:.4f}")
+    writer.log({"step": step, "spike_loss": loss, "running_mean_loss": mean})
+  return loss if mean is None else 0.9 * mean + 0.1 * loss
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops metrics.jsonl records past `step`, and any line a crash cut short."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if record.get("step", 0) <= step:
+        kept.append(json.dumps(record) + "\n")
+  _write_atomic(path, "".join(kept))
+
+
 def sample_text(params, config: Config, tok, prompt: str, n_tokens: int) -> str:
   """The prompt followed by n_tokens sampled at train.sample_temperature."""
   ids = tok.encode(prompt)
-  new = generate.sample(params, config.model, ids, n_tokens, window=config.data.seq_len,
-                        temperature=config.train.sample_temperature, seed=config.seed,
-                        eos_id=tok.eos_id)
+  new = generate.generate(params, config.model, [ids], n_tokens,
+                          temperature=config.train.sample_temperature, seed=config.seed,
+                          eos_id=tok.eos_id)[0]
   return prompt + tok.decode(new)

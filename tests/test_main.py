@@ -53,6 +53,10 @@ def test_default_experiment_end_to_end_then_resume(tmp_path):
     (["--experiment=shakespeare", "--set=train.steps=many"], "train.steps='many' is not a valid int"),
     (["--experiment=shakespeare", "--set=data.seq_len=4096"], "data.seq_len=4096 is invalid"),
     (["--experiment=shakespeare", "--set=data.tokenizer_path=/nope.model"], "/nope.model"),
+    (["--experiment=shakespeare", "--set=train.nonfinite=ignore"],
+     "train.nonfinite='ignore' is invalid: expected one of stop, skip"),
+    (["--experiment=shakespeare", "--resume"], "holds no run (no config.json)"),
+    (["--experiment=shakespeare", "--resume", "--overwrite"], "exclude each other"),
     ([], "--experiment is required"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
@@ -69,3 +73,28 @@ def test_list_and_dry_run():
   out = _main("--experiment=shakespeare", "--dry_run", *TINY)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "params" in out.stdout and "FLOPs/step" in out.stdout and "XLA temporaries" in out.stdout
+
+
+def test_workdir_of_another_experiment_is_refused_and_left_alone(tmp_path):
+  from jaxlm import registry, train
+  workdir = tmp_path / "w"
+  train.prepare_workdir(registry.experiment("shakespeare_char"), str(workdir))
+  before = (workdir / "config.json").read_text()
+  out = _main("--experiment=shakespeare", f"--workdir={workdir}", *TINY)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "holds a run of 'shakespeare_char', not 'shakespeare'," in out.stderr
+  assert "--overwrite to start over" in out.stderr and "Traceback" not in out.stderr
+  assert os.listdir(workdir) == ["config.json"] and (workdir / "config.json").read_text() == before
+
+
+def test_missing_corpus_file_is_one_line_and_exit_2(tmp_path):
+  # As if the packaged asset were gone: point the corpus loader at a missing file.
+  code = ("import sys; from jaxlm.data import corpus; corpus.DEFAULT_PATH = sys.argv[1]; "
+          "from jaxlm import main; sys.argv = ['jaxlm.main', *sys.argv[2:]]; main.entry()")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "gone.jsonl.xz"),
+                        "--experiment=shakespeare", f"--workdir={tmp_path / 'w'}", *TINY],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f"corpus file {tmp_path / 'gone.jsonl.xz'} not found" in out.stderr
+  assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "w")

@@ -107,3 +107,23 @@ def test_remat_gives_same_gradients():
   for policy in ("full", "dots"):
     g2 = jax.grad(loss)(params, tiny_model(remat=policy))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
+
+
+@pytest.mark.parametrize("chunk", [0, 7, 32, 1000])
+def test_chunked_loss_equals_full_logits_loss(chunk):
+  import optax
+  cfg = tiny_model(tie_embeddings=False)
+  params = transformer.init(cfg, jax.random.key(0))
+  x, t = _tokens(), _tokens(seed=1)
+
+  def chunked(p):
+    h = transformer.trunk(p, x, cfg)
+    return transformer.next_token_nll(p, h, t, cfg, chunk).mean()
+
+  def full(p):
+    return optax.softmax_cross_entropy_with_integer_labels(transformer.apply(p, x, cfg),
+                                                           t).mean()
+
+  (a, ga), (b, gb) = jax.value_and_grad(chunked)(params), jax.value_and_grad(full)(params)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), ga, gb)

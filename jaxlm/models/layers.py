@@ -136,3 +136,32 @@ def mlp(params: dict, x_BTD: jax.Array, kind: str, constrain: Callable) -> jax.A
   if "b_out" in params:
     out_BTD = out_BTD + params["b_out"].astype(dtype)
   return out_BTD
+
+
+def cross_entropy(x_BTD: jax.Array, w_DV: jax.Array, targets_BT: jax.Array,
+                  chunk: int = 0) -> jax.Array:
+  """Per-token cross-entropy (B, T) of logits x @ w against integer targets.
+
+  With chunk > 0 the B*T rows go through in chunks of `chunk`, each under
+  jax.checkpoint, so neither the float32 logits nor their gradient is ever
+  materialized whole: the loss of a 50k vocabulary stops dominating memory
+  traffic (and on CPU the chunks stay in cache: 112 -> 70 ms for 8192 rows x
+  2048 vocab, forward+backward).
+  """
+  B, T, D = x_BTD.shape
+  x_ND, t_N = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
+
+  def nll(x_CD, t_C):
+    logits_CV = jnp.matmul(x_CD, w_DV.astype(x_CD.dtype), preferred_element_type=jnp.float32)
+    picked_C = jnp.take_along_axis(logits_CV, t_C[:, None], axis=-1)[:, 0]
+    return jax.nn.logsumexp(logits_CV, axis=-1) - picked_C
+
+  N = B * T
+  if chunk <= 0 or chunk >= N:
+    return nll(x_ND, t_N).reshape(B, T)
+  n_chunks = -(-N // chunk)
+  pad = n_chunks * chunk - N
+  x_KCD = jnp.pad(x_ND, ((0, pad), (0, 0))).reshape(n_chunks, chunk, D)
+  t_KC = jnp.pad(t_N, (0, pad)).reshape(n_chunks, chunk)
+  _, nll_KC = jax.lax.scan(lambda _, xt: (None, jax.checkpoint(nll)(*xt)), None, (x_KCD, t_KC))
+  return nll_KC.reshape(-1)[:N].reshape(B, T)

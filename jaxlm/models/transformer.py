@@ -171,6 +171,14 @@ def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
     segment_ids_BT: document id of each token; attention stays within a
       document. None treats each row as one document.
   """
+  x_BTD = trunk(params, tokens_BT, config, positions_BT=positions_BT,
+                segment_ids_BT=segment_ids_BT)
+  return unembed(params, x_BTD, config)
+
+
+def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_BT=None,
+          segment_ids_BT=None) -> jax.Array:
+  """Embedding and the layer stack: the residual stream (B, T, D) before the final norm."""
   c = config
   B, T = tokens_BT.shape
   if positions_BT is None:
@@ -184,7 +192,20 @@ def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
   if c.remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[c.remat])
   x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
-  return unembed(params, x_BTD, c)
+  return x_BTD
+
+
+def next_token_nll(params: dict, x_BTD: jax.Array, targets_BT: jax.Array,
+                   config: ModelConfig, chunk: int = 0) -> jax.Array:
+  """Per-token cross-entropy (B, T) of the trunk's output, without (B, T, V) logits.
+
+  Equal to the cross-entropy of unembed()'s logits, computed `chunk` rows of
+  B*T at a time (0: all at once) so the float32 logits never exist whole.
+  """
+  c = config
+  x_BTD = layers.norm(params["final_norm"], x_BTD, c.norm, c.norm_eps)
+  unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
+  return layers.cross_entropy(x_BTD, unembed_DV, targets_BT, chunk)
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> dict[str, float]:

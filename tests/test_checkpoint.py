@@ -1,0 +1,294 @@
+"""Checkpoints and resume: keep-best, corrupt steps, SIGTERM/SIGKILL, other meshes, NaNs."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm import checkpoint, config as config_lib, sharding, train
+from jaxlm.config import MeshConfig
+from jaxlm.data import pipeline
+from tests.helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--experiment=shakespeare", "--set=model.d_model=32", "--set=model.n_layers=1",
+        "--set=model.n_heads=2", "--set=data.seq_len=32", "--set=model.max_seq_len=32",
+        "--set=train.batch_size=8", "--set=train.steps=6", "--set=train.log_every=1",
+        "--set=train.eval_every=3", "--set=train.eval_batches=2", "--set=checkpoint.every=2",
+        "--set=train.sample_tokens=0", "--set=mesh.data=1"]
+
+# Runs jaxlm.main with checkpoint.save hooked: after saving step AT it either
+# SIGKILLs itself at once (a crash while that save may still be in flight) or
+# prints "saved AT" and waits for the test to send SIGTERM.
+HOOK = """
+import os, signal, sys, time
+from jaxlm import checkpoint, main
+action, at = sys.argv[1], int(sys.argv[2])
+save, handle, got = checkpoint.save, checkpoint.Preemption._handle, []
+def hooked_handle(self, signum, frame):
+  got.append(signum)
+  handle(self, signum, frame)
+def hooked_save(mngr, step, *args, **kwargs):
+  save(mngr, step, *args, **kwargs)
+  if step == at and action == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+  if step == at and action == "term":
+    print("saved", step, flush=True)
+    deadline = time.time() + 120
+    while not got and time.time() < deadline:
+      time.sleep(0.01)
+checkpoint.Preemption._handle = hooked_handle
+checkpoint.save = hooked_save
+sys.argv = ["jaxlm.main", *sys.argv[3:]]
+main.entry()
+"""
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+              PYTHONPATH=ROOT)
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, "-m", "jaxlm.main", *TINY, *args], env=_env(),
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _records(workdir):
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_lines = [(l["step"], l["loss"], l["grad_norm"]) for l in lines if "loss" in l]
+  evals = {l["step"]: l["val_loss"] for l in lines if "val_loss" in l}
+  return train_lines, evals
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+  """A run that was never interrupted."""
+  workdir = str(tmp_path_factory.mktemp("baseline") / "run")
+  out = _main(f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
+
+
+def test_sigterm_then_sigkill_resume_gives_the_same_losses(baseline, tmp_path):
+  workdir = str(tmp_path / "run")
+  hooked = [sys.executable, "-c", HOOK]
+  # SIGTERM after step 2's save: step 3 finishes, is saved, and the process exits 0.
+  proc = subprocess.Popen([*hooked, "term", "2", *TINY, f"--workdir={workdir}"], env=_env(),
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:  # stderr comes here too, so neither pipe can fill and block
+    if line.startswith("saved 2"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  output = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, output[-3000:]
+  assert "preempted by SIGTERM at step 3; checkpoint saved" in output, output
+  assert "rerun the same command to resume" in output
+  assert "Traceback" not in output
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "3"))
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  # Resume, then crash with SIGKILL right after step 4's save has started.
+  out = subprocess.run([*hooked, "kill", "4", *TINY, f"--workdir={workdir}"], env=_env(),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+  assert "resumed from step 3" in out.stdout
+  # The same command again finishes the run from the latest complete checkpoint.
+  out = _main(f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from step 3" in out.stdout or "resumed from step 4" in out.stdout
+  leftovers = [p for p in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in p]
+  assert not leftovers, leftovers
+  got, want = _records(workdir), _records(baseline)
+  assert got[0] == want[0]  # every step logged once, bitwise equal on CPU
+  assert got[1][6] == want[1][6]  # the interrupted run skipped evaluating at step 3
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert summary["final_val_loss"] == json.load(
+      open(os.path.join(baseline, "summary.json")))["final_val_loss"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(baseline, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(baseline, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  assert sorted(os.listdir(ckpts)) == ["4", "6"]
+  for path in glob.glob(os.path.join(ckpts, "6", "state", "**", "d", "*"), recursive=True):
+    os.truncate(path, 7)
+  out = _main(f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "warning: checkpoint" in out.stderr and "trying the one before" in out.stderr
+  assert "resumed from step 4" in out.stdout
+  assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))[0].startswith("6-")
+  assert "Traceback" not in out.stderr
+  assert _records(workdir) == _records(baseline)
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+  mngr = checkpoint.manager(str(tmp_path), keep=2, async_save=False)
+  config = tiny_config()
+  val_losses = {1: 3.0, 2: 1.0, 3: None, 4: 2.5, 5: float("nan"), 6: 2.0}
+  for step, val in val_losses.items():
+    checkpoint.save(mngr, step, {"w": jnp.full((3,), float(step))}, {"i": step}, config,
+                    metrics=None if val is None else {"val_loss": val})
+  assert mngr.all_steps() == [2, 5, 6]  # best (val_loss 1.0) and the latest two
+  assert mngr.best_step() == 2
+  assert checkpoint.saved_metrics(mngr, 2) == {"val_loss": 1.0}
+  assert checkpoint.saved_metrics(mngr, 5) is None
+  mngr.close()
+
+
+def test_restore_falls_back_and_moves_the_corrupt_step_aside(tmp_path, capsys):
+  mngr = checkpoint.manager(str(tmp_path), keep=3, async_save=False)
+  abstract = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}
+  for step in (1, 2):
+    checkpoint.save(mngr, step, {"w": jnp.arange(1000.0) + step}, {"i": step}, tiny_config())
+  for path in glob.glob(str(tmp_path / "checkpoints" / "2" / "state" / "**" / "d" / "*"),
+                        recursive=True):
+    os.truncate(path, 0)
+  state, data = checkpoint.restore(mngr, abstract)
+  assert data == {"i": 1} and float(state["w"][0]) == 1.0
+  assert "checkpoints/2 cannot be restored" in capsys.readouterr().err
+  assert mngr.all_steps() == [1] and len(os.listdir(tmp_path / "corrupt_checkpoints")) == 1
+  checkpoint.save(mngr, 2, {"w": jnp.zeros(1000)}, {"i": 2}, tiny_config())  # step 2 again
+  assert mngr.all_steps() == [1, 2]
+  # Nothing readable: an error naming the directory, and nothing moved.
+  for path in glob.glob(str(tmp_path / "checkpoints" / "*" / "state" / "**" / "d" / "*"),
+                        recursive=True):
+    os.truncate(path, 0)
+  with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .*checkpoints can "
+                     r"be restored .*\(steps 2, 1: see the warnings above\)"):
+    checkpoint.restore(mngr, abstract)
+  assert mngr.all_steps() == [1, 2] and len(os.listdir(tmp_path / "corrupt_checkpoints")) == 1
+  mngr.close()
+
+
+CONFIG = tiny_config(**{"model.n_layers": 1, "model.n_kv_heads": 2, "optim.warmup_steps": 2})
+
+
+def _trainer(mesh, devices):
+  config = config_lib.replace(CONFIG, mesh=mesh)
+  tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
+  trainer = train.Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
+  it = pipeline.train_iterator(pipeline.train_dataset(config.data, tok,
+                                                      config.train.batch_size, 0))
+  return trainer, it
+
+
+def _steps(trainer, it, state, n):
+  losses = []
+  for _ in range(n):
+    state, m = trainer.step(state, trainer.device_batch(next(it)))
+    losses.append(float(m["loss"]))
+  return state, losses
+
+
+@pytest.fixture(scope="module")
+def fsdp8_run(tmp_path_factory):
+  """Saved at step 3 on 8 devices with fsdp=8; then the losses of steps 4-6 and the state."""
+  assert jax.device_count() == 8
+  workdir = str(tmp_path_factory.mktemp("fsdp8"))
+  trainer, it = _trainer(MeshConfig(data=1, fsdp=8), jax.devices())
+  state, _ = _steps(trainer, it, trainer.init(jax.random.key(0)), 3)
+  mngr = checkpoint.manager(workdir, keep=2)
+  checkpoint.save(mngr, 3, state, it.get_state(), trainer.config, wait=True)
+  mngr.close()
+  state, losses = _steps(trainer, it, state, 3)
+  return workdir, losses, state
+
+
+@pytest.mark.parametrize("mesh,n_devices", [(MeshConfig(data=1), 1),
+                                            (MeshConfig(data=1, fsdp=2, tensor=2), 4)])
+def test_resume_on_another_mesh(mesh, n_devices, fsdp8_run):
+  workdir, want, state = fsdp8_run
+  other, it2 = _trainer(mesh, jax.devices()[:n_devices])
+  mngr = checkpoint.manager(workdir, keep=2, read_only=True)
+  restored, data_state = checkpoint.restore(mngr, other.abstract_state())
+  assert int(restored.step) == 3
+  assert restored.params["embed"].sharding.mesh.devices.size == n_devices
+  it2.set_state(data_state)
+  restored, got = _steps(other, it2, restored, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng),
+                                jax.random.key_data(state.rng))
+
+
+def _poisoned_run(tmp_path, monkeypatch, policy, every, bad_step=3):
+  """A tiny one-device run whose batch `bad_step` has NaN weights (so a NaN loss)."""
+  config = tiny_config(**{"train.steps": 4, "train.log_every": 2, "checkpoint.every": every,
+                          "checkpoint.keep": 10, "train.nonfinite": policy, "mesh.data": 1})
+  eval_batches, make_mesh = pipeline.eval_batches, sharding.make_mesh
+  monkeypatch.setattr(pipeline, "eval_batches",  # a short final evaluation
+                      lambda data, tok, batch, *_, **k: eval_batches(data, tok, batch, 1, **k))
+  monkeypatch.setattr(sharding, "make_mesh", lambda c: make_mesh(c, jax.devices()[:1]))
+  r = train.setup(config, str(tmp_path / policy))
+
+  def poison(index, batch):
+    if index == bad_step - 1:
+      batch = {**batch, "weights": np.full_like(batch["weights"], np.nan)}
+    return batch
+
+  r.dataset = r.dataset.map_with_index(poison)
+  return r
+
+
+def test_nonfinite_stop_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+  r = _poisoned_run(tmp_path, monkeypatch, "stop", every=2)
+  with pytest.raises(train.NonFiniteError, match=r"at steps 3-4 \(loss nan\); the last good "
+                     r"checkpoint is step 2 in .*checkpoints"):
+    train.run(r)
+  assert r.checkpoints.all_steps() == [2]  # nothing non-finite was saved
+
+
+def test_nonfinite_skip_drops_the_update_and_counts_it(tmp_path, monkeypatch, capsys):
+  r = _poisoned_run(tmp_path, monkeypatch, "skip", every=1)
+  summary = train.run(r)
+  assert np.isfinite(summary["final_val_loss"])
+  assert "skipped 1 update(s) with non-finite loss or gradients at step 3 " in \
+      capsys.readouterr().out
+  records = [json.loads(l) for l in open(tmp_path / "skip" / "metrics.jsonl")]
+  assert [l["nonfinite_steps"] for l in records if "loss" in l] == [0, 1]
+  mngr = checkpoint.manager(str(tmp_path / "skip"), keep=10, read_only=True)
+  abstract = r.trainer.abstract_state()
+  at2, _ = checkpoint.restore(mngr, abstract, step=2)
+  at3, _ = checkpoint.restore(mngr, abstract, step=3)
+  for a, b in zip(jax.tree.leaves((at2.params, at2.opt_state)),
+                  jax.tree.leaves((at3.params, at3.opt_state))):
+    np.testing.assert_array_equal(a, b)  # step 3's update was dropped whole
+  assert int(at3.step) == 3 and int(at3.nonfinite) == 1
+
+
+def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path):
+  workdir = str(tmp_path / "run")
+  assert train.prepare_workdir(tiny_config(), workdir) == []
+  open(os.path.join(workdir, "metrics.jsonl"), "w").write("{}\n")
+  # Another mesh is the same run on other hardware; setup rewrites config.json.
+  assert train.prepare_workdir(tiny_config(**{"mesh.fsdp": 2}), workdir) == ["mesh.fsdp"]
+  lower_lr = tiny_config(**{"optim.lr": 1e-4})
+  with pytest.raises(config_lib.ConfigError, match="differs in optim.lr; .*--resume to continue"):
+    train.prepare_workdir(lower_lr, workdir)
+  assert train.prepare_workdir(lower_lr, workdir, "resume") == ["optim.lr"]
+  with pytest.raises(config_lib.ConfigError, match="--resume continues only a run of the same"):
+    train.prepare_workdir(tiny_config(**{"model.d_model": 64}), workdir, "resume")
+  assert train.prepare_workdir(tiny_config(**{"model.d_model": 64}), workdir, "overwrite") == []
+  old = [p for p in os.listdir(tmp_path) if p.startswith("run.old-")]
+  assert len(old) == 1 and os.path.exists(tmp_path / old[0] / "metrics.jsonl")
+  assert os.listdir(workdir) == ["config.json"]
+  assert config_lib.loads(open(os.path.join(workdir, "config.json")).read()).model.d_model == 64
+
+
+def test_loss_spikes_are_logged(tmp_path, capsys):
+  from jaxlm import metrics
+  writer, mean = metrics.Writer(str(tmp_path), 10), None
+  for step, loss in enumerate([5.0, 4.0, 3.5, 12.0, float("nan"), 3.4], start=1):
+    mean = train._log_spike(writer, step, loss, mean, 2.0)
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [(r["step"], r["spike_loss"]) for r in records] == [(4, 12.0)]
+  assert "warning: loss spike at step 4: 12.0000 is over 2x the running mean" in \
+      capsys.readouterr().out
