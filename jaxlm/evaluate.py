@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxlm import generate, sharding, train
+from jaxlm.cli import fail
 from jaxlm.config import Config
 from jaxlm.data import pipeline
 from jaxlm.models import transformer
@@ -149,30 +149,25 @@ def main(argv):
   from absl import flags, logging
   F = flags.FLAGS
   if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}")
+    fail(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.ERROR)  # Orbax logs and warns on every restore
   if not F.workdir:
-    _fail("--workdir is required: the directory of a trained run")
+    fail("--workdir is required: the directory of a trained run")
   try:
     import matplotlib  # noqa: F401  Checked first: the evaluation itself can take minutes.
   except ImportError:
-    _fail("the reliability diagram needs matplotlib; install it with "
+    fail("the reliability diagram needs matplotlib; install it with "
           "`pip install 'jaxlm[plot]'`")
   try:
     r = run(F.workdir, F.split)
   except (ValueError, FileNotFoundError) as e:
-    _fail(str(e))
+    fail(str(e))
   print(f"{F.split}: loss {r['loss']:.4f} | perplexity {r['perplexity']:.2f} | "
         f"bpb {r['bits_per_byte']:.4f} | accuracy {r['accuracy']:.3f} | ECE {r['ece']:.4f} | "
         f"{r['tokens']:,} tokens at step {r['step']}")
   print(f"wrote {os.path.join(F.workdir, f'eval_{F.split}.json')} and "
         f"reliability_{F.split}.png")
 
-
-def _fail(message: str) -> None:
-  """One line on stderr and exit status 2: the contract for bad input."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
 
 
 if __name__ == "__main__":

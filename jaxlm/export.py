@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 
 import numpy as np
+
+from jaxlm.cli import fail
 
 FORMAT = "jaxlm-params"
 SUFFIXES = (".safetensors", ".msgpack")
@@ -135,18 +136,14 @@ def main(argv):
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.ERROR)  # Orbax logs every restore, and that it reads only
   if len(argv) > 1 or not FLAGS.workdir or not FLAGS.out:
-    _fail(f"usage: python -m jaxlm.export --workdir=DIR --out=FILE{{{','.join(SUFFIXES)}}} "
+    fail(f"usage: python -m jaxlm.export --workdir=DIR --out=FILE{{{','.join(SUFFIXES)}}} "
           f"[--step=N]; got {argv[1:] or 'no --workdir or --out'}")
   try:
     step = export(FLAGS.workdir, FLAGS.out, None if FLAGS.step < 0 else FLAGS.step)
   except (ValueError, KeyError, FileNotFoundError) as e:
-    _fail(str(e))
+    fail(str(e))
   print(f"wrote the params of step {step} of {FLAGS.workdir} to {FLAGS.out}")
 
-
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
 
 
 def entry():

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.cli import fail
 from jaxlm import checkpoint, sharding
 from jaxlm import config as config_lib
 from jaxlm.config import ModelConfig
@@ -342,7 +343,7 @@ def main(argv):
   from absl import flags, logging
   F = flags.FLAGS
   if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}")
+    fail(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.ERROR)  # Orbax logs and warns on every restore
   try:
     if not F.workdir:
@@ -356,7 +357,7 @@ def main(argv):
     texts = read_prompts(F.prompt, F.prompt_file)
     config, tok, mesh, params, _ = load_run(F.workdir)
   except (ValueError, FileNotFoundError) as e:
-    _fail(str(e))
+    fail(str(e))
   prompts = [tok.encode(t) for t in texts for _ in range(F.num_samples)]
   kw = dict(temperature=F.temperature, top_k=F.top_k, top_p=F.top_p, seed=F.seed,
             eos_id=tok.eos_id, mesh=mesh, rules=config.mesh.rules)
@@ -370,10 +371,6 @@ def main(argv):
     print(f"=== prompt {p + 1}, sample {s + 1} ===\n{texts[p]}{tok.decode(ids)}", flush=True)
 
 
-def _fail(message: str) -> None:
-  """One line on stderr and exit status 2: the contract for bad input."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
 
 
 def _define_flags():

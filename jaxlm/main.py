@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
+from jaxlm.cli import fail
+
 flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --list).")
 flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. model.d_model=256.")
 flags.DEFINE_string("workdir", None, "Run directory; default runs/<experiment>/<timestamp>. "
@@ -32,11 +34,6 @@ flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
 FLAGS = flags.FLAGS
 
-
-def fail(message: str) -> None:
-  """One line on stderr and exit status 2: the contract for bad input."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
 
 
 def main(argv):

@@ -1,7 +1,6 @@
 import math
 
 import jax
-import numpy as np
 import pytest
 
 from jaxlm import sharding, train

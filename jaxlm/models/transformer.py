@@ -14,7 +14,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlm import sharding
 from jaxlm.config import ModelConfig
@@ -221,8 +220,3 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> dict[str, float]:
   dense = 6.0 * matmul_params
   attention = 6.0 * config.n_layers * seq_len * config.d_model
   return {"dense": dense, "attention": attention, "total": dense + attention}
-
-
-def numpy_params(params) -> dict:
-  """Host copy of params as numpy arrays (for export and tests)."""
-  return jax.tree.map(np.asarray, params)
