@@ -33,10 +33,10 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Decoder-only Transformer shape and options."""
-  vocab_size: int = 2048
-  d_model: int = 256
-  n_layers: int = 4
-  n_heads: int = 4
+  vocab_size: int = 2048       # output vocabulary (>= the tokenizer's; pad for speed)
+  d_model: int = 256           # residual stream width
+  n_layers: int = 4            # Transformer blocks
+  n_heads: int = 4             # query heads; head dim = d_model / n_heads
   n_kv_heads: int = 0          # 0: same as n_heads (multi-head); fewer: grouped-query
   d_ff: int = 0                # 0: 4*d_model for gelu, 8/3*d_model (rounded up to 64) for swiglu
   max_seq_len: int = 1024      # longest sequence the model supports (learned positions size)
@@ -46,11 +46,11 @@ class ModelConfig:
   use_bias: bool = False       # biases in attention and MLP projections
   tie_embeddings: bool = True  # output projection shares the token embedding
   attention: str = "auto"      # auto | xla | cudnn | pallas
-  param_dtype: str = "float32"
-  compute_dtype: str = "float32"
-  rope_theta: float = 10000.0
-  norm_eps: float = 1e-5
-  init_std: float = 0.02
+  param_dtype: str = "float32" # float32 or bfloat16 (float16): parameter storage
+  compute_dtype: str = "float32"  # activations and matmul inputs; softmax, norms, loss in float32
+  rope_theta: float = 10000.0  # rotary base frequency
+  norm_eps: float = 1e-5       # epsilon of RMSNorm / LayerNorm
+  init_std: float = 0.02       # std of normal init; residual output projections / sqrt(2 L)
   remat: str = "none"          # none | full | dots: what each layer recomputes in the backward
 
   def __post_init__(self):
@@ -93,11 +93,11 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Corpus, tokenizer and sequence packing."""
-  corpus: str = "shakespeare"
+  corpus: str = "shakespeare"  # the embedded corpus (jaxlm/data/corpus.py)
   tokenizer: str = "sentencepiece"  # sentencepiece | bytes
   tokenizer_path: str = ""          # "" means the committed model for vocab_size
   vocab_size: int = 0               # tokenizer vocabulary; 0 means model.vocab_size
-  seq_len: int = 256
+  seq_len: int = 256           # tokens per training window
   mask_documents: bool = True       # packed documents never attend to each other
 
   def __post_init__(self):
@@ -111,14 +111,14 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
   """AdamW with linear warmup and cosine decay."""
-  lr: float = 3e-3
+  lr: float = 3e-3             # peak learning rate
   min_lr_ratio: float = 0.1   # final learning rate as a fraction of lr
-  warmup_steps: int = 50
+  warmup_steps: int = 50       # linear warmup from 0
   schedule: str = "cosine"    # cosine | constant
-  b1: float = 0.9
-  b2: float = 0.95
-  eps: float = 1e-8
-  weight_decay: float = 0.1
+  b1: float = 0.9              # AdamW beta1
+  b2: float = 0.95             # AdamW beta2
+  eps: float = 1e-8            # AdamW epsilon
+  weight_decay: float = 0.1    # decoupled, on matrices only (not norms, biases, embeddings)
   grad_clip: float = 1.0      # global norm; 0 disables
 
   def __post_init__(self):
@@ -135,15 +135,15 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Length of training, batch, and what is logged and evaluated."""
-  steps: int = 1000
-  batch_size: int = 32
-  log_every: int = 25
+  steps: int = 1000            # optimizer steps
+  batch_size: int = 32         # global batch (sequences), split over data and fsdp
+  log_every: int = 25          # steps between progress lines / metrics.jsonl records
   eval_every: int = 250       # 0: evaluate only at the end
   eval_batches: int = 16      # validation batches per evaluation
   loss_chunk: int = 0         # rows of batch*length per loss chunk (0: all at once)
   sample_tokens: int = 200    # tokens sampled at the end of the run (0: none)
-  sample_prompt: str = "ROMEO.\n"
-  sample_temperature: float = 0.8
+  sample_prompt: str = "ROMEO.\n"  # prompt of the end-of-run sample
+  sample_temperature: float = 0.8  # temperature of the end-of-run sample
   nonfinite: str = "stop"     # non-finite loss or grads: stop (error) | skip (drop the update)
   spike_factor: float = 3.0   # log a spike when loss > factor * running mean; 0: never
 
@@ -195,10 +195,10 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   """Device mesh shape; -1 fills the remaining devices (at most one axis)."""
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-  rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
+  data: int = -1               # data-parallel replicas (batch split, params replicated)
+  fsdp: int = 1                # fully sharded data parallel (batch and params split)
+  tensor: int = 1              # tensor parallel (heads, MLP and vocab split)
+  rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES  # logical -> mesh axes
 
   def __post_init__(self):
     sizes = {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tensor": self.tensor}
@@ -210,14 +210,14 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run: what to train, on what, for how long, on which devices."""
-  name: str = "unnamed"
+  name: str = "unnamed"        # the experiment name (set by the registry)
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   mesh: MeshConfig = MeshConfig()
-  seed: int = 0
+  seed: int = 0                # seeds parameter init, data order and sampling
 
   def __post_init__(self):
     _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len", self.data.seq_len,
