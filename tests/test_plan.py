@@ -1,0 +1,37 @@
+"""--dry_run planning and the out-of-memory check before the first step."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm import plan, sharding
+from jaxlm.config import ConfigError
+from jaxlm.train import Trainer
+from tests.helpers import tiny_config
+
+
+def _compiled():
+  config = tiny_config(**{"mesh.data": 1})
+  trainer = Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
+                    np.ones(config.model.vocab_size, np.int32))
+  return plan.compile_step(trainer), config
+
+
+def test_step_that_does_not_fit_says_what_to_change(monkeypatch):
+  compiled, config = _compiled()
+  monkeypatch.setattr(plan, "device_memory_limit", lambda: 1024)
+  with pytest.raises(ConfigError, match="train.batch_size.*model.remat=full.*mesh.fsdp"):
+    plan.check_fits(compiled, config)
+
+
+def test_step_that_fits_passes(monkeypatch):
+  compiled, config = _compiled()
+  monkeypatch.setattr(plan, "device_memory_limit", lambda: 64 * 2**30)
+  plan.check_fits(compiled, config)
+
+
+def test_describe_reports_sharded_bytes():
+  config = tiny_config(**{"mesh.data": 1, "mesh.fsdp": 8})
+  text = plan.describe(config)
+  assert "params          " in text and "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in text
+  assert "XLA temporaries" in text
