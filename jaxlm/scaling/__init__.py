@@ -1,0 +1,1 @@
+"""Scaling laws: FLOP accounting, sweep specs, collecting runs, Chinchilla fits, plots."""

@@ -1,0 +1,143 @@
+"""A sweep directory to runs.csv, and runs.csv back to validated arrays for the fit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+from jaxlm import config as config_lib
+from jaxlm.scaling import flops as flops_lib
+
+COLUMNS = ("name", "status", "params", "non_embedding_params", "tokens", "flops",
+           "flops_convention", "loss", "bpb", "lr", "steps", "wall_seconds")
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _row(sweep_dir: str, name: str, convention: str) -> dict:
+  workdir = os.path.join(sweep_dir, name)
+  row = {"name": name}
+  summary_path = os.path.join(workdir, "summary.json")
+  status_path = os.path.join(workdir, "status.json")
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(summary_path):
+    row["status"] = "ok"
+  elif os.path.exists(status_path):
+    # "running" with no live launcher means it was killed: report it as interrupted.
+    status = _read_json(status_path).get("status", "unknown")
+    row["status"] = "interrupted" if status == "running" else status
+  else:
+    row["status"] = "incomplete" if os.path.exists(config_path) else "pending"
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      config = config_lib.loads(f.read())
+    tokens = config.train.steps * config.train.batch_size * config.data.seq_len
+    acc = flops_lib.training_flops(config.model, config.data.seq_len, tokens, convention)
+    row.update(params=acc["params"], non_embedding_params=acc["non_embedding_params"],
+               tokens=tokens, flops=acc["flops"], flops_convention=convention,
+               lr=config.optim.lr, steps=config.train.steps)
+  if row["status"] == "ok":
+    summary = _read_json(summary_path)
+    row.update(loss=summary["final_val_loss"], bpb=summary["final_val_bpb"],
+               wall_seconds=summary["wall_seconds"], tokens=summary["tokens"])
+  return row
+
+
+def collect(sweep_dir: str, convention: str = "6ND") -> list[dict]:
+  """One row per run in sweep_dir (finished or not); planned but unstarted ones as pending."""
+  if not os.path.isdir(sweep_dir):
+    raise FileNotFoundError(f"sweep directory {sweep_dir!r} does not exist: expected the "
+                            "--dir given to launch/sweep_local.py")
+  if convention not in flops_lib.CONVENTIONS:
+    raise ValueError(f"flops convention {convention!r} is invalid: expected one of "
+                     f"{', '.join(flops_lib.CONVENTIONS)}")
+  names = set()
+  plan = os.path.join(sweep_dir, "sweep.json")
+  if os.path.exists(plan):
+    names.update(r["name"] for r in _read_json(plan)["runs"])
+  for entry in os.listdir(sweep_dir):
+    path = os.path.join(sweep_dir, entry)
+    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f))
+                                   for f in ("config.json", "status.json", "summary.json")):
+      names.add(entry)
+  return [_row(sweep_dir, n, convention) for n in sorted(names)]
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  """Writes rows with the COLUMNS header; missing values are empty cells."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: ("" if row.get(k) is None else
+                           repr(float(row[k])) if isinstance(row[k], (float, np.floating))
+                           else row[k])
+                       for k in COLUMNS})
+
+
+def read_runs(path: str) -> dict:
+  """Validated arrays params, tokens, loss, flops (float64) from a runs.csv, and the convention.
+
+  Rows whose `status` column is present and not "ok" are skipped (they have no
+  loss). A missing required column or a non-positive or non-numeric value is an
+  error naming the row (1-based, header excluded) and the column.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"runs file {path!r} does not exist: expected a CSV such as "
+                            "`python -m jaxlm.scaling collect` writes")
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    header = reader.fieldnames or []
+    for column in ("params", "tokens", "loss"):
+      if column not in header:
+        raise ValueError(f"{path}: column {column!r} is missing: expected columns params, "
+                         f"tokens, loss (optional flops); found {', '.join(header) or 'none'}")
+    rows = list(reader)
+  has_flops = "flops" in header
+  out = {"params": [], "tokens": [], "loss": [], "flops": [], "names": []}
+  for i, row in enumerate(rows, start=1):
+    if row.get("status", "ok") not in ("ok", ""):
+      continue
+    values = {}
+    for column in ("params", "tokens", "loss") + (("flops",) if has_flops else ()):
+      text = (row.get(column) or "").strip()
+      try:
+        value = float(text)  # full precision: Besiroglu et al. 2024 trace Chinchilla's
+      except ValueError:     # too-narrow intervals partly to rounded inputs
+        raise ValueError(f"{path}: row {i} ({row.get('name', '')!r}) has {column}={text!r}: "
+                         "expected a positive number") from None
+      if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{path}: row {i} ({row.get('name', '')!r}) has {column}={text}: "
+                         "expected a positive number")
+      values[column] = value
+    for column in ("params", "tokens", "loss"):
+      out[column].append(values[column])
+    out["flops"].append(values["flops"] if has_flops
+                        else flops_lib.six_nd(values["params"], values["tokens"]))
+    out["names"].append(row.get("name", str(i)))
+  arrays = {k: np.asarray(v, dtype=np.float64) for k, v in out.items() if k != "names"}
+  arrays["names"] = out["names"]
+  arrays["flops_convention"] = _convention(rows, header, arrays)
+  return arrays
+
+
+def _convention(rows, header, arrays) -> str:
+  if "flops" not in header:
+    return "6ND"
+  if "flops_convention" in header:
+    found = {r["flops_convention"] for r in rows if r.get("flops_convention")}
+    if len(found) == 1:
+      return found.pop()
+    if len(found) > 1:
+      raise ValueError(f"runs mix flops conventions {sorted(found)}: expected one")
+  # No label: flops equal to 6·N·D to rounding are 6ND; any other count is "exact".
+  six = 6.0 * arrays["params"] * arrays["tokens"]
+  return "6ND" if np.allclose(arrays["flops"], six, rtol=1e-6) else "exact"

@@ -1,0 +1,194 @@
+"""Sweep specs (grid and IsoFLOP), the shape rule, run names, and expansion to runs.
+
+A sweep expands to a list of `SweepRun(name, overrides)`: each is an ordinary
+`python -m jaxlm.main --experiment=<base> --set <override>...` run, and its name
+is a deterministic function of the spec, so any point can be rerun alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from jaxlm import config as config_lib
+from jaxlm.config import Config, ModelConfig
+from jaxlm.scaling import flops as flops_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+  """One point of a sweep: a filesystem-safe name and its `--set` overrides."""
+  name: str
+  overrides: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """A model shape chosen for a target size, with the sizes it realizes."""
+  d_model: int
+  n_layers: int
+  n_heads: int
+  params: int
+  non_embedding_params: int
+
+
+def sci(x: float, digits: int = 2) -> str:
+  """Compact, filesystem-safe scientific notation: 120000 -> '1.2e5', 3e-3 -> '3e-3'."""
+  mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
+  mantissa = mantissa.rstrip("0").rstrip(".")
+  return f"{mantissa}e{int(exponent)}"
+
+
+def _model(base: ModelConfig, d: int, n_layers: int, head_dim: int) -> ModelConfig:
+  # d_ff and n_kv_heads reset to their derived defaults, so every size has the
+  # base's architecture (MLP kind, norms, positions) at a consistent ratio.
+  return dataclasses.replace(base, d_model=d, n_layers=n_layers, n_heads=d // head_dim,
+                             d_ff=0, n_kv_heads=0)
+
+
+def shape_for(target: float, base: ModelConfig, aspect: float = 32.0,
+              head_dim: int = 32) -> Shape:
+  """Width, depth and heads whose non-embedding parameter count is closest to `target`.
+
+  Depth follows a fixed aspect ratio d_model ≈ aspect·n_layers: Kaplan et al.
+  2020 (fig. 5) find loss nearly flat for d_model/n_layers between ~20 and ~200
+  at fixed N, so one ratio is a fair shape for every size. Width is a multiple
+  of head_dim. The realized count closest to target (in log) wins, the aspect
+  ratio breaking near-ties; callers report the realized sizes, not the target.
+  """
+  if target <= 0:
+    raise ValueError(f"target size {target!r} is invalid: expected a positive parameter count")
+  per_layer = 12.0  # ~4·D² attention + ~8·D² MLP (GELU 4D or SwiGLU 8D/3 wide, 3 mats)
+  best = None
+  for n_layers in range(1, 129):
+    width = math.sqrt(target / (per_layer * n_layers))
+    for mult in {max(1, math.floor(width / head_dim)), max(1, math.ceil(width / head_dim))}:
+      model = _model(base, mult * head_dim, n_layers, head_dim)
+      counts = flops_lib.params(model)
+      # Size first; the aspect term (weight 0.25) stops quantized widths pulling depth astray.
+      cost = (abs(math.log(counts["non_embedding"] / target))
+              + 0.25 * abs(math.log(model.d_model / (aspect * n_layers))))
+      if best is None or cost < best[0]:
+        best = (cost, Shape(model.d_model, n_layers, model.n_heads, counts["total"],
+                            counts["non_embedding"]))
+  return best[1]
+
+
+def _shape_overrides(shape: Shape, base: ModelConfig) -> list[str]:
+  out = [f"model.d_model={shape.d_model}", f"model.n_layers={shape.n_layers}",
+         f"model.n_heads={shape.n_heads}"]
+  if base.d_ff:
+    out.append("model.d_ff=0")
+  if base.n_kv_heads:
+    out.append("model.n_kv_heads=0")
+  return out
+
+
+def _steps_overrides(steps: int, base: Config) -> list[str]:
+  # The cosine schedule spans train.steps (train.steps sets its length), which is
+  # what Hoffmann et al. 2022 (fig. A1) show matters: a cycle longer than the run
+  # overstates the loss of short runs. Warmup is capped at a tenth of the run.
+  out = [f"train.steps={steps}"]
+  warmup = min(base.optim.warmup_steps, max(1, steps // 10))
+  if warmup != base.optim.warmup_steps:
+    out.append(f"optim.warmup_steps={warmup}")
+  return out
+
+
+def _log_space(lo: float, hi: float, count: int) -> list[float]:
+  if not 0 < lo <= hi or count < 1:
+    raise ValueError(f"size range ({lo}, {hi}) x {count} is invalid: expected "
+                     "0 < lo <= hi and count >= 1")
+  return list(np.exp(np.linspace(math.log(lo), math.log(hi), count)))
+
+
+def _base(spec) -> Config:
+  """The base experiment with the spec's shared overrides applied."""
+  from jaxlm import registry  # registry imports experiments, which import this module
+  return config_lib.apply_overrides(registry.experiment(spec.base), list(spec.extra))
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoFlopSpec:
+  """For each budget C, `sizes` models spaced evenly in log N, each trained on D = C/(6N).
+
+  `n_ranges[i]` is the (lo, hi) non-embedding target size range for budgets[i];
+  N in D = C/(6N) is the realized total parameter count, the `params` column
+  that the fit's 6·params·tokens default reads (Hoffmann et al. 2022, sec. 3.2).
+  """
+  base: str
+  budgets: tuple[float, ...]
+  n_ranges: tuple[tuple[float, float], ...]
+  sizes: int = 5
+  aspect: float = 32.0
+  head_dim: int = 32
+  extra: tuple[str, ...] = ()   # overrides shared by every run
+  min_steps: int = 1
+
+  def runs(self) -> list[SweepRun]:
+    """Every (name, overrides) point; repeated shapes within a budget are dropped."""
+    if len(self.n_ranges) != len(self.budgets):
+      raise ValueError(f"n_ranges has {len(self.n_ranges)} entries: expected one per budget "
+                       f"({len(self.budgets)})")
+    base = _base(self)
+    per_step = base.train.batch_size * base.data.seq_len
+    out = []
+    for budget, (lo, hi) in zip(self.budgets, self.n_ranges):
+      seen = set()
+      for target in _log_space(lo, hi, self.sizes):
+        shape = shape_for(target, base.model, self.aspect, self.head_dim)
+        if shape in seen:
+          continue
+        seen.add(shape)
+        steps = max(self.min_steps, round(budget / (6.0 * shape.params * per_step)))
+        name = f"isoflop-C{sci(budget)}-N{sci(shape.params)}"
+        overrides = (_shape_overrides(shape, base.model) + _steps_overrides(steps, base)
+                     + list(self.extra))
+        out.append(SweepRun(name, tuple(overrides)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+  """Every combination of model size x token budget x peak learning rate."""
+  base: str
+  sizes: tuple[float, ...]       # non-embedding target sizes
+  tokens: tuple[float, ...]
+  lrs: tuple[float, ...]
+  aspect: float = 32.0
+  head_dim: int = 32
+  extra: tuple[str, ...] = ()
+
+  def runs(self) -> list[SweepRun]:
+    """Every (name, overrides) point of the grid."""
+    base = _base(self)
+    per_step = base.train.batch_size * base.data.seq_len
+    out = []
+    for target in self.sizes:
+      shape = shape_for(target, base.model, self.aspect, self.head_dim)
+      for tokens in self.tokens:
+        steps = max(1, round(tokens / per_step))
+        for lr in self.lrs:
+          name = f"grid-N{sci(shape.params)}-D{sci(tokens)}-lr{sci(lr)}"
+          overrides = (_shape_overrides(shape, base.model) + _steps_overrides(steps, base)
+                       + [f"optim.lr={lr:g}"] + list(self.extra))
+          out.append(SweepRun(name, tuple(overrides)))
+    return out
+
+
+def expand(spec) -> list[SweepRun]:
+  """The runs of a spec, checked for unique names."""
+  runs = spec.runs()
+  names = [r.name for r in runs]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ValueError(f"sweep run names repeat ({', '.join(dup)}): expected unique names; "
+                     "widen the size ranges or lower `sizes`")
+  return runs
+
+
+def run_config(spec, run: SweepRun) -> Config:
+  """The resolved config of one run (base experiment plus the run's overrides)."""
+  return config_lib.apply_overrides(_base(spec), list(run.overrides))

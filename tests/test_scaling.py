@@ -1,0 +1,197 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm import config as config_lib, registry
+from jaxlm.config import ModelConfig
+from jaxlm.models import transformer
+from jaxlm.scaling import collect, fit, flops, plots, sweeps
+from jaxlm.scaling.__main__ import main as cli
+from tests.helpers import tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRUE = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}
+
+
+@pytest.mark.parametrize("kw", [{}, {"tie_embeddings": False, "positions": "learned"},
+                                {"mlp": "gelu", "use_bias": True, "n_kv_heads": 2}])
+def test_params_equal_the_initialized_model(kw):
+  model = tiny_model(**kw)
+  tree = transformer.init(model, jax.random.key(0))
+  total = sum(x.size for x in jax.tree.leaves(tree))
+  embedding = sum(tree[k].size for k in ("embed", "pos_embed", "unembed") if k in tree)
+  assert flops.params(model) == {"total": total, "non_embedding": total - embedding}
+
+
+def test_six_nd_and_exact_conventions():
+  # A 7B-class shape (Chinchilla table A4 compares 6ND and the exact count there).
+  big = ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, max_seq_len=2048,
+                    tie_embeddings=False)
+  n = flops.params(big)["total"]
+  six = flops.training_flops(big, 2048, 1e9, "6ND")
+  assert six == {"flops": 6.0 * n * 1e9, "convention": "6ND", "params": n,
+                 "non_embedding_params": flops.params(big)["non_embedding"]}
+  exact = flops.training_flops(big, 2048, 1e9, "exact")
+  assert exact["convention"] == "exact"
+  assert abs(exact["flops"] / six["flops"] - 1) < 0.10  # table A4: within ~10%
+  narrow = tiny_model(d_model=32, n_layers=2, n_heads=2, max_seq_len=4096)
+  ratio = (flops.training_flops(narrow, 4096, 1e6)["flops"]
+           / flops.training_flops(narrow, 4096, 1e6, "6ND")["flops"])
+  assert ratio > 5  # attention's T² terms dominate a narrow model with a long context
+  with pytest.raises(ValueError, match="expected one of 6ND, exact"):
+    flops.training_flops(big, 1024, 1.0, "kaplan")
+
+
+def test_every_sweep_builds_and_its_overrides_apply():
+  names = registry.names("sweep")
+  assert {"shakespeare_isoflop", "shakespeare_isoflop_tiny", "shakespeare_grid"} <= set(names)
+  for name in names:
+    spec = registry.sweep(name)
+    runs = sweeps.expand(spec)
+    assert runs and len({r.name for r in runs}) == len(runs)
+    base = registry.experiment(spec.base)
+    for run in runs:
+      assert all(c.isalnum() or c in "-._" for c in run.name)
+      config = config_lib.apply_overrides(base, list(run.overrides))
+      assert config.train.steps >= 1
+
+
+def test_isoflop_spec_shapes_and_budgets():
+  spec = registry.sweep("shakespeare_isoflop")
+  runs = sweeps.expand(spec)
+  assert len(runs) == 15 and len({r.name.split("-N")[0] for r in runs}) == 3
+  for run in runs:
+    c = sweeps.run_config(spec, run)
+    n = flops.params(c.model)["total"]
+    budget = float(run.name.split("-")[1][1:])
+    tokens = c.train.steps * c.train.batch_size * c.data.seq_len
+    assert abs(6 * n * tokens / budget - 1) < 0.1 or c.train.steps < 20  # step rounding
+    assert c.model.head_dim == 16 and c.data.seq_len == 64 and c.train.batch_size == 128
+  shape = sweeps.shape_for(1e6, registry.experiment("shakespeare").model)
+  assert abs(np.log(shape.non_embedding_params / 1e6)) < 0.15
+  assert sweeps.sci(120000) == "1.2e5" and sweeps.sci(3e-3) == "3e-3"
+
+
+def _synthetic(seed=0, noise=0.01):
+  rng = np.random.default_rng(seed)
+  n, d, c = [], [], []
+  for budget in (1e18, 1e19, 1e20, 1e21):
+    for size in np.geomspace(np.sqrt(budget / 120) / 8, np.sqrt(budget / 120) * 8, 7):
+      n.append(size), d.append(budget / (6 * size)), c.append(budget)
+  n, d = np.array(n), np.array(d)
+  t = TRUE
+  loss = (t["E"] + t["A"] / n ** t["alpha"] + t["B"] / d ** t["beta"])
+  loss = loss * np.exp(rng.normal(0, noise, len(n)))
+  return {"params": n, "tokens": d, "loss": loss, "flops": np.array(c),
+          "flops_convention": "6ND"}
+
+
+def test_fit_recovers_a_known_law():
+  result = fit.fit(_synthetic(), n_boot=20)
+  p, iso = result["parametric"], result["isoflop"]
+  assert p["converged"] and result["flops_convention"] == "6ND"
+  assert abs(p["alpha"] - 0.34) < 0.05 and abs(p["beta"] - 0.28) < 0.05
+  assert abs(p["E"] - 1.7) < 0.15
+  a_true = 0.28 / (0.34 + 0.28)
+  assert abs(p["a"] - a_true) < 0.03 and abs(p["b"] - (1 - a_true)) < 0.03
+  assert abs(iso["a"] - a_true) < 0.04 and abs(iso["a"] + iso["b"] - 1) < 0.05
+  assert all("n_opt" in b for b in iso["budgets"]) and len(iso["budgets"]) == 4
+  for key in ("alpha", "beta", "E", "a"):
+    lo, hi = p["ci"][key]
+    assert lo < hi
+  assert json.loads(json.dumps(result))  # plain JSON
+
+
+def _write(path, header, rows):
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+
+
+def test_csv_errors_name_the_column_and_row(tmp_path, capsys):
+  path = str(tmp_path / "runs.csv")
+  _write(path, ["name", "params", "loss"], [["r1", 1e6, 3.0]])
+  with pytest.raises(ValueError, match="column 'tokens' is missing"):
+    collect.read_runs(path)
+  _write(path, ["name", "params", "tokens", "loss"], [["r1", 1e6, 1e8, 3.0],
+                                                      ["r2", 1e6, 0, 3.0]])
+  with pytest.raises(ValueError, match=r"row 2 \('r2'\) has tokens=0"):
+    collect.read_runs(path)
+  with pytest.raises(SystemExit) as e:
+    cli(["fit", "--runs", path, "--out", str(tmp_path / "fit.json")])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "row 2" in err and "\n" not in err
+
+
+def test_fit_predict_and_plots_from_csv(tmp_path, capsys):
+  data = _synthetic(seed=1)
+  path = str(tmp_path / "runs.csv")
+  _write(path, ["params", "tokens", "loss", "note"],
+         [[repr(float(n)), repr(float(d)), repr(float(l)), "x"] for n, d, l in
+          zip(data["params"], data["tokens"], data["loss"])])
+  assert collect.read_runs(path)["flops_convention"] == "6ND"
+  out, plot_dir = str(tmp_path / "fit.json"), str(tmp_path / "plots")
+  cli(["fit", "--runs", path, "--out", out, "--plots", plot_dir, "--n_boot", "10"])
+  result = json.load(open(out))
+  assert set(result) >= {"parametric", "isoflop", "flops_convention"}
+  assert set(result["parametric"]) >= {"E", "A", "B", "alpha", "beta", "a", "b", "objective",
+                                       "n_runs", "ci"}
+  for name in ("isoflop.png", "frontier.png", "optimal.png"):
+    with open(os.path.join(plot_dir, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  capsys.readouterr()
+  cli(["predict", "--fit", out, "--flops", "1e21"])
+  text = capsys.readouterr().out
+  assert "N_opt" in text and "D_opt" in text and "loss" in text and "[" in text
+  pred = fit.predict(result, 1e21)["parametric"]
+  lo, hi = pred["ci"]["loss"]
+  assert lo <= pred["loss"] <= hi and 1.7 < pred["loss"] < 3
+
+
+def test_isoflop_rejects_a_downward_parabola():
+  n = np.array([1e6, 2e6, 4e6])
+  out = fit.fit_isoflop(n, 1e18 / (6 * n), np.array([3.0, 3.5, 3.0]), np.full(3, 1e18),
+                        np.zeros(3, int))
+  assert out["budgets"][0]["rejected"] == "parabola opens downward" and out["a"] is None
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+  sweep_dir = str(tmp_path / "sweep")
+  launcher = [sys.executable, os.path.join(ROOT, "launch", "sweep_local.py"),
+              "--sweep=shakespeare_isoflop_tiny", f"--dir={sweep_dir}"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one device per run
+  dry = subprocess.run(launcher + ["--dry_run"], capture_output=True, text=True, check=True)
+  assert dry.stdout.count("-m jaxlm.main") == 6 and "--set=model.d_model=" in dry.stdout
+  # One budget's 3 runs (2 at once) keep the test short; the other 3 must show as pending.
+  done = subprocess.run(launcher + ["--parallel=2", "--only=C3e8"], capture_output=True,
+                        text=True, env=env)
+  assert done.returncode == 0, done.stdout + done.stderr
+  out = str(tmp_path / "runs.csv")
+  cli(["collect", "--sweep", sweep_dir, "--out", out])
+  rows = list(csv.DictReader(open(out)))
+  assert len(rows) == 6 and [r["status"] for r in rows].count("pending") == 3
+  ok = [r for r in rows if r["status"] == "ok"]
+  assert len(ok) == 3 and all(r["name"].startswith("isoflop-C3e8-") for r in ok)
+  assert all(float(r["loss"]) > 0 and float(r["flops"]) > 0 and float(r["bpb"]) > 0
+             and float(r["wall_seconds"]) > 0 for r in ok)
+  assert {r["flops_convention"] for r in ok} == {"6ND"}
+  exact = {r["name"]: r.get("flops") for r in collect.collect(sweep_dir, "exact")}
+  assert all(exact[r["name"]] > float(r["flops"]) for r in ok)  # embeddings, attention
+  again = subprocess.run(launcher + ["--only=C3e8"], capture_output=True, text=True, check=True)
+  assert "3 of 3 runs done; running 0" in again.stdout
+  # An interrupted run (config written, no summary) and a failed one are listed too.
+  os.remove(os.path.join(sweep_dir, ok[0]["name"], "summary.json"))
+  os.remove(os.path.join(sweep_dir, ok[0]["name"], "status.json"))
+  with open(os.path.join(sweep_dir, ok[1]["name"], "status.json"), "w") as f:
+    json.dump({"status": "failed", "returncode": 1}, f)
+  os.remove(os.path.join(sweep_dir, ok[1]["name"], "summary.json"))
+  statuses = sorted(r["status"] for r in collect.collect(sweep_dir))
+  assert statuses == ["failed", "incomplete", "ok", "pending", "pending", "pending"]
