@@ -65,14 +65,15 @@ def test_every_sweep_builds_and_its_overrides_apply():
 def test_isoflop_spec_shapes_and_budgets():
   spec = registry.sweep("shakespeare_isoflop")
   runs = sweeps.expand(spec)
-  assert len(runs) == 15 and len({r.name.split("-N")[0] for r in runs}) == 3
+  # 3 budgets x 5 sizes, less shapes that round to the same model within a budget.
+  assert 12 <= len(runs) <= 15 and len({r.name.split("-N")[0] for r in runs}) == 3
   for run in runs:
     c = sweeps.run_config(spec, run)
     n = flops.params(c.model)["total"]
     budget = float(run.name.split("-")[1][1:])
     tokens = c.train.steps * c.train.batch_size * c.data.seq_len
     assert abs(6 * n * tokens / budget - 1) < 0.1 or c.train.steps < 20  # step rounding
-    assert c.model.head_dim == 16 and c.data.seq_len == 64 and c.train.batch_size == 128
+    assert c.model.head_dim == 16 and c.data.seq_len == 64 and c.train.batch_size == 64
   shape = sweeps.shape_for(1e6, registry.experiment("shakespeare").model)
   assert abs(np.log(shape.non_embedding_params / 1e6)) < 0.15
   assert sweeps.sci(120000) == "1.2e5" and sweeps.sci(3e-3) == "3e-3"

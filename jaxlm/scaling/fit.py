@@ -205,6 +205,10 @@ def _fit(data, n_boot, seed, group_tolerance_dex, delta):
                     bootstrap=law_samples[:, :5].tolist())
   iso_cols = list(zip(*iso_samples)) if iso_samples else [[]] * 4
   iso["ci"] = {"a": _interval(iso_cols[0]), "b": _interval(iso_cols[1])}
+  if iso["a"] is None:  # no point estimate: resamples that happen to fit say nothing
+    iso["ci"] = {"a": None, "b": None}
+    iso["warning"] = ("fewer than 2 budgets have an interior minimum, so there are no "
+                      "IsoFLOP exponents; widen the size ranges or raise the budgets")
   iso["bootstrap"] = [list(s) for s in iso_samples if s[0] is not None]
   if iso["a"] is not None and (len(iso["bootstrap"]) < 0.5 * n_boot
                                or iso["ci"]["a"][1] - iso["ci"]["a"][0] < 1e-9):
