@@ -9,18 +9,18 @@ _QUIET = ("train.sample_tokens=0",)
 
 @register_sweep
 def shakespeare_isoflop():
-  """IsoFLOP profiles: 3 budgets x up to 5 sizes; under 10 minutes on 2 CPU cores in all.
+  """IsoFLOP profiles: 3 budgets x up to 5 sizes; ~17 minutes on 2 CPU cores in all.
 
   python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop
   """
-  # These budgets took 8.5 min on 2 CPU cores (small models run at ~20-40k
-  # tokens/s here); see docs/scaling.md for the results and the next budgets.
+  # These budgets took 17 min on 2 CPU cores (small models run at ~20-40k
+  # tokens/s here); see docs/scaling.md for the results.
   # Batch 64 x 64, so that even the shortest runs take dozens of steps (the sweep
   # shortens warmup to a tenth of a short run): with batch 128, a first
   # attempt at 1.2e11-1.2e12 FLOPs trained for 6-200 steps, mostly in warmup, and
   # every budget's minimum fell at its smallest model (docs/scaling.md).
-  return IsoFlopSpec(base="shakespeare", budgets=(3e11, 1e12, 3e12),
-                     n_ranges=((1e4, 2e5), (1.5e4, 3e5), (2e4, 5e5)), sizes=5, head_dim=16,
+  return IsoFlopSpec(base="shakespeare", budgets=(1e12, 3e12, 6e12),
+                     n_ranges=((5e3, 1.2e5), (1e4, 2e5), (1.2e4, 2.5e5)), sizes=5, head_dim=16,
                      extra=_QUIET + ("train.batch_size=64", "checkpoint.every=0"))
 
 
