@@ -1,7 +1,7 @@
 """The typed config tree of a run, its validation, and `--set key=value` overrides.
 
 A config is a frozen dataclass tree: `Config(model, data, optim, train,
-checkpoint, mesh, seed)`. Experiments build one in Python; the command line can
+checkpoint, mesh, task, init, seed)`. Experiments build one in Python; the command line can
 only change leaves, each parsed to the field's declared type. Invalid values are
 rejected when the config is built, with the dotted key in the message.
 """
@@ -171,6 +171,33 @@ class CheckpointConfig:
     _check(self.keep > 0, "checkpoint.keep", self.keep, "a positive integer")
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """What the run trains for: next-token prediction, or a fine-tuning task on the corpus."""
+  kind: str = "lm"            # lm | classify (genre of a passage) | sft (speaker of a speech)
+  pooling: str = "last"       # classify: last | mean: how a passage becomes one vector
+  max_response_tokens: int = 16  # sft: longest response kept (prompts are cut from the left)
+
+  def __post_init__(self):
+    _choice("task.kind", self.kind, ("lm", "classify", "sft"))
+    _choice("task.pooling", self.pooling, ("last", "mean"))
+    _check(self.max_response_tokens > 0, "task.max_response_tokens", self.max_response_tokens,
+           "a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+  """Where the parameters start: a random draw, or a trained run's checkpoint (grown if smaller)."""
+  from_workdir: str = ""      # a run whose latest params start this one ("": random init)
+  grow: str = "none"          # none | stack | interleave: how a shallower run's layers fill more
+  zero_new: bool = True       # grown layers, heads and units start with zero output (function-preserving)
+
+  def __post_init__(self):
+    _choice("init.grow", self.grow, ("none", "stack", "interleave"))
+    _check(self.grow == "none" or self.from_workdir, "init.grow", self.grow,
+           "'none' unless init.from_workdir names the run to grow from")
+
+
 # Logical axis -> mesh axes. Every logical axis a parameter or activation names
 # must appear here (a test checks it); None means replicated.
 DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -189,6 +216,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("head_dim", ()),
     ("mlp", ("tensor",)),
     ("positions", ()),
+    ("classes", ()),
 )
 
 
@@ -209,7 +237,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """A whole run: what to train, on what, for how long, on which devices."""
+  """A whole run: what to train, on what, for how long, on which devices, from where."""
   name: str = "unnamed"        # the experiment name (set by the registry)
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
@@ -217,6 +245,8 @@ class Config:
   train: TrainConfig = TrainConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   mesh: MeshConfig = MeshConfig()
+  task: TaskConfig = TaskConfig()
+  init: InitConfig = InitConfig()
   seed: int = 0                # seeds parameter init, data order and sampling
 
   def __post_init__(self):

@@ -25,11 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlm import generate, sharding, train
+from jaxlm import generate, sharding
 from jaxlm.cli import fail
 from jaxlm.config import Config
 from jaxlm.data import pipeline
 from jaxlm.models import transformer
+from jaxlm.tasks import lm
 
 SPLITS = ("validation", "train")
 N_BINS = 15
@@ -62,7 +63,7 @@ def eval_sums(params, batch: dict, *, config: Config, token_bytes, n_bins: int =
 
 def summarize(sums: dict) -> dict:
   """Loss, perplexity, bits per byte, accuracy, ECE, bins and loss by position from eval_sums."""
-  base = train.summarize_eval(sums)
+  base = lm.summarize_eval(sums)
   n = max(sums["tokens"], 1.0)
   count_C = sums["bin_count_C"]
   seen_C = np.maximum(count_C, 1.0)

@@ -56,9 +56,10 @@ class Writer:
     self.print(f"step {step:>{width}}/{self.total} | loss {loss:7.4f} | lr {lr:.2e} | "
                f"{tokens_per_sec:9,.0f} tok/s{extra} | eta {eta}")
 
-  def eval_line(self, step: int, val_loss: float, val_bpb: float) -> None:
-    self.print(f"eval {step:>{len(str(self.total))}}/{self.total} | val_loss {val_loss:.4f} | "
-               f"val_bpb {val_bpb:.4f}")
+  def eval_line(self, step: int, result: dict) -> None:
+    """One line of evaluation metrics (val_loss, val_bpb, val_accuracy, ...)."""
+    values = " | ".join(f"{k} {v:.4f}" for k, v in result.items())
+    self.print(f"eval {step:>{len(str(self.total))}}/{self.total} | {values}")
 
 
 def stderr(text: str) -> None:

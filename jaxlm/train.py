@@ -1,7 +1,8 @@
-"""Train state, the pure train and eval steps, and the jitted, sharded step builder.
+"""Train state, the pure train step, the jitted, sharded step builder, and the loop.
 
-`train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch)`
-are pure; `Trainer` applies jit, shardings and donation to them in one place.
+`train_step(state, batch) -> (state, metrics)` is pure; what it minimizes and
+how a batch is evaluated come from the config's task (jaxlm.tasks); `Trainer`
+applies jit, shardings and donation to them in one place.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from flax import struct
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxlm import checkpoint, generate, metrics, optim, plan, sharding
+from jaxlm import checkpoint, generate, metrics, optim, plan, sharding, tasks, warm_start
 from jaxlm import config as config_lib
 from jaxlm.config import Config
 from jaxlm.data import pipeline
-from jaxlm.models import transformer
+from jaxlm.models import layers, transformer
 
 
 @struct.dataclass
@@ -38,32 +39,20 @@ class TrainState:
   nonfinite: jax.Array    # steps so far whose loss or gradients were not finite
 
 
-def loss_fn(params, batch: dict, config: Config):
-  """Mean next-token cross-entropy over weighted targets; also returns per-token nll."""
-  segments = batch["segment_ids"] if config.data.mask_documents else None
-  x_BTD = transformer.trunk(params, batch["inputs"], config.model,
-                           positions_BT=batch["positions"], segment_ids_BT=segments)
-  nll_BT = transformer.next_token_nll(params, x_BTD, batch["targets"], config.model,
-                                      config.train.loss_chunk)
-  weights_BT = batch["weights"]
-  loss = jnp.sum(nll_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
-  return loss, nll_BT
-
-
-def train_step(state: TrainState, batch: dict, *, config: Config, tx) -> tuple:
+def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = "stop") -> tuple:
   """One optimizer step on a batch; returns the new state and scalar metrics.
 
   A step whose loss or gradients are not finite is counted in `nonfinite`; with
-  train.nonfinite=skip its update is dropped (params and optimizer moments stay
+  nonfinite="skip" (train.nonfinite) its update is dropped (params and optimizer moments stay
   as they were), decided on device so that no step waits for the host.
   """
   rng, _ = jax.random.split(state.rng)  # the other half is this step's (dropout has none yet)
-  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, config)
+  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  if config.train.nonfinite == "skip":
+  if nonfinite == "skip":
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
   nonfinite = state.nonfinite + jnp.logical_not(finite).astype(jnp.int32)
@@ -72,23 +61,9 @@ def train_step(state: TrainState, batch: dict, *, config: Config, tx) -> tuple:
                     nonfinite=nonfinite), metrics
 
 
-def eval_step(params, batch: dict, *, config: Config, token_bytes) -> dict:
-  """Sums of nll (nats), target weights and target UTF-8 bytes over a batch."""
-  _, nll_BT = loss_fn(params, batch, config)
-  w_BT = batch["weights"]
-  return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
-          "bytes": jnp.sum(token_bytes[batch["targets"]] * w_BT)}
-
-
-def summarize_eval(sums: dict) -> dict:
-  """val_loss (nats per token) and val_bpb (bits per UTF-8 byte) from summed eval_step output."""
-  return {"val_loss": sums["nll"] / max(sums["tokens"], 1.0),
-          "val_bpb": sums["nll"] / math.log(2) / max(sums["bytes"], 1.0)}
-
-
 @dataclasses.dataclass
 class Trainer:
-  """The jitted, sharded init/train/eval functions for one config on one mesh."""
+  """The jitted, sharded init/train/eval functions of one config's task on one mesh."""
   config: Config
   mesh: jax.sharding.Mesh
   token_bytes: np.ndarray
@@ -96,11 +71,14 @@ class Trainer:
   def __post_init__(self):
     c = self.config
     rules = c.mesh.rules
-    self.specs = transformer.param_specs(c.model)
-    self.tx = optim.make(c.optim, c.train.steps, transformer.decay_mask(c.model))
+    self.task = tasks.get(c)
+    self.specs = self.task.param_specs()
+    self.tx = optim.make(c.optim, c.train.steps, layers.decay_mask(self.specs))
     self.param_shardings = sharding.tree_shardings(self.specs, self.mesh, rules)
     replicated = NamedSharding(self.mesh, P())
-    abstract_params = jax.eval_shape(lambda: transformer.init(c.model, jax.random.key(0)))
+    dtype = jnp.dtype(c.model.param_dtype)
+    abstract_params = jax.eval_shape(lambda: layers.init_params(self.specs, jax.random.key(0),
+                                                                dtype))
     abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
     opt_shardings = optax.tree_map_params(
         self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
@@ -109,32 +87,31 @@ class Trainer:
     self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
                                       opt_state=opt_shardings, rng=replicated,
                                       nonfinite=replicated)
-    self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
+    # Each batch array is split over its leading (batch) axis only.
+    self.batch_shardings = {k: sharding.batch_sharding(self.mesh, rules, len(shape))
+                            for k, (shape, _) in self.task.batch_shapes(1).items()}
 
     def init_state(rng):
-      params = transformer.init(c.model, rng)
+      params = layers.init_params(self.specs, rng, dtype)
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
                         nonfinite=jnp.zeros((), jnp.int32))
 
     def step(state, batch):
       with sharding.activation_rules(self.mesh, rules):
-        return train_step(state, batch, config=c, tx=self.tx)
+        return train_step(state, batch, loss_fn=self.task.loss, tx=self.tx,
+                          nonfinite=c.train.nonfinite)
 
     def evaluate(params, batch):
       with sharding.activation_rules(self.mesh, rules):
-        return eval_step(params, batch, config=c, token_bytes=jnp.asarray(self.token_bytes))
+        return self.task.eval_sums(params, batch, jnp.asarray(self.token_bytes))
 
-    batch_shardings = self._batch_tree(self.batch_sharding)
+    batch_shardings = self.batch_shardings
     self.init = jax.jit(init_state, out_shardings=self.state_shardings)
     self.step = jax.jit(step, in_shardings=(self.state_shardings, batch_shardings),
                         out_shardings=(self.state_shardings, replicated), donate_argnums=0)
     self.evaluate = jax.jit(evaluate, in_shardings=(self.param_shardings, batch_shardings),
                             out_shardings=replicated)
-
-  @staticmethod
-  def _batch_tree(leaf):
-    return {k: leaf for k in ("inputs", "targets", "segment_ids", "positions", "weights")}
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, without allocating it."""
@@ -143,24 +120,21 @@ class Trainer:
                         shapes, self.state_shardings)
 
   def abstract_batch(self) -> dict:
-    B, T = self.config.train.batch_size, self.config.data.seq_len
-    return {k: jax.ShapeDtypeStruct((B, T), jnp.float32 if k == "weights" else jnp.int32,
-                                    sharding=self.batch_sharding)
-            for k in self._batch_tree(None)}
+    shapes = self.task.batch_shapes(self.config.train.batch_size)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_shardings[k])
+            for k, (shape, dtype) in shapes.items()}
 
   def device_batch(self, local_batch: dict) -> dict:
     """Assembles the global batch from this process's rows."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+    return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], v)
             for k, v in local_batch.items()}
 
   def run_eval(self, params, batches) -> dict:
     """Evaluates params over an iterable of host batches."""
-    sums = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
     pending = [self.evaluate(params, self.device_batch(b)) for b in batches]
-    for out in jax.device_get(pending):
-      for k in sums:
-        sums[k] += float(out[k])
-    return summarize_eval(sums)
+    outs = jax.device_get(pending)
+    sums = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), 0), *outs)
+    return {k: float(v) for k, v in self.task.summarize(sums).items()}
 
 
 # ---------------------------------------------------------------------------
@@ -273,10 +247,12 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
   """
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
-  dataset = pipeline.train_dataset(config.data, tok, config.train.batch_size, config.seed,
-                                   jax.process_index(), jax.process_count())
-  pipeline.token_stream(config.data, "validation", tok)
   trainer = Trainer(config, mesh, tok.token_bytes())
+  dataset = trainer.task.train_dataset(tok, config.seed, jax.process_index(),
+                                       jax.process_count())
+  next(iter(trainer.task.eval_batches(tok, 1)))  # the evaluation data is there and readable
+  if config.init.from_workdir:
+    warm_start.check_source(config)
   if plan.device_memory_limit() is not None:  # accelerators: compile ahead, stop if too big
     compiled = plan.compile_step(trainer)
     plan.check_fits(compiled, config)
@@ -312,6 +288,9 @@ def run(r: Run) -> dict:
     writer.print(f"resumed from step {int(state.step)} in {r.workdir}")
   else:
     state = trainer.init(jax.random.key(c.seed))
+    if c.init.from_workdir:
+      state = state.replace(params=warm_start.load(c, trainer.mesh, c.mesh.rules, state.params))
+      writer.print(warm_start.describe(c))
   tokens_per_step = c.train.batch_size * c.data.seq_len
   flops_per_token = transformer.flops_per_token(c.model, c.data.seq_len)["total"]
   peak = metrics.peak_flops()
@@ -326,12 +305,10 @@ def run(r: Run) -> dict:
   checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
 
   def evaluate(step: int, final: bool) -> dict:
-    batches = pipeline.eval_batches(c.data, tok, c.train.batch_size,
-                                    0 if final else c.train.eval_batches,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+    batches = trainer.task.eval_batches(tok, 0 if final else c.train.eval_batches,
+                                        jax.process_index(), jax.process_count())
     result = trainer.run_eval(state.params, batches)
-    writer.eval_line(step, result["val_loss"], result["val_bpb"])
+    writer.eval_line(step, result)
     writer.log({"step": step, **result})
     return result
 
@@ -398,14 +375,14 @@ def run(r: Run) -> dict:
   mngr.wait_until_finished()
   mngr.close()
   tokens = c.train.steps * tokens_per_step
-  summary = {"steps": c.train.steps, "final_val_loss": val["val_loss"],
-             "final_val_bpb": val["val_bpb"], "params": counts["total"],
+  summary = {"steps": c.train.steps, **{f"final_{k}": v for k, v in val.items()},
+             "params": counts["total"],
              "non_embedding_params": counts["non_embedding"], "tokens": tokens,
              "flops": flops_per_token * tokens, "flops_6nd": 6.0 * counts["total"] * tokens,
              "wall_seconds": time.time() - wall_start}
   if jax.process_index() == 0:
     _write_atomic(os.path.join(r.workdir, "summary.json"), json.dumps(summary, indent=2))
-  if c.train.sample_tokens:
+  if c.train.sample_tokens and trainer.task.samples_text:
     writer.print("sample:\n" + sample_text(state.params, c, tok, c.train.sample_prompt,
                                            c.train.sample_tokens))
   return summary

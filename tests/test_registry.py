@@ -29,7 +29,7 @@ def test_every_experiment_builds_and_its_tiny_variant_trains(name):
   tok = pipeline.tokenizer_for(tiny.data, tiny.model.vocab_size)
   trainer = Trainer(tiny, sharding.make_mesh(tiny.mesh), tok.token_bytes())
   state = trainer.init(jax.random.key(0))
-  batch = next(pipeline.train_iterator(pipeline.train_dataset(tiny.data, tok, 8, 0)))
+  batch = next(pipeline.train_iterator(trainer.task.train_dataset(tok, 0)))
   state, m = trainer.step(state, trainer.device_batch(batch))
   assert bool(jax.numpy.isfinite(m["loss"]))
 

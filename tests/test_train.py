@@ -5,6 +5,7 @@ import pytest
 
 from jaxlm import sharding, train
 from jaxlm.data import pipeline
+from jaxlm.tasks import lm
 from tests.helpers import tiny_config
 
 
@@ -35,9 +36,9 @@ def test_one_step_lowers_loss_on_fixed_batch():
   config = tiny_config(**{"optim.warmup_steps": 0, "optim.schedule": "constant"})
   trainer, batch, _ = _setup(config)
   state = trainer.init(jax.random.key(0))
-  before = train.loss_fn(state.params, batch, config)[0]
+  before = lm.loss_fn(state.params, batch, config)[0]
   state, _ = trainer.step(state, batch)
-  after = train.loss_fn(state.params, batch, config)[0]
+  after = lm.loss_fn(state.params, batch, config)[0]
   assert float(after) < float(before)
 
 

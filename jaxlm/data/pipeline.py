@@ -116,15 +116,40 @@ def eval_batches(config: DataConfig, tok, batch_size: int, max_batches: int = 0,
   tokens, docs = token_stream(config, split, tok)
   T = config.seq_len
   starts = np.arange(0, len(tokens) - 1, T)
-  n_batches = -(-len(starts) // batch_size)
+  return batch_rows(lambda i: make_example(tokens, docs, int(starts[i]), T, tok.eos_id),
+                    len(starts), batch_size, max_batches, process_index, process_count)
+
+
+def batch_rows(row, n_rows: int, batch_size: int, max_batches: int = 0,
+               process_index: int = 0, process_count: int = 1):
+  """Yields this process's share of batches of row(0..n_rows-1), in order.
+
+  The last batch is padded with all-zero rows (weight 0); max_batches > 0 keeps
+  that many batches spread evenly over the rows.
+  """
+  n_batches = -(-n_rows // batch_size)
   chosen = range(n_batches)
   if 0 < max_batches < n_batches:
     chosen = np.linspace(0, n_batches - 1, max_batches).round().astype(int)
   local = batch_size // process_count
   for b in chosen:
-    rows = [make_example(tokens, docs, int(s), T, tok.eos_id)
-            for s in starts[b * batch_size:(b + 1) * batch_size]]
+    rows = [row(i) for i in range(b * batch_size, min((b + 1) * batch_size, n_rows))]
     while len(rows) < batch_size:
       rows.append({k: np.zeros_like(v) for k, v in rows[0].items()})
     rows = rows[process_index * local:(process_index + 1) * local]
     yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def rows_dataset(row, n_rows: int, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.MapDataset:
+  """Infinite dataset of batches of row(i) for i shuffled anew each epoch (fine-tuning sets)."""
+  if batch_size % process_count:
+    raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
+                     f"{process_count} processes")
+  if n_rows < batch_size:
+    raise ValueError(f"train.batch_size={batch_size} is larger than the {n_rows} training "
+                     "examples")
+  ds = grain.MapDataset.range(n_rows).shuffle(seed=seed).repeat(None).map(row)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  return ds.batch(batch_size // process_count, drop_remainder=True)

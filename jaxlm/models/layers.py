@@ -35,6 +35,18 @@ class ParamSpec:
     return math.prod(self.shape)
 
 
+def init_params(specs: dict, rng: jax.Array, dtype) -> dict:
+  """Draws every parameter of a spec tree, each from its own split of rng."""
+  leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
+  keys = jax.random.split(rng, len(leaves))
+  return treedef.unflatten([s.init(k, s.shape, dtype) for s, k in zip(leaves, keys)])
+
+
+def decay_mask(specs: dict) -> dict:
+  """Tree of bools: True where weight decay applies."""
+  return jax.tree.map(lambda s: s.decay, specs, is_leaf=is_spec)
+
+
 def normal(std: float) -> Callable:
   return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
 

@@ -72,11 +72,7 @@ def param_specs(config: ModelConfig) -> dict:
 
 def init(config: ModelConfig, rng: jax.Array) -> dict:
   """Draws initial params (a nested dict of arrays) from the spec tree."""
-  specs = param_specs(config)
-  leaves, treedef = jax.tree.flatten(specs, is_leaf=layers.is_spec)
-  keys = jax.random.split(rng, len(leaves))
-  dtype = jnp.dtype(config.param_dtype)
-  return treedef.unflatten([s.init(k, s.shape, dtype) for s, k in zip(leaves, keys)])
+  return layers.init_params(param_specs(config), rng, jnp.dtype(config.param_dtype))
 
 
 def param_count(config: ModelConfig) -> dict[str, int]:
@@ -89,7 +85,7 @@ def param_count(config: ModelConfig) -> dict[str, int]:
 
 def decay_mask(config: ModelConfig) -> dict:
   """Tree of bools: True where weight decay applies."""
-  return jax.tree.map(lambda s: s.decay, param_specs(config), is_leaf=layers.is_spec)
+  return layers.decay_mask(param_specs(config))
 
 
 def self_attention(segment_ids_BT, config: ModelConfig):

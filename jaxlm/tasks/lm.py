@@ -1,0 +1,74 @@
+"""Next-token language modeling on the packed corpus: the pretraining task."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import Config
+from jaxlm.data import pipeline
+from jaxlm.models import transformer
+
+BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
+
+
+def loss_fn(params, batch: dict, config: Config):
+  """Mean next-token cross-entropy over weighted targets; also returns per-token nll."""
+  segments = batch["segment_ids"] if config.data.mask_documents else None
+  x_BTD = transformer.trunk(params, batch["inputs"], config.model,
+                           positions_BT=batch["positions"], segment_ids_BT=segments)
+  nll_BT = transformer.next_token_nll(params, x_BTD, batch["targets"], config.model,
+                                      config.train.loss_chunk)
+  weights_BT = batch["weights"]
+  loss = jnp.sum(nll_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
+  return loss, nll_BT
+
+
+def summarize_eval(sums: dict) -> dict:
+  """val_loss (nats per token) and val_bpb (bits per UTF-8 byte) from summed eval sums."""
+  return {"val_loss": sums["nll"] / max(sums["tokens"], 1.0),
+          "val_bpb": sums["nll"] / math.log(2) / max(sums["bytes"], 1.0)}
+
+
+def token_batch_shapes(batch_size: int, seq_len: int) -> dict:
+  return {k: ((batch_size, seq_len), np.float32 if k == "weights" else np.int32)
+          for k in BATCH_KEYS}
+
+
+@dataclasses.dataclass
+class LanguageModeling:
+  """Pretraining: predict every next token of the corpus; reports bits per byte."""
+  config: Config
+  samples_text: bool = True
+
+  def param_specs(self) -> dict:
+    return transformer.param_specs(self.config.model)
+
+  def batch_shapes(self, batch_size: int) -> dict:
+    return token_batch_shapes(batch_size, self.config.data.seq_len)
+
+  def loss(self, params, batch: dict):
+    return loss_fn(params, batch, self.config)
+
+  def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
+    _, nll_BT = loss_fn(params, batch, self.config)
+    w_BT = batch["weights"]
+    return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
+            "bytes": jnp.sum(token_bytes[batch["targets"]] * w_BT)}
+
+  def summarize(self, sums: dict) -> dict:
+    return summarize_eval(sums)
+
+  def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
+    c = self.config
+    return pipeline.train_dataset(c.data, tok, c.train.batch_size, seed, process_index,
+                                  process_count)
+
+  def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
+                   process_count: int = 1):
+    c = self.config
+    return pipeline.eval_batches(c.data, tok, c.train.batch_size, max_batches,
+                                 process_index=process_index, process_count=process_count)

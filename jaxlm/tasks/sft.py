@@ -1,0 +1,104 @@
+"""Supervised fine-tuning: next-token loss on the response only, exact-match accuracy.
+
+Dimension legend: B batch, T length, V vocab.
+
+Each row is one (prompt, response) pair: the prompt's tokens (cut from the
+left when too long), the response's and end-of-sequence, padded to
+data.seq_len + 1. Only the response and the end-of-sequence token are targets
+(weight 1); the prompt is context. Exact match counts a row when every target
+is the argmax of its logits: under teacher forcing that is exactly when greedy
+decoding from the prompt writes the response and stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import Config
+from jaxlm.data import finetune, pipeline
+from jaxlm.models import transformer
+from jaxlm.tasks import lm
+
+
+def encode_pair(tok, prompt: str, response: str, seq_len: int, max_response: int) -> dict:
+  """The packed row of one (prompt, response) pair: inputs, targets, weights on the response."""
+  answer = list(tok.encode(response)[:max_response]) + [tok.eos_id]
+  room = seq_len + 1 - len(answer)
+  if room < 1:
+    raise ValueError(f"data.seq_len={seq_len} leaves no room for a prompt before a "
+                     f"{len(answer)}-token response; raise data.seq_len or lower "
+                     "task.max_response_tokens")
+  context = list(tok.encode(prompt))[-room:]
+  seq = np.asarray(context + answer, np.int32)
+  n = len(seq) - 1
+  T = seq_len
+  idx = np.arange(T)
+  valid = idx < n
+  inputs = np.zeros(T, np.int32)
+  targets = np.zeros(T, np.int32)
+  inputs[:n], targets[:n] = seq[:-1], seq[1:]
+  weights = ((idx >= len(context) - 1) & valid).astype(np.float32)
+  return {"inputs": inputs, "targets": targets, "segment_ids": valid.astype(np.int32),
+          "positions": np.where(valid, idx, 0).astype(np.int32), "weights": weights}
+
+
+@functools.lru_cache(maxsize=4)
+def _encoded(split: str, tok, seq_len: int, max_response: int) -> list[dict]:
+  return [encode_pair(tok, p, r, seq_len, max_response)
+          for p, r in finetune.speaker_examples(split)]
+
+
+@dataclasses.dataclass
+class SupervisedFineTuning:
+  """Name the speaker of a speech; reports response loss and exact-match accuracy."""
+  config: Config
+  samples_text: bool = True
+
+  def param_specs(self) -> dict:
+    return transformer.param_specs(self.config.model)
+
+  def batch_shapes(self, batch_size: int) -> dict:
+    return lm.token_batch_shapes(batch_size, self.config.data.seq_len)
+
+  def loss(self, params, batch: dict):
+    return lm.loss_fn(params, batch, self.config)
+
+  def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
+    del token_bytes
+    logits_BTV = transformer.apply(params, batch["inputs"], self.config.model,
+                                   positions_BT=batch["positions"],
+                                   segment_ids_BT=batch["segment_ids"])
+    w_BT = batch["weights"]
+    targets_BT = batch["targets"]
+    nll_BT = jax.nn.logsumexp(logits_BTV, -1) - jnp.take_along_axis(
+        logits_BTV, targets_BT[..., None], -1)[..., 0]
+    wrong_BT = (jnp.argmax(logits_BTV, -1) != targets_BT) & (w_BT > 0)
+    has_B = jnp.any(w_BT > 0, -1)
+    exact_B = has_B & ~jnp.any(wrong_BT, -1)
+    return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
+            "exact": jnp.sum(exact_B.astype(jnp.float32)),
+            "examples": jnp.sum(has_B.astype(jnp.float32))}
+
+  def summarize(self, sums: dict) -> dict:
+    return {"val_loss": float(sums["nll"]) / max(float(sums["tokens"]), 1.0),
+            "val_exact_match": float(sums["exact"]) / max(float(sums["examples"]), 1.0)}
+
+  def _rows(self, split: str, tok) -> list[dict]:
+    c = self.config
+    return _encoded(split, tok, c.data.seq_len, c.task.max_response_tokens)
+
+  def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
+    rows = self._rows("train", tok)
+    return pipeline.rows_dataset(rows.__getitem__, len(rows), self.config.train.batch_size,
+                                 seed, process_index, process_count)
+
+  def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
+                   process_count: int = 1):
+    rows = self._rows("validation", tok)
+    return pipeline.batch_rows(rows.__getitem__, len(rows), self.config.train.batch_size,
+                               max_batches, process_index, process_count)

@@ -1,0 +1,106 @@
+"""Where a run's parameters start when not from a random draw: a trained run's checkpoint.
+
+`init.from_workdir=DIR` loads the latest params of the run in DIR into this
+run (fine-tuning: a task's new head keeps its fresh init); with `init.grow`
+set, a shallower or narrower run is grown into this model's shape
+(jaxlm.models.grow). The source's tokenizer must be this run's, and its model
+must equal this one in every key that growing does not change. Only a fresh
+start loads: a run resuming its own checkpoint ignores init.*.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm import checkpoint, sharding
+from jaxlm import config as config_lib
+from jaxlm.config import Config
+from jaxlm.models import layers, transformer
+
+# Model keys that only say how the model runs, not what it computes.
+_RUNTIME_KEYS = ("attention", "remat", "compute_dtype", "param_dtype", "init_std")
+_GROWN_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff")
+_DATA_KEYS = ("tokenizer", "tokenizer_path", "vocab_size")
+
+
+def source_config(config: Config) -> Config:
+  """The config of the run init.from_workdir names (its config.json)."""
+  path = os.path.join(config.init.from_workdir, "config.json")
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(
+        f"init.from_workdir={config.init.from_workdir!r} has no config.json; expected the "
+        "workdir of a trained jaxlm run")
+  with open(path) as f:
+    return config_lib.loads(f.read())
+
+
+def check_source(config: Config) -> Config:
+  """Checks that init.from_workdir can start this run; returns its config."""
+  src = source_config(config)
+  key = "init.from_workdir"
+  for k in _DATA_KEYS:
+    a, b = getattr(src.data, k), getattr(config.data, k)
+    if a != b:
+      raise config_lib.ConfigError(
+          f"{key}={config.init.from_workdir!r} was trained with data.{k}={a!r} but this run "
+          f"sets data.{k}={b!r}; expected the same tokenizer")
+  for k in config_lib.to_dict(config.model):
+    if k in _RUNTIME_KEYS:
+      continue
+    a, b = getattr(src.model, k), getattr(config.model, k)
+    if a == b or (k in _GROWN_KEYS and config.init.grow != "none"):
+      continue
+    hint = (" (set init.grow=stack or interleave to grow it)" if k in _GROWN_KEYS else "")
+    raise config_lib.ConfigError(
+        f"{key}={config.init.from_workdir!r} has model.{k}={a!r} but this run sets "
+        f"model.{k}={b!r}; expected the same{hint}")
+  if config.init.grow != "none":
+    from jaxlm.models import grow  # TODO(top-level once grow.py lands)
+    try:
+      grow.check_growable(src.model, config.model)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"init.grow={config.init.grow!r}: {e}") from None
+  mngr = checkpoint.manager(config.init.from_workdir, keep=1, async_save=False, read_only=True)
+  if mngr.latest_step() is None:
+    raise config_lib.ConfigError(f"{key}={config.init.from_workdir!r} holds no checkpoint; "
+                                 "expected a run that has saved at least one step")
+  return src
+
+
+def load(config: Config, mesh, rules, fresh_params: dict) -> dict:
+  """This run's initial params: fresh_params with the source run's params put in.
+
+  Params the source has (the whole model) replace the fresh ones, cast to this
+  run's dtype; the rest (a task's head) keep their fresh values.
+  """
+  src = check_source(config)
+  specs = transformer.param_specs(src.model)
+  dtype = jnp.dtype(src.model.param_dtype)
+  shardings = sharding.tree_shardings(specs, mesh, rules)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
+                          specs, shardings, is_leaf=layers.is_spec)
+  params, _ = checkpoint.restore_params(config.init.from_workdir, abstract)
+  if config.init.grow != "none":
+    from jaxlm.models import grow  # TODO(top-level once grow.py lands)
+    target = sharding.tree_shardings(transformer.param_specs(config.model), mesh, rules)
+    grown = jax.jit(lambda p, key: grow.grow_params(
+        p, src.model, config.model, depth=config.init.grow, zero_new=config.init.zero_new,
+        rng=key), out_shardings=target)
+    params = grown(params, jax.random.key(config.seed + 1))
+  out = dict(fresh_params)
+  for name, fresh in fresh_params.items():
+    if name in params:
+      out[name] = jax.tree.map(lambda new, old: new.astype(old.dtype), params[name], fresh)
+  return out
+
+
+def describe(config: Config) -> str:
+  """One line for the log: where the params came from."""
+  src = source_config(config)
+  from jaxlm.models import grow  # TODO(top-level once grow.py lands)
+  how = (f"; {grow.describe(src.model, config.model, config.init.grow)}"
+         if config.init.grow != "none" else "")
+  return f"params from {config.init.from_workdir} ({src.name}){how}"
