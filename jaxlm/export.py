@@ -34,18 +34,9 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   if not out.endswith(SUFFIXES):
     raise ValueError(f"--out {out!r} has an unknown format; expected a file name ending in "
                      f"{' or '.join(SUFFIXES)}")
-  import jax  # the reader side (load) needs neither jax nor orbax
-  from jax.sharding import SingleDeviceSharding
-
-  from jaxlm import checkpoint, config as config_lib
-  from jaxlm.models import transformer
+  from jaxlm import checkpoint, config as config_lib  # load() needs neither jax nor orbax
   config, step = checkpoint.restore_config(workdir, step)
-  shapes = jax.eval_shape(lambda: transformer.init(config.model, jax.random.key(0)))
-  one_device = SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one_device),
-                          shapes)
-  params, _ = checkpoint.restore_params(workdir, abstract, step)
-  params = jax.tree.map(np.asarray, params)
+  params = read_params(workdir, config, step)
   text = config_lib.dumps(config)
   tmp = f"{out}.tmp{os.getpid()}"  # written whole, then renamed: never a half file at `out`
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -59,6 +50,21 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
           {"format": FORMAT, "step": step, "config": text, "params": params}))
   os.replace(tmp, out)
   return step
+
+
+def read_params(workdir: str, config, step: int) -> dict:
+  """The params of checkpoint `step` of the run in workdir, as numpy arrays on the host."""
+  import jax
+  from jax.sharding import SingleDeviceSharding
+
+  from jaxlm import checkpoint
+  from jaxlm.models import transformer
+  shapes = jax.eval_shape(lambda: transformer.init(config.model, jax.random.key(0)))
+  one_device = SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one_device),
+                          shapes)
+  params, _ = checkpoint.restore_params(workdir, abstract, step)
+  return jax.tree.map(np.asarray, params)
 
 
 def load(path: str) -> tuple[dict, dict, int]:

@@ -1,0 +1,207 @@
+"""Hugging Face model directories to jaxlm runs and back: from_hf() and to_hf().
+
+A Hugging Face directory is what `save_pretrained` writes: config.json and
+model.safetensors, or shards listed in model.safetensors.index.json. It is read
+with the safetensors numpy API (no torch). A jaxlm run is config.json and an
+Orbax checkpoint at step 0 whose `state` holds `step` and `params`, which
+checkpoint.restore_params, generate.load_run and evaluate read. Neither side
+is ever overwritten; each is written into a temporary directory beside the
+target and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm import checkpoint, export
+from jaxlm import config as config_lib
+from jaxlm.config import Config, ConfigError, DataConfig, ModelConfig
+from jaxlm.convert import gpt2, llama
+
+# model_type -> the module that converts it.
+MODEL_TYPES = {"gpt2": gpt2, "llama": llama, "mistral": llama}
+LM_HEAD = "lm_head.weight"
+_SINGLE, _INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+class Tensors:
+  """A save_pretrained directory's tensors by name, read on demand; remembers those taken."""
+
+  def __init__(self, hf_dir: str):
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so BF16 tensors load)
+    from safetensors import safe_open
+    self._open = lambda f: safe_open(os.path.join(hf_dir, f), framework="np")
+    if os.path.isfile(os.path.join(hf_dir, _SINGLE)):
+      files = [_SINGLE]
+    elif os.path.isfile(os.path.join(hf_dir, _INDEX)):
+      with open(os.path.join(hf_dir, _INDEX)) as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+      for name in files:
+        if not os.path.isfile(os.path.join(hf_dir, name)):
+          raise FileNotFoundError(f"{os.path.join(hf_dir, _INDEX)} lists {name}, which is not "
+                                  f"in {hf_dir}; expected every shard it names")
+    else:
+      raise FileNotFoundError(f"{hf_dir} has neither {_SINGLE} nor {_INDEX}; expected a "
+                              "directory written by save_pretrained with safetensors "
+                              "(pytorch_model.bin is not read)")
+    self.where: dict[str, str] = {}
+    for name in files:
+      with self._open(name) as f:
+        self.where.update({k: name for k in f.keys()})
+    self.taken: set[str] = set()
+    self.dir = hf_dir
+
+  def has(self, name: str) -> bool:
+    return name in self.where
+
+  def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor `name`, which must have `shape` (what config.json implies)."""
+    if name not in self.where:
+      raise ValueError(f"{self.dir} has no tensor {name!r}; expected it in a checkpoint of the "
+                       "architecture its config.json describes")
+    with self._open(self.where[name]) as f:
+      a = f.get_tensor(name)
+    if tuple(a.shape) != tuple(shape):
+      raise ValueError(f"{os.path.join(self.dir, self.where[name])}: tensor {name!r} has shape "
+                       f"{tuple(a.shape)}; expected {tuple(shape)} from config.json")
+    self.taken.add(name)
+    return a
+
+
+def read_hf_config(hf_dir: str) -> dict:
+  path = os.path.join(hf_dir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--from_hf {hf_dir} has no config.json; expected a directory "
+                            "written by save_pretrained")
+  with open(path) as f:
+    return json.load(f)
+
+
+def model_config(hf: dict) -> ModelConfig:
+  """The jaxlm model config of an HF config.json; an error naming any unsupported key."""
+  model_type = hf.get("model_type")
+  if model_type not in MODEL_TYPES:
+    raise ConfigError(f"config.json model_type={model_type!r} is not supported: expected one of "
+                      f"{', '.join(map(repr, MODEL_TYPES))} (decoder-only causal LMs)")
+  module = MODEL_TYPES[model_type]
+  want = module.ARCHITECTURES[model_type]
+  for arch in hf.get("architectures") or []:
+    if arch != want:
+      raise ConfigError(f"config.json architectures={hf['architectures']} is not supported: "
+                        f"expected [{want!r}] for model_type={model_type!r}")
+  return module.config_from_hf(hf)
+
+
+def hf_model_config(c: ModelConfig) -> dict:
+  """The config.json of the HF model equal to a jaxlm model; an error naming a key it lacks."""
+  return (gpt2 if c.positions == "learned" else llama).config_to_hf(c)
+
+
+def run_config(model: ModelConfig, name: str) -> Config:
+  """A run around a converted model; it names the byte tokenizer, as HF's is not converted."""
+  data = DataConfig(tokenizer="bytes", seq_len=min(DataConfig.seq_len, model.max_seq_len))
+  return Config(name=name, model=model, data=data)
+
+
+def read_hf(hf_dir: str, dtype: str = "float32") -> tuple[Config, dict]:
+  """(run config, params as numpy arrays of `dtype`) of a save_pretrained directory."""
+  if not os.path.isdir(hf_dir):
+    raise FileNotFoundError(f"--from_hf {hf_dir} is not a directory; expected one written by "
+                            "save_pretrained")
+  _check_dtype(dtype)
+  hf = read_hf_config(hf_dir)
+  model = model_config(hf)
+  model = config_lib.replace(model, param_dtype=dtype)
+  module = MODEL_TYPES[hf["model_type"]]
+  t = Tensors(hf_dir)
+  params = module.params_from_hf(t, model, hf)
+  if model.tie_embeddings and t.has(LM_HEAD):  # a tied model that saved its head anyway
+    if not np.array_equal(t.take(LM_HEAD, params["embed"].shape), params["embed"]):
+      raise ValueError(f"{hf_dir}: {LM_HEAD} differs from the token embedding although "
+                       "config.json has tie_word_embeddings=true; expected them equal")
+  unused = [k for k in sorted(set(t.where) - t.taken) if not k.endswith(module.IGNORED)]
+  if unused:
+    raise ValueError(f"{hf_dir} has tensors that a {module.ARCHITECTURES[hf['model_type']]} with "
+                     f"this config.json does not have: {', '.join(unused[:5])}"
+                     f"{' ...' if len(unused) > 5 else ''}; expected none")
+  params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), params)
+  return run_config(model, f"hf_{hf['model_type']}"), params
+
+
+def from_hf(hf_dir: str, workdir: str, dtype: str = "float32") -> Config:
+  """Converts a save_pretrained directory into a new jaxlm run in workdir; returns its config."""
+  _refuse_existing(workdir, "--workdir")
+  config, params = read_hf(hf_dir, dtype)
+
+  def write(tmp):
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      f.write(config_lib.dumps(config))
+    mngr = checkpoint.manager(tmp, keep=1, async_save=False)
+    state = {"step": np.zeros((), np.int32), "params": params}
+    checkpoint.save(mngr, 0, state, {}, config, wait=True)
+    mngr.close()
+
+  _write_new_dir(workdir, write)
+  return config
+
+
+def to_hf(workdir: str, hf_dir: str, step: int | None = None,
+          dtype: str | None = None) -> tuple[str, int]:
+  """Writes checkpoint `step` (default the latest) of a run as a save_pretrained directory.
+
+  Returns (architecture, step). Tensors are written in `dtype`, by default the
+  run's model.param_dtype.
+  """
+  _refuse_existing(hf_dir, "--to_hf")
+  if dtype is not None:
+    _check_dtype(dtype)
+  config, step = checkpoint.restore_config(workdir, step)
+  c = config.model
+  hf = hf_model_config(c)  # before reading params: a model with no HF equivalent stops here
+  module = MODEL_TYPES[hf["model_type"]]
+  dtype = dtype or c.param_dtype
+  hf.update(dtype=dtype, bos_token_id=None, eos_token_id=None)  # jaxlm has no HF tokenizer
+  params = export.read_params(workdir, config, step)
+  tensors = {k: np.ascontiguousarray(np.asarray(v).astype(jnp.dtype(dtype)))
+             for k, v in module.params_to_hf(params, c).items()}
+
+  def write(tmp):
+    from safetensors.numpy import save_file
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf, f, indent=2)
+    save_file(tensors, os.path.join(tmp, _SINGLE), metadata={"format": "pt"})
+
+  _write_new_dir(hf_dir, write)
+  return hf["architectures"][0], step
+
+
+def _check_dtype(dtype: str) -> None:
+  if dtype not in config_lib.DTYPES:
+    raise ValueError(f"--dtype={dtype!r} is invalid: expected one of "
+                     f"{', '.join(config_lib.DTYPES)}")
+
+
+def _refuse_existing(path: str, flag: str) -> None:
+  if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+    raise FileExistsError(f"{flag} {path} already exists; expected a new (or empty) directory: "
+                          "jaxlm.convert never overwrites")
+
+
+def _write_new_dir(path: str, write) -> None:
+  """Calls write(tmp) on a fresh directory beside `path` and renames it to `path` when done."""
+  path = os.path.abspath(path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  os.makedirs(tmp)
+  try:
+    write(tmp)
+    os.rename(tmp, path)  # replaces an empty directory; fails on a non-empty one
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
