@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxlm import checkpoint, sharding
 from jaxlm import config as config_lib
 from jaxlm.config import Config
-from jaxlm.models import layers, transformer
+from jaxlm.models import grow, layers, transformer
 
 # Model keys that only say how the model runs, not what it computes.
 _RUNTIME_KEYS = ("attention", "remat", "compute_dtype", "param_dtype", "init_std")
@@ -58,7 +58,6 @@ def check_source(config: Config) -> Config:
         f"{key}={config.init.from_workdir!r} has model.{k}={a!r} but this run sets "
         f"model.{k}={b!r}; expected the same{hint}")
   if config.init.grow != "none":
-    from jaxlm.models import grow  # TODO(top-level once grow.py lands)
     try:
       grow.check_growable(src.model, config.model)
     except ValueError as e:
@@ -84,7 +83,6 @@ def load(config: Config, mesh, rules, fresh_params: dict) -> dict:
                           specs, shardings, is_leaf=layers.is_spec)
   params, _ = checkpoint.restore_params(config.init.from_workdir, abstract)
   if config.init.grow != "none":
-    from jaxlm.models import grow  # TODO(top-level once grow.py lands)
     target = sharding.tree_shardings(transformer.param_specs(config.model), mesh, rules)
     grown = jax.jit(lambda p, key: grow.grow_params(
         p, src.model, config.model, depth=config.init.grow, zero_new=config.init.zero_new,
@@ -100,7 +98,6 @@ def load(config: Config, mesh, rules, fresh_params: dict) -> dict:
 def describe(config: Config) -> str:
   """One line for the log: where the params came from."""
   src = source_config(config)
-  from jaxlm.models import grow  # TODO(top-level once grow.py lands)
-  how = (f"; {grow.describe(src.model, config.model, config.init.grow)}"
+  how = (f"; {grow.describe(src.model, config.model, config.init.grow, config.init.zero_new)}"
          if config.init.grow != "none" else "")
   return f"params from {config.init.from_workdir} ({src.name}){how}"
