@@ -9,3 +9,14 @@ def fail(message: str) -> None:
   """One line `error: ...` on stderr and exit status 2: the contract for bad input."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+def start(argv, hint: str = "", verbosity: str = "error") -> None:
+  """What an absl main does first: refuse stray arguments, quiet Orbax's and grain's logs.
+
+  Orbax logs at INFO on every save and restore and warns on every read-only open.
+  """
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}" + (f"; {hint}" if hint else ""))
+  logging.set_verbosity({"error": logging.ERROR, "warning": logging.WARNING}[verbosity])

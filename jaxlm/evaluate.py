@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxlm import generate, sharding
+from jaxlm import cli
 from jaxlm.cli import fail
 from jaxlm.config import Config
 from jaxlm.data import pipeline
@@ -147,11 +148,9 @@ def run(workdir: str, split: str = "validation") -> dict:
 
 
 def main(argv):
-  from absl import flags, logging
+  from absl import flags
   F = flags.FLAGS
-  if len(argv) > 1:
-    fail(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.ERROR)  # Orbax logs and warns on every restore
+  cli.start(argv)
   if not F.workdir:
     fail("--workdir is required: the directory of a trained run")
   try:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm import cli
 from jaxlm.cli import fail
 from jaxlm import checkpoint, sharding
 from jaxlm import config as config_lib
@@ -340,11 +341,9 @@ def print_stream(tokens: Iterator[np.ndarray], tok, out=sys.stdout) -> list[int]
 
 
 def main(argv):
-  from absl import flags, logging
+  from absl import flags
   F = flags.FLAGS
-  if len(argv) > 1:
-    fail(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.ERROR)  # Orbax logs and warns on every restore
+  cli.start(argv)
   try:
     if not F.workdir:
       raise ValueError("--workdir is required: the directory of a trained run")

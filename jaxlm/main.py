@@ -14,8 +14,9 @@ import datetime
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from jaxlm import cli
 from jaxlm.cli import fail
 
 flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --list).")
@@ -37,9 +38,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    fail(f"unexpected arguments {argv[1:]}; use --set key=value for config overrides")
-  logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
+  cli.start(argv, "use --set key=value for config overrides", verbosity="warning")
   from jaxlm import config as config_lib, registry
   if FLAGS.list:
     for name, line in registry.names().items():

@@ -279,7 +279,7 @@ def run(r: Run) -> dict:
   writer = metrics.Writer(r.workdir, c.train.steps)
   mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep)
   it = pipeline.train_iterator(r.dataset)
-  counts = transformer.param_count(c.model)
+  counts = layers.param_count(trainer.specs)  # the task's head included
   if r.restored is not None:
     (state, data_state), r.restored = r.restored, None  # the first step donates it
     it.set_state(data_state)

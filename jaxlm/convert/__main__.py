@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from jaxlm import cli
 from jaxlm.cli import fail
 
 flags.DEFINE_string("from_hf", None, "A save_pretrained directory to convert into a new run.")
@@ -19,11 +20,9 @@ USAGE = ("usage: python -m jaxlm.convert --from_hf=HF_DIR --workdir=NEW_RUN [--d
 
 
 def main(argv):
-  if len(argv) > 1:
-    fail(f"unexpected arguments {argv[1:]}; {USAGE}")
+  cli.start(argv, USAGE)
   if (FLAGS.from_hf is None) == (FLAGS.to_hf is None) or not FLAGS.workdir:
     fail(f"expected exactly one of --from_hf and --to_hf, and --workdir; {USAGE}")
-  logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore
   from jaxlm.convert import hf
   try:
     if FLAGS.from_hf is not None:

@@ -42,6 +42,14 @@ def init_params(specs: dict, rng: jax.Array, dtype) -> dict:
   return treedef.unflatten([s.init(k, s.shape, dtype) for s, k in zip(leaves, keys)])
 
 
+def param_count(specs: dict) -> dict[str, int]:
+  """Total and non-embedding parameter counts of a spec tree."""
+  leaves = jax.tree.leaves(specs, is_leaf=is_spec)
+  total = sum(s.size for s in leaves)
+  embedding = sum(s.size for s in leaves if s.embedding)
+  return {"total": total, "non_embedding": total - embedding}
+
+
 def decay_mask(specs: dict) -> dict:
   """Tree of bools: True where weight decay applies."""
   return jax.tree.map(lambda s: s.decay, specs, is_leaf=is_spec)

@@ -77,10 +77,7 @@ def init(config: ModelConfig, rng: jax.Array) -> dict:
 
 def param_count(config: ModelConfig) -> dict[str, int]:
   """Total and non-embedding parameter counts, from the config alone."""
-  leaves = jax.tree.leaves(param_specs(config), is_leaf=layers.is_spec)
-  total = sum(s.size for s in leaves)
-  embedding = sum(s.size for s in leaves if s.embedding)
-  return {"total": total, "non_embedding": total - embedding}
+  return layers.param_count(param_specs(config))
 
 
 def decay_mask(config: ModelConfig) -> dict:
