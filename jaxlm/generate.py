@@ -39,10 +39,15 @@ from jaxlm.models import decode, layers, transformer
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-  """How each token is chosen: temperature 0 is greedy; top_k 0 and top_p 1 disable filters."""
+  """How each token is chosen: temperature 0 is greedy; top_k 0 and top_p 1 disable filters.
+
+  vocab_limit > 0 never picks ids at or above it: a model's vocabulary padded
+  past its tokenizer's (for speed, or an imported one) has ids nothing decodes.
+  """
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  vocab_limit: int = 0
 
   def __post_init__(self):
     if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -52,10 +57,13 @@ class Sampling:
       raise ValueError(f"top_k={self.top_k} is invalid: expected an integer >= 0 (0 disables)")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p={self.top_p} is invalid: expected 0 < top_p <= 1 (1 disables)")
+    if self.vocab_limit < 0:
+      raise ValueError(f"vocab_limit={self.vocab_limit} is invalid: expected >= 0 (0: none)")
 
   def arrays(self) -> tuple:
     # Traced, not static: changing a setting never recompiles.
-    return (jnp.float32(self.temperature), jnp.int32(self.top_k), jnp.float32(self.top_p))
+    return (jnp.float32(self.temperature), jnp.int32(self.top_k), jnp.float32(self.top_p),
+            jnp.int32(self.vocab_limit))
 
 
 def filter_logits(logits_BV: jax.Array, top_k, top_p) -> jax.Array:
@@ -75,8 +83,12 @@ def filter_logits(logits_BV: jax.Array, top_k, top_p) -> jax.Array:
   return jnp.where(logits_BV >= cutoff_B1, logits_BV, -jnp.inf)
 
 
-def sample_logits(key: jax.Array, logits_BV: jax.Array, temperature, top_k, top_p) -> jax.Array:
+def sample_logits(key: jax.Array, logits_BV: jax.Array, temperature, top_k, top_p,
+                  vocab_limit=0) -> jax.Array:
   """One token id per row: argmax at temperature 0, else a draw from the filtered softmax."""
+  V = logits_BV.shape[-1]
+  in_vocab_V = (vocab_limit <= 0) | (jnp.arange(V) < vocab_limit)
+  logits_BV = jnp.where(in_vocab_V, logits_BV, -jnp.inf)
 
   def draw(logits_BV):
     scaled_BV = logits_BV / temperature
@@ -188,7 +200,7 @@ def _windows(prompts, max_new_tokens: int, max_len: int, eos_id: int,
 
 
 def _prepare(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top_p,
-             seed, eos_id, mesh, rules):
+             seed, eos_id, mesh, rules, vocab_limit=0):
   """Checks inputs at the boundary; returns what both drivers pass to the jitted steps."""
   if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or \
       max_new_tokens < 0:
@@ -204,7 +216,7 @@ def _prepare(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, t
     if bad.size:
       raise ValueError(f"prompt {i} holds token id {int(bad[0])}; expected 0 <= id < "
                        f"model.vocab_size={config.vocab_size}")
-  sampling = Sampling(temperature, top_k, top_p).arrays()
+  sampling = Sampling(temperature, top_k, top_p, vocab_limit).arrays()
   shard = None if mesh is None else (mesh, tuple(rules or config_lib.DEFAULT_RULES))
   eos = jnp.int32(-1 if eos_id is None else eos_id)
   return sampling, jax.random.key(seed), shard, eos
@@ -213,7 +225,7 @@ def _prepare(config: ModelConfig, prompts, max_new_tokens, temperature, top_k, t
 def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
              max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, eos_id: int | None = None, mesh=None,
-             rules=None) -> list[np.ndarray]:
+             rules=None, vocab_limit: int = 0) -> list[np.ndarray]:
   """Continues each prompt by up to max_new_tokens tokens, in one jitted loop per window.
 
   Args:
@@ -224,13 +236,14 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
     temperature, top_k, top_p: see Sampling; temperature 0 is greedy.
     seed: the same seed gives the same tokens.
     eos_id: end-of-sequence id (kept as the row's last token), or None.
+    vocab_limit: if > 0, ids >= it are never drawn (the tokenizer's vocabulary size).
     mesh, rules: a device mesh and logical-axis rules (default config.DEFAULT_RULES)
       for the activations; None runs wherever params live.
   Returns:
     One int32 array of new tokens per row.
   """
   sampling, key, shard, eos = _prepare(config, prompts, max_new_tokens, temperature,
-                                       top_k, top_p, seed, eos_id, mesh, rules)
+                                       top_k, top_p, seed, eos_id, mesh, rules, vocab_limit)
 
   def run(tokens_BT, lengths_B, done_B, step0, n, n_max):
     out_BN = _window(params, tokens_BT, lengths_B, done_B, key, step0, n, sampling, eos,
@@ -245,13 +258,13 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
 def stream(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
            max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, seed: int = 0, eos_id: int | None = None, mesh=None,
-           rules=None) -> Iterator[np.ndarray]:
+           rules=None, vocab_limit: int = 0) -> Iterator[np.ndarray]:
   """Like generate(), but yields each step's tokens (B,) as drawn; -1 marks an ended row.
 
   Inputs are checked on the call, not on the first token.
   """
   sampling, key, shard, eos = _prepare(config, prompts, max_new_tokens, temperature,
-                                       top_k, top_p, seed, eos_id, mesh, rules)
+                                       top_k, top_p, seed, eos_id, mesh, rules, vocab_limit)
 
   def run(tokens_BT, lengths_B, done_B, step0, n, n_max):
     tok_B, done_B, cache = _first(params, tokens_BT, lengths_B, done_B, key, step0, sampling,
@@ -352,14 +365,14 @@ def main(argv):
     if F.max_new_tokens < 1:
       raise ValueError(f"--max_new_tokens={F.max_new_tokens} is invalid: expected an integer "
                        ">= 1")
-    Sampling(F.temperature, F.top_k, F.top_p)
+    Sampling(F.temperature, F.top_k, F.top_p)  # checks the flags before the slow load
     texts = read_prompts(F.prompt, F.prompt_file)
     config, tok, mesh, params, _ = load_run(F.workdir)
   except (ValueError, FileNotFoundError) as e:
     fail(str(e))
   prompts = [tok.encode(t) for t in texts for _ in range(F.num_samples)]
   kw = dict(temperature=F.temperature, top_k=F.top_k, top_p=F.top_p, seed=F.seed,
-            eos_id=tok.eos_id, mesh=mesh, rules=config.mesh.rules)
+            eos_id=tok.eos_id, mesh=mesh, rules=config.mesh.rules, vocab_limit=tok.vocab_size)
   if len(prompts) == 1:
     sys.stdout.write(texts[0])
     print_stream(stream(params, config.model, prompts, F.max_new_tokens, **kw), tok)

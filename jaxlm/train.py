@@ -420,5 +420,5 @@ def sample_text(params, config: Config, tok, prompt: str, n_tokens: int) -> str:
   ids = tok.encode(prompt)
   new = generate.generate(params, config.model, [ids], n_tokens,
                           temperature=config.train.sample_temperature, seed=config.seed,
-                          eos_id=tok.eos_id)[0]
+                          eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
   return prompt + tok.decode(new)

@@ -112,6 +112,17 @@ def test_temperature_zero_and_top_k_one_equal_greedy(gqa_params):
   assert [x.tolist() for x in g] == [x.tolist() for x in k1]
 
 
+def test_vocab_limit_never_draws_padding_ids():
+  logits_BV = jnp.zeros((256, 10)).at[:, 7:].set(5.0)  # padding ids 7..9 most likely
+  key = jax.random.key(2)
+  for temperature in (0.0, 1.0):
+    got = generate.sample_logits(key, logits_BV, jnp.float32(temperature), jnp.int32(0),
+                                 jnp.float32(1.0), jnp.int32(7))
+    assert int(np.max(got)) < 7
+  with pytest.raises(ValueError, match="vocab_limit"):
+    generate.Sampling(vocab_limit=-1)
+
+
 def test_filters_keep_top_k_then_nucleus():
   probs = np.array([[0.5, 0.3, 0.15, 0.05]])
   logits = jnp.log(jnp.asarray(probs))
