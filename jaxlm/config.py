@@ -32,7 +32,7 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Decoder-only Transformer shape and options."""
+  """Transformer shape and options: decoder-only, or encoder-decoder if encoder_layers > 0."""
   vocab_size: int = 2048       # output vocabulary (>= the tokenizer's; pad for speed)
   d_model: int = 256           # residual stream width
   n_layers: int = 4            # Transformer blocks
@@ -52,6 +52,7 @@ class ModelConfig:
   norm_eps: float = 1e-5       # epsilon of RMSNorm / LayerNorm
   init_std: float = 0.02       # std of normal init; residual output projections / sqrt(2 L)
   remat: str = "none"          # none | full | dots: what each layer recomputes in the backward
+  encoder_layers: int = 0      # seq2seq encoder blocks (n_layers: the decoder's); 0: none
 
   def __post_init__(self):
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -72,6 +73,8 @@ class ModelConfig:
     _choice("model.param_dtype", self.param_dtype, DTYPES)
     _choice("model.compute_dtype", self.compute_dtype, DTYPES)
     _check(self.init_std > 0, "model.init_std", self.init_std, "a positive float")
+    _check(self.encoder_layers >= 0, "model.encoder_layers", self.encoder_layers,
+           ">= 0 (0 means decoder-only)")
 
   @property
   def kv_heads(self) -> int:
@@ -99,11 +102,14 @@ class DataConfig:
   vocab_size: int = 0               # tokenizer vocabulary; 0 means model.vocab_size
   seq_len: int = 256           # tokens per training window
   mask_documents: bool = True       # packed documents never attend to each other
+  source_len: int = 0          # seq2seq: encoder tokens per example (0: data.seq_len)
 
   def __post_init__(self):
     _choice("data.corpus", self.corpus, ("shakespeare",))
     _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes"))
     _check(self.seq_len > 0, "data.seq_len", self.seq_len, "a positive integer")
+    _check(self.source_len >= 0, "data.source_len", self.source_len,
+           ">= 0 (0 means data.seq_len)")
     _check(self.vocab_size >= 0, "data.vocab_size", self.vocab_size,
            ">= 0 (0 means model.vocab_size)")
 
@@ -174,12 +180,12 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
   """What the run trains for: next-token prediction, or a fine-tuning task on the corpus."""
-  kind: str = "lm"            # lm | classify (genre of a passage) | sft (speaker of a speech)
+  kind: str = "lm"            # lm | classify (genre) | sft (speaker) | seq2seq (punctuation)
   pooling: str = "last"       # classify: last | mean: how a passage becomes one vector
   max_response_tokens: int = 16  # sft: longest response kept (prompts are cut from the left)
 
   def __post_init__(self):
-    _choice("task.kind", self.kind, ("lm", "classify", "sft"))
+    _choice("task.kind", self.kind, ("lm", "classify", "sft", "seq2seq"))
     _choice("task.pooling", self.pooling, ("last", "mean"))
     _check(self.max_response_tokens > 0, "task.max_response_tokens", self.max_response_tokens,
            "a positive integer")
@@ -252,6 +258,13 @@ class Config:
   def __post_init__(self):
     _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len", self.data.seq_len,
            f"at most model.max_seq_len={self.model.max_seq_len}")
+    _check(self.data.source_len <= self.model.max_seq_len, "data.source_len",
+           self.data.source_len, f"at most model.max_seq_len={self.model.max_seq_len}")
+    seq2seq = self.task.kind == "seq2seq"
+    _check(seq2seq == (self.model.encoder_layers > 0), "model.encoder_layers",
+           self.model.encoder_layers,
+           "> 0 with task.kind=seq2seq (an encoder-decoder)" if seq2seq else
+           f"0 with task.kind={self.task.kind!r} (a decoder-only model; encoders are for seq2seq)")
 
 
 def replace(config, **changes):

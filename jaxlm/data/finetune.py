@@ -123,3 +123,46 @@ def majority_baseline() -> float:
   test = speaker_examples("validation")
   hits = sum(counts[play(p)].most_common(1)[0][0] == r for p, r in test if counts[play(p)])
   return hits / len(test)
+
+
+# Punctuation restoration (seq2seq): a line of verse or prose, lowercased and
+# stripped of punctuation, is restored to the line as printed. Apostrophes stay:
+# they spell elisions ("liv'd", "'tis"), not the sentence's punctuation.
+_DASHES = re.compile(r"[-\u2010-\u2015]+")
+_HEADING = re.compile(r"^(?:ACT|SCENE|Act|Scene)\b")
+
+
+def unpunctuate(line: str) -> str:
+  """The source of a restoration example: lowercase, dashes as spaces, no other
+  punctuation, single spaces."""
+  text = _DASHES.sub(" ", line.lower())
+  text = "".join(ch for ch in text if ch.isalnum() or ch.isspace() or ch == "'")
+  return " ".join(text.split())
+
+
+def text_lines(work: corpus_lib.Work) -> list[str]:
+  """The spoken (or, in the poems, written) lines of a work: no speaker headings,
+  stage directions ("[Exit.]"), act or scene headings, or all-capital titles."""
+  out = []
+  for block in work.text.split("\n\n"):
+    lines = [line.strip() for line in block.strip("\n").split("\n")]
+    if work.genre != "poem" and len(lines) >= 2 and _SPEAKER.match(lines[0]):
+      lines = lines[1:]
+    out.extend(line for line in lines if line and not line.startswith("[")
+               and not _HEADING.match(line) and line != line.upper())
+  return out
+
+
+@functools.lru_cache(maxsize=4)
+def restore_pairs(split: str) -> tuple[tuple[str, str], ...]:
+  """(source, target) pairs of the works of `split`: target a line as printed,
+  source its unpunctuate()d form. Test lines come from the validation works, so
+  no test line (or its play) is seen in training."""
+  _check_split(split)
+  pairs = []
+  for work in corpus_lib.load_works(split):
+    for line in text_lines(work):
+      source = unpunctuate(line)
+      if source:
+        pairs.append((source, line))
+  return tuple(pairs)

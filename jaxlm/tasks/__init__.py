@@ -1,4 +1,4 @@
-"""What a run trains for, as a plug-in of the train loop: next-token LM, classification, SFT.
+"""What a run trains for, as a plug-in of the train loop: LM, classification, SFT, seq2seq.
 
 A task supplies the parameter specs (the model's plus any head), the loss, the
 per-batch evaluation sums and their summary, and the data: an infinite batched
@@ -49,6 +49,6 @@ class Task(Protocol):
 
 def get(config: Config) -> Task:
   """The task a config names (task.kind)."""
-  from jaxlm.tasks import classify, lm, sft  # pylint: disable=import-outside-toplevel
+  from jaxlm.tasks import classify, lm, seq2seq, sft  # pylint: disable=import-outside-toplevel
   return {"lm": lm.LanguageModeling, "classify": classify.Classification,
-          "sft": sft.SupervisedFineTuning}[config.task.kind](config)
+          "sft": sft.SupervisedFineTuning, "seq2seq": seq2seq.Seq2Seq}[config.task.kind](config)

@@ -1,0 +1,135 @@
+"""Sequence to sequence: restore a line's punctuation and capitals with an encoder-decoder.
+
+Dimension legend: B batch, S source length (data.source_len), T target length
+(data.seq_len), V vocab.
+
+A row is one (source, target) pair of jaxlm.data.finetune.restore_pairs: the
+source's tokens, right-padded to S (src_segments 1 on tokens, 0 on padding),
+and the teacher-forced target: decoder inputs [start] + target and next-token
+targets target + [eos], right-padded to T with weight 0. The start token is
+the tokenizer's eos id (it never occurs inside a text, so it is free to mean
+"begin" as decoder input). Pairs whose source or target does not fit are
+skipped. Exact match counts a row when every target is the argmax of its
+logits: under teacher forcing that is exactly when greedy decoding writes the
+target and stops (as in jaxlm/tasks/sft.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import Config
+from jaxlm.data import finetune, pipeline
+from jaxlm.models import encoder_decoder, transformer
+
+BATCH_KEYS = ("src", "src_segments", "tgt_inputs", "tgt_targets", "tgt_weights")
+
+
+def source_len(config: Config) -> int:
+  """Encoder tokens per row: data.source_len, or data.seq_len when that is 0."""
+  return config.data.source_len or config.data.seq_len
+
+
+def encode_pair(tok, source: str, target: str, src_len: int, tgt_len: int) -> dict | None:
+  """The row of one pair (see the module docstring), or None if it does not fit."""
+  src = tok.encode(source)
+  tgt = tok.encode(target)
+  if len(src) > src_len or len(tgt) + 1 > tgt_len:
+    return None
+  n = len(tgt) + 1
+  row = {"src": np.zeros(src_len, np.int32), "src_segments": np.zeros(src_len, np.int32),
+         "tgt_inputs": np.zeros(tgt_len, np.int32), "tgt_targets": np.zeros(tgt_len, np.int32),
+         "tgt_weights": np.zeros(tgt_len, np.float32)}
+  row["src"][:len(src)] = src
+  row["src_segments"][:len(src)] = 1
+  row["tgt_inputs"][:n] = np.concatenate([[tok.eos_id], tgt])
+  row["tgt_targets"][:n] = np.concatenate([tgt, [tok.eos_id]])
+  row["tgt_weights"][:n] = 1.0
+  return row
+
+
+@functools.lru_cache(maxsize=4)
+def encoded_rows(split: str, tok, src_len: int, tgt_len: int) -> dict:
+  """Every fitting pair of `split` as stacked arrays {key: (P, ...)}, in corpus order."""
+  rows = [encode_pair(tok, s, t, src_len, tgt_len) for s, t in finetune.restore_pairs(split)]
+  rows = [r for r in rows if r is not None]
+  if not rows:
+    raise ValueError(f"no {split} line fits data.source_len={src_len} and data.seq_len="
+                     f"{tgt_len}; raise them (a line of verse is up to ~80 bytes)")
+  return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+
+
+def target_nll(params, batch: dict, config: Config):
+  """Per-token cross-entropy (B, T) of the targets, from the decoder's residual stream."""
+  m = config.model
+  memory_BSD = encoder_decoder.encode(params, batch["src"], m, batch["src_segments"])
+  x_BTD = encoder_decoder.decoder_trunk(params, memory_BSD, batch["tgt_inputs"], m,
+                                        src_segments_BS=batch["src_segments"])
+  return transformer.next_token_nll(params, x_BTD, batch["tgt_targets"], m,
+                                    config.train.loss_chunk)
+
+
+@dataclasses.dataclass
+class Seq2Seq:
+  """Restore punctuation and capitals of a line; reports loss, token accuracy, exact match."""
+  config: Config
+  samples_text: bool = False  # the end-of-run sample continues a prompt: not this model's job
+
+  def param_specs(self) -> dict:
+    return encoder_decoder.param_specs(self.config.model)
+
+  def batch_shapes(self, batch_size: int) -> dict:
+    S, T = source_len(self.config), self.config.data.seq_len
+    return {"src": ((batch_size, S), np.int32), "src_segments": ((batch_size, S), np.int32),
+            "tgt_inputs": ((batch_size, T), np.int32),
+            "tgt_targets": ((batch_size, T), np.int32),
+            "tgt_weights": ((batch_size, T), np.float32)}
+
+  def loss(self, params, batch: dict):
+    nll_BT = target_nll(params, batch, self.config)
+    w_BT = batch["tgt_weights"]
+    return jnp.sum(nll_BT * w_BT) / jnp.maximum(jnp.sum(w_BT), 1.0), nll_BT
+
+  def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
+    del token_bytes
+    logits_BTV = encoder_decoder.apply(params, batch["src"], batch["tgt_inputs"],
+                                       self.config.model, src_segments_BS=batch["src_segments"])
+    targets_BT, w_BT = batch["tgt_targets"], batch["tgt_weights"]
+    nll_BT = jax.nn.logsumexp(logits_BTV, -1) - jnp.take_along_axis(
+        logits_BTV, targets_BT[..., None], -1)[..., 0]
+    right_BT = jnp.argmax(logits_BTV, -1) == targets_BT
+    has_B = jnp.any(w_BT > 0, -1)
+    exact_B = has_B & ~jnp.any(~right_BT & (w_BT > 0), -1)
+    return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
+            "correct": jnp.sum(right_BT * w_BT),
+            "exact": jnp.sum(exact_B.astype(jnp.float32)),
+            "examples": jnp.sum(has_B.astype(jnp.float32))}
+
+  def summarize(self, sums: dict) -> dict:
+    tokens, examples = max(float(sums["tokens"]), 1.0), max(float(sums["examples"]), 1.0)
+    return {"val_loss": float(sums["nll"]) / tokens,
+            "val_token_accuracy": float(sums["correct"]) / tokens,
+            "val_exact_match": float(sums["exact"]) / examples}
+
+  def rows(self, split: str, tok) -> dict:
+    return encoded_rows(split, tok, source_len(self.config), self.config.data.seq_len)
+
+  def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
+    rows = self.rows("train", tok)
+    n = len(rows["src"])
+    return pipeline.rows_dataset(lambda i: {k: v[i] for k, v in rows.items()}, n,
+                                 self.config.train.batch_size, seed, process_index,
+                                 process_count)
+
+  def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
+                   process_count: int = 1):
+    rows = self.rows("validation", tok)
+    n = len(rows["src"])
+    return pipeline.batch_rows(lambda i: {k: v[i] for k, v in rows.items()}, n,
+                               self.config.train.batch_size, max_batches, process_index,
+                               process_count)
