@@ -32,7 +32,7 @@ def shakespeare_genre():
 
 @register
 def shakespeare_speaker():
-  """Name the speaker of a speech (SFT, loss on the answer only); exact-match accuracy.
+  """Name the speaker of a speech given the scene's last two speakers (SFT); exact match.
 
   python -m jaxlm.main --experiment=shakespeare_speaker --set init.from_workdir=runs/pretrained
   """
@@ -40,6 +40,6 @@ def shakespeare_speaker():
   return config_lib.replace(
       base, name="shakespeare_speaker", task=TaskConfig(kind="sft", max_response_tokens=8),
       optim=OptimConfig(lr=1e-3, warmup_steps=20, weight_decay=0.1),
-      train=TrainConfig(steps=400, batch_size=64, log_every=25, eval_every=200,
+      train=TrainConfig(steps=600, batch_size=64, log_every=25, eval_every=200,
                         eval_batches=8, sample_tokens=0),
       checkpoint=CheckpointConfig(every=0, keep=1))

@@ -41,7 +41,9 @@ def test_speeches_parse_speakers_and_split_without_overlap():
   train_set, test_set = finetune.speaker_examples("train"), finetune.speaker_examples("validation")
   assert 0.08 < len(test_set) / (len(train_set) + len(test_set)) < 0.12
   assert all(p.endswith("\nSPEAKER:") and r.startswith(" ") for p, r in test_set[:50])
-  assert 0.05 < finetune.majority_baseline() < 0.5
+  baselines = finetune.speaker_baselines()
+  assert 0.05 < baselines["majority"] < 0.3 < baselines["two_back"] < 0.8
+  assert all("; after " in p for p, _ in test_set[:50])
 
 
 def test_sft_rows_weight_only_the_response_and_cut_the_prompt_from_the_left():

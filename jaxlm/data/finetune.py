@@ -6,10 +6,13 @@ the corpus's train works and testing its validation works (one of each genre),
 so every test passage comes from a work the classifier, and the language model
 pretrained on the train split, never saw.
 
-Speaker naming (SFT): a speech of a play, followed by the play's title, and
-answered with the speaker's name as the text gives it ("Ham", "ROMEO"). Plays
-have their own casts, so test speeches are one in ten of each play's speeches
-(chosen by a hash of the play and the speech's index), not whole plays.
+Speaker naming (SFT): a speech of a play, followed by the play's title and the
+speakers of the two speeches before it (the scene so far, as a reader knows
+it), answered with the speaker's name as the text gives it ("Ham", "ROMEO").
+Plays have their own casts, so test speeches are one in ten of each play's
+speeches (chosen by a hash of the play and the speech's index), not whole
+plays. Two baselines bound what the speech itself adds: the play's most
+frequent speaker, and the speaker of two speeches back (dialogue alternates).
 """
 
 from __future__ import annotations
@@ -87,42 +90,55 @@ def _held_out(speech: Speech, index: int) -> bool:
 def speaker_examples(split: str) -> tuple[tuple[str, str], ...]:
   """(prompt, response) pairs of `split` ("train" or "validation", the held-out tenth).
 
-  The prompt is the speech, the play's title and "SPEAKER:"; the response is
-  " " and the speaker's name. Speeches of every play in the corpus are used
-  (the genre split does not apply: the cast is what is learned).
+  The prompt is the speech, then the play's title and the two previous
+  speakers, then "SPEAKER:"; the response is " " and the speaker's name. The
+  first two speeches of a play are skipped (no context). Speeches of every play
+  in the corpus are used (the genre split does not apply: the cast is learned).
   """
   _check_split(split)
   pairs = []
   for work in corpus_lib.load_works("all"):
-    for i, s in enumerate(speeches(work)):
+    play = speeches(work)
+    for i in range(2, len(play)):
+      s = play[i]
       if _held_out(s, i) == (split == "validation"):
-        pairs.append((prompt_for(s.title, s.text), " " + s.speaker))
+        context = (play[i - 2].speaker, play[i - 1].speaker)
+        pairs.append((prompt_for(s.title, s.text, context), " " + s.speaker))
   if not pairs:
     raise ValueError("the corpus holds no speeches with speaker headings")
   return tuple(pairs)
 
 
-def prompt_for(title: str, speech: str) -> str:
+def prompt_for(title: str, speech: str, previous: tuple[str, str]) -> str:
   """The SFT prompt of a speech (also what a user types to ask the tuned model).
 
-  The title comes last so that a prompt cut from the left to fit the window
-  keeps it and the end of the speech.
+  The title and the previous speakers come last so that a prompt cut from the
+  left to fit the window keeps them and the end of the speech.
   """
-  return f"{speech}\n({title})\nSPEAKER:"
+  return f"{speech}\n({title}; after {previous[0]}, {previous[1]})\nSPEAKER:"
 
 
-def majority_baseline() -> float:
-  """Exact-match accuracy on the held-out speeches of always naming the play's most
-  frequent speaker in the training speeches: what a model ignoring the speech scores."""
+def _play_and_context(prompt: str) -> tuple[str, str, str]:
+  """(title, speaker two back, previous speaker) from a prompt_for() prompt."""
+  title, _, rest = prompt.rsplit("\n", 2)[-2][1:-1].rpartition("; after ")
+  two_back, _, previous = rest.partition(", ")
+  return title, two_back, previous
+
+
+def speaker_baselines() -> dict[str, float]:
+  """Exact-match accuracy on the held-out speeches of two rules that ignore the speech:
+  `majority`, the play's most frequent speaker in the training speeches, and
+  `two_back`, the speaker of the speech two before (A, B, A)."""
   counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-  def play(prompt):
-    return prompt.rsplit("\n", 2)[-2]
-
   for prompt, response in speaker_examples("train"):
-    counts[play(prompt)][response] += 1
+    counts[_play_and_context(prompt)[0]][response] += 1
   test = speaker_examples("validation")
-  hits = sum(counts[play(p)].most_common(1)[0][0] == r for p, r in test if counts[play(p)])
-  return hits / len(test)
+  majority = two_back = 0
+  for prompt, response in test:
+    title, back, _ = _play_and_context(prompt)
+    majority += bool(counts[title]) and counts[title].most_common(1)[0][0] == response
+    two_back += " " + back == response
+  return {"majority": majority / len(test), "two_back": two_back / len(test)}
 
 
 # Punctuation restoration (seq2seq): a line of verse or prose, lowercased and
