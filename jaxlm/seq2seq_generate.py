@@ -9,8 +9,8 @@ Dimension legend: B batch, S source length, N new tokens, V vocab.
 decoder layer, and a `lax.while_loop` of cached decoder steps in one jitted
 call, drawing tokens with jaxlm.generate's sampling (temperature 0 is greedy;
 step i draws with fold_in(key(seed), i), as there). `evaluate()` scores greedy
-restorations of test lines against the originals, beside the baseline that
-copies the source unchanged.
+restorations of test lines against the originals, beside baselines that copy
+the source unchanged or capitalize its first letter and "i".
 """
 
 from __future__ import annotations
@@ -138,11 +138,18 @@ def score(outputs: Sequence[str], targets: Sequence[str]) -> dict:
           "char_accuracy": 1.0 - edits / chars}
 
 
+def capitalize(source: str) -> str:
+  """A rule-based baseline: capitalize the line's first letter and the word "i"."""
+  text = " ".join("I" if w == "i" else w for w in source.split(" "))
+  return text[:1].upper() + text[1:]
+
+
 def evaluate(params, config: Config, tok, n_lines: int = 0, batch_size: int = 256) -> dict:
   """Greedy restorations of the test lines that fit the windows (n_lines of them spread
-  evenly; 0: all) scored against the originals, beside copying the source.
+  evenly; 0: all) scored against the originals, beside two baselines: copying the
+  source, and capitalize().
 
-  Returns {model: score(), copy: score(), lines, examples: [(source, output, target)]}.
+  Returns {model, copy, capitalize: score(); lines; examples: [(source, output, target)]}.
   """
   from jaxlm.tasks import seq2seq  # pylint: disable=import-outside-toplevel
   S, T = seq2seq.source_len(config), config.data.seq_len
@@ -153,6 +160,7 @@ def evaluate(params, config: Config, tok, n_lines: int = 0, batch_size: int = 25
   sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
   outputs = restore(params, config, tok, sources, batch_size)
   return {"model": score(outputs, targets), "copy": score(sources, targets),
+          "capitalize": score([capitalize(s) for s in sources], targets),
           "lines": len(pairs), "examples": list(zip(sources, outputs, targets))}
 
 
@@ -186,6 +194,8 @@ def main(argv):
       raise ValueError("expected exactly one of --text and --eval_lines")
     if F.eval_lines is not None and F.eval_lines < 0:
       raise ValueError(f"--eval_lines={F.eval_lines} is invalid: expected >= 0 (0: all)")
+    if F.text is not None and not finetune.unpunctuate(F.text):
+      raise ValueError(f"--text={F.text!r} has no words once unpunctuated; expected a line")
     config, tok, params, step = load_run(F.workdir)
   except (ValueError, FileNotFoundError) as e:
     fail(str(e))
@@ -197,9 +207,9 @@ def main(argv):
     return
   result = evaluate(params, config, tok, F.eval_lines)
   print(f"step {step}, {result['lines']} test lines (greedy):")
-  for name in ("model", "copy"):
+  for name in ("model", "copy", "capitalize"):
     r = result[name]
-    print(f"  {name:5s}  exact match {r['exact_match']:.4f}  char accuracy "
+    print(f"  {name:10s}  exact match {r['exact_match']:.4f}  char accuracy "
           f"{r['char_accuracy']:.4f}")
   examples = result["examples"]
   for i in np.linspace(0, len(examples) - 1, min(F.show, len(examples))).round().astype(int):

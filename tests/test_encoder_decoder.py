@@ -211,6 +211,7 @@ def test_score_counts_edits_against_the_target():
   assert seq2seq_generate.edit_distance("kitten", "sitting") == 3
   r = seq2seq_generate.score(["to be", "Not"], ["To be,", "Not"])
   assert r["exact_match"] == 0.5 and r["char_accuracy"] == pytest.approx(1 - 2 / 9)
+  assert seq2seq_generate.capitalize("i think i am") == "I think I am"
 
 
 def test_tiny_experiment_trains_end_to_end(tmp_path):
