@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxlm import sharding
 from jaxlm.config import Config, ConfigError
-from jaxlm.models import transformer
+from jaxlm.models import layers
 
 
 def _device_bytes(abstract_tree) -> int:
@@ -56,12 +56,12 @@ def describe(config: Config) -> str:
   """A human-readable plan: sizes, per-device bytes, FLOPs and XLA's memory analysis."""
   from jaxlm.train import Trainer  # deferred: train imports plan
   c = config
-  counts = transformer.param_count(c.model)
   mesh = sharding.make_mesh(c.mesh)
   trainer = Trainer(c, mesh, np.ones(c.model.vocab_size, np.int32))
+  counts = layers.param_count(trainer.specs)
   state = trainer.abstract_state()
   tokens = c.train.batch_size * c.data.seq_len
-  per_token = transformer.flops_per_token(c.model, c.data.seq_len)
+  per_token = trainer.task.flops_per_token()
   compiled = compile_step(trainer)
   mem = compiled.memory_analysis()
   lines = [
@@ -72,8 +72,7 @@ def describe(config: Config) -> str:
       f"params/device   {_device_bytes(state.params) / 2**20:,.1f} MiB",
       f"optimizer/dev   {_device_bytes(state.opt_state) / 2**20:,.1f} MiB",
       f"tokens/step     {tokens:,} (batch {c.train.batch_size} x length {c.data.seq_len})",
-      f"FLOPs/step      {per_token['total'] * tokens:.3e} "
-      f"(6N {per_token['dense'] * tokens:.3e} + attention {per_token['attention'] * tokens:.3e})",
+      f"FLOPs/step      {per_token * tokens:.3e} ({c.task.kind}: {per_token:.3e} per token)",
   ]
   if mem is not None:
     lines += [

@@ -26,7 +26,7 @@ from jaxlm import checkpoint, generate, metrics, optim, plan, sharding, tasks, w
 from jaxlm import config as config_lib
 from jaxlm.config import Config
 from jaxlm.data import pipeline
-from jaxlm.models import layers, transformer
+from jaxlm.models import layers
 
 
 @struct.dataclass
@@ -292,7 +292,7 @@ def run(r: Run) -> dict:
       state = state.replace(params=warm_start.load(c, trainer.mesh, c.mesh.rules, state.params))
       writer.print(warm_start.describe(c))
   tokens_per_step = c.train.batch_size * c.data.seq_len
-  flops_per_token = transformer.flops_per_token(c.model, c.data.seq_len)["total"]
+  flops_per_token = trainer.task.flops_per_token()
   peak = metrics.peak_flops()
   writer.print(f"{c.name}: {counts['total']:,} params ({counts['non_embedding']:,} "
                f"non-embedding) | {tokens_per_step:,} tokens/step | mesh "

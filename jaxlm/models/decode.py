@@ -27,7 +27,7 @@ from jaxlm import sharding
 from jaxlm.config import ModelConfig
 from jaxlm.models import transformer
 
-_CACHE_AXES = ("layers", "batch", "act_kv_heads", "length", "head_dim")
+CACHE_AXES = ("layers", "batch", "act_kv_heads", "length", "head_dim")
 
 
 def _layout(kv_LBTKH: jax.Array, cache_len: int) -> jax.Array:
@@ -35,7 +35,7 @@ def _layout(kv_LBTKH: jax.Array, cache_len: int) -> jax.Array:
   kv_LBKTH = jnp.swapaxes(kv_LBTKH, 2, 3)
   T = kv_LBKTH.shape[3]
   room = ((0, 0), (0, 0), (0, 0), (0, cache_len - T), (0, 0))
-  return sharding.constrain(jnp.pad(kv_LBKTH, room), _CACHE_AXES)
+  return sharding.constrain(jnp.pad(kv_LBKTH, room), CACHE_AXES)
 
 
 def prefill(params: dict, tokens_BT: jax.Array, lengths_B: jax.Array, config: ModelConfig,
@@ -77,7 +77,7 @@ def prefill(params: dict, tokens_BT: jax.Array, lengths_B: jax.Array, config: Mo
   return logits_BV, cache
 
 
-def _cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS):
+def cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS):
   """One query per row over its valid cache slots plus its own new key and value.
 
   The new token is a separate softmax term rather than first written into the
@@ -116,7 +116,7 @@ def decode_step(params: dict, cache: dict, tokens_B: jax.Array,
     p, k_BKSH, v_BKSH = layer
 
     def attend(q_B1NH, k_B1KH, v_B1KH):
-      o_B1NH = _cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS)
+      o_B1NH = cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS)
       return o_B1NH, (k_B1KH[:, 0], v_B1KH[:, 0])
 
     return transformer.block(x_B1D, p, positions_B1, config, attend)
@@ -129,7 +129,7 @@ def decode_step(params: dict, cache: dict, tokens_B: jax.Array,
   def write(cache_LBKSH, new_LBKH):
     new_LBK1H = new_LBKH[:, :, :, None].astype(cache_LBKSH.dtype)
     return sharding.constrain(
-        jax.lax.dynamic_update_slice(cache_LBKSH, new_LBK1H, (0, 0, 0, index, 0)), _CACHE_AXES)
+        jax.lax.dynamic_update_slice(cache_LBKSH, new_LBK1H, (0, 0, 0, index, 0)), CACHE_AXES)
 
   cache = {"k": write(cache["k"], k_LBKH), "v": write(cache["v"], v_LBKH), "pad": pad_B,
            "index": index + 1}

@@ -42,9 +42,9 @@ from jaxlm.models.attention import dot_product_attention
 # The decoder-only model's pieces, reused rather than copied: its attention
 # sublayer (projections, biases, rotary embedding, a pluggable `attend`), and
 # the cache layout and one-query attention of its KV-cache decoding.
-_attention_sublayer = transformer._attention  # pylint: disable=protected-access
-_cached_attention = lm_decode._cached_attention  # pylint: disable=protected-access
-_CACHE_AXES = lm_decode._CACHE_AXES  # pylint: disable=protected-access
+_attention_sublayer = transformer.attention_sublayer
+_cached_attention = lm_decode.cached_attention
+_CACHE_AXES = lm_decode.CACHE_AXES
 
 
 def _check(config: ModelConfig) -> None:

@@ -96,7 +96,8 @@ def self_attention(segment_ids_BT, config: ModelConfig):
   return attend
 
 
-def _attention(p, x_BTD, positions_BT, config, constrain, attend):
+def attention_sublayer(p, x_BTD, positions_BT, config, constrain, attend):
+  """Q/K/V projections (+ biases, rotary), `attend`, output projection: (out_BTD, aux)."""
   # `attend(q, k, v) -> (o, aux)` is plugged in, so a key/value cache
   # (jaxlm.models.decode) reuses these projections instead of copying them.
   c = config
@@ -124,7 +125,7 @@ def block(x_BTD, p, positions_BT, config, attend):
   c = config
   constrain = sharding.constrain
   h_BTD = layers.norm(p["attn_norm"], x_BTD, c.norm, c.norm_eps)
-  a_BTD, aux = _attention(p["attn"], h_BTD, positions_BT, c, constrain, attend)
+  a_BTD, aux = attention_sublayer(p["attn"], h_BTD, positions_BT, c, constrain, attend)
   x_BTD = x_BTD + a_BTD
   h_BTD = layers.norm(p["mlp_norm"], x_BTD, c.norm, c.norm_eps)
   x_BTD = x_BTD + layers.mlp(p["mlp"], h_BTD, c.mlp, constrain)

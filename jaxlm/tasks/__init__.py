@@ -26,6 +26,9 @@ class Task(Protocol):
   def param_specs(self) -> dict:
     """The ParamSpec tree of every parameter, the model's and the task's head."""
 
+  def flops_per_token(self) -> float:
+    """Training FLOPs (forward + backward) per target token, for MFU and summary.json."""
+
   def batch_shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of each batch array for a global batch of `batch_size`."""
 

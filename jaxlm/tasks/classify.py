@@ -59,6 +59,11 @@ class Classification:
     specs["head"] = head_specs(self.config.model.d_model, self.n_classes)
     return specs
 
+  def flops_per_token(self) -> float:
+    m = self.config.model  # the trunk's; no vocabulary projection (the head's is negligible)
+    return (transformer.flops_per_token(m, self.config.data.seq_len)["total"]
+            - 6.0 * m.vocab_size * m.d_model)
+
   def batch_shapes(self, batch_size: int) -> dict:
     T = self.config.data.seq_len
     shapes = {k: ((batch_size, T), np.int32) for k in ("inputs", "segment_ids", "positions")}

@@ -47,6 +47,9 @@ class LanguageModeling:
   def param_specs(self) -> dict:
     return transformer.param_specs(self.config.model)
 
+  def flops_per_token(self) -> float:
+    return transformer.flops_per_token(self.config.model, self.config.data.seq_len)["total"]
+
   def batch_shapes(self, batch_size: int) -> dict:
     return token_batch_shapes(batch_size, self.config.data.seq_len)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxlm.config import Config
 from jaxlm.data import finetune, pipeline
-from jaxlm.models import encoder_decoder, transformer
+from jaxlm.models import encoder_decoder, layers, transformer
 
 BATCH_KEYS = ("src", "src_segments", "tgt_inputs", "tgt_targets", "tgt_weights")
 
@@ -82,6 +82,19 @@ class Seq2Seq:
 
   def param_specs(self) -> dict:
     return encoder_decoder.param_specs(self.config.model)
+
+  def flops_per_token(self) -> float:
+    """Per target token: the decoder's (with cross-attention) plus the encoder's work on
+    the source, counted as in transformer.flops_per_token (6 per weight per token;
+    attention 6*L*T*D causal, 12*L*S*D over the whole source)."""
+    m, S, T = self.config.model, source_len(self.config), self.config.data.seq_len
+    specs = self.param_specs()
+    enc = layers.param_count(specs["encoder"])["total"]
+    dec = layers.param_count(specs["decoder"])["total"]
+    decoder = 6.0 * (dec + m.vocab_size * m.d_model) + 6.0 * m.n_layers * T * m.d_model \
+        + 12.0 * m.n_layers * S * m.d_model
+    encoder = (6.0 * enc + 12.0 * m.encoder_layers * S * m.d_model) * S / T
+    return decoder + encoder
 
   def batch_shapes(self, batch_size: int) -> dict:
     S, T = source_len(self.config), self.config.data.seq_len

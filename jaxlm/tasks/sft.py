@@ -62,6 +62,9 @@ class SupervisedFineTuning:
   def param_specs(self) -> dict:
     return transformer.param_specs(self.config.model)
 
+  def flops_per_token(self) -> float:
+    return transformer.flops_per_token(self.config.model, self.config.data.seq_len)["total"]
+
   def batch_shapes(self, batch_size: int) -> dict:
     return lm.token_batch_shapes(batch_size, self.config.data.seq_len)
 
