@@ -97,7 +97,8 @@ class Trainer:
     c = self.config
     rules = c.mesh.rules
     self.specs = transformer.param_specs(c.model)
-    self.tx = optim.make(c.optim, c.train.steps, transformer.decay_mask(c.model))
+    self.tx = optim.make(c.optim, c.train.steps, transformer.decay_mask(c.model),
+                         transformer.lr_scales(c.model))
     self.param_shardings = sharding.tree_shardings(self.specs, self.mesh, rules)
     replicated = NamedSharding(self.mesh, P())
     abstract_params = jax.eval_shape(lambda: transformer.init(c.model, jax.random.key(0)))
