@@ -1,4 +1,4 @@
-"""AdamW with warmup and cosine decay, clipping, and decay mask and lr multipliers from the specs."""
+"""AdamW with warmup and cosine decay, clipping, and decay mask and lr multipliers from specs."""
 
 from __future__ import annotations
 
