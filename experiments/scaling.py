@@ -61,7 +61,8 @@ def shakespeare_mutransfer():
   """
   # Octave-spaced learning rates from 1e-3 to 0.128: a first grid of 2e-3..6.4e-2
   # had standard's best at its top edge for width 32 and at its bottom for 128.
-  # 40 runs (μP at width 64 is standard's runs); ~35 min on a loaded 2-core CPU.
+  # 40 runs (μP at width 64 is standard's runs): 79 min of run time, ~47 min of wall
+  # time two at a time on a loaded 2-core CPU.
   return LrTransferSpec(base="shakespeare_char", widths=(32, 64, 128),
                         lrs=tuple(1e-3 * 2 ** k for k in range(8)), mup_base_width=64,
                         head_dim=8, extra=_MUTRANSFER)
