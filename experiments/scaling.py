@@ -1,7 +1,7 @@
 """Scaling-law sweeps on the Shakespeare experiment: IsoFLOP profiles and a size grid."""
 
 from jaxlm.registry import register_sweep
-from jaxlm.scaling.sweeps import GridSpec, IsoFlopSpec
+from jaxlm.scaling.sweeps import GridSpec, IsoFlopSpec, LrTransferSpec
 
 # No text samples: a sweep only needs the final validation loss.
 _QUIET = ("train.sample_tokens=0",)
@@ -44,3 +44,37 @@ def shakespeare_grid():
   """
   return GridSpec(base="shakespeare", sizes=(3e4, 1e5, 3e5), tokens=(5e5, 2e6),
                   lrs=(1e-3, 3e-3, 1e-2), head_dim=16, extra=_QUIET)
+
+
+# Byte-level, 2 layers, 64-token windows, batch 32, 150 steps (docs/mup.md).
+_MUTRANSFER = _QUIET + ("model.n_layers=2", "data.seq_len=64", "model.max_seq_len=64",
+                        "train.batch_size=32", "train.steps=150", "optim.warmup_steps=15",
+                        "train.eval_every=0", "train.eval_batches=8", "train.log_every=25",
+                        "checkpoint.every=0")
+
+
+@register_sweep
+def shakespeare_mutransfer():
+  """μTransfer: widths 32/64/128 x 8 learning rates x standard and μP (base width 64).
+
+  python launch/sweep_local.py --sweep=shakespeare_mutransfer --dir=runs/mutransfer --parallel=2
+  """
+  # Octave-spaced learning rates from 1e-3 to 0.128: a first grid of 2e-3..6.4e-2
+  # had standard's best at its top edge for width 32 and at its bottom for 128.
+  # 40 runs (μP at width 64 is standard's runs): 79 min of run time, ~47 min of wall
+  # time two at a time on a loaded 2-core CPU.
+  return LrTransferSpec(base="shakespeare_char", widths=(32, 64, 128),
+                        lrs=tuple(1e-3 * 2 ** k for k in range(8)), mup_base_width=64,
+                        head_dim=8, extra=_MUTRANSFER)
+
+
+@register_sweep
+def shakespeare_mutransfer_tiny():
+  """Test-sized μTransfer sweep: 2 widths x 2 learning rates x 2 parameterizations, 3 steps.
+
+  python launch/sweep_local.py --sweep=shakespeare_mutransfer_tiny --dir=/tmp/mut --parallel=2
+  """
+  return LrTransferSpec(base="shakespeare_char", widths=(16, 32), lrs=(3e-3, 1e-2), head_dim=8,
+                        extra=_MUTRANSFER + ("train.steps=3", "optim.warmup_steps=1",
+                                             "train.batch_size=4", "train.eval_batches=1",
+                                             "train.log_every=1"))

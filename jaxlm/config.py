@@ -53,6 +53,9 @@ class ModelConfig:
   init_std: float = 0.02       # std of normal init; residual output projections / sqrt(2 L)
   remat: str = "none"          # none | full | dots: what each layer recomputes in the backward
   encoder_layers: int = 0      # seq2seq encoder blocks (n_layers: the decoder's); 0: none
+  parameterization: str = "standard"  # standard | mup (Maximal Update Parametrization, docs/mup.md)
+  mup_base_width: int = 128    # mup: the d_model at which mup equals standard
+  mup_base_head_dim: int = 0   # mup: head dim at which attention equals standard; 0: own head dim
 
   def __post_init__(self):
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -75,6 +78,11 @@ class ModelConfig:
     _check(self.init_std > 0, "model.init_std", self.init_std, "a positive float")
     _check(self.encoder_layers >= 0, "model.encoder_layers", self.encoder_layers,
            ">= 0 (0 means decoder-only)")
+    _choice("model.parameterization", self.parameterization, ("standard", "mup"))
+    _check(self.mup_base_width > 0, "model.mup_base_width", self.mup_base_width,
+           "a positive integer")
+    _check(self.mup_base_head_dim >= 0, "model.mup_base_head_dim", self.mup_base_head_dim,
+           ">= 0 (0 means the model's own head dim)")
 
   @property
   def kv_heads(self) -> int:
@@ -83,6 +91,27 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
+
+  # Maximal Update Parametrization (Yang et al. 2022, "Tensor Programs V", table 3 and
+  # table 8's multiplier form), relative to a base width at which it equals the
+  # standard parameterization; docs/mup.md. Under "standard" each is the identity.
+  @property
+  def width_mult(self) -> float:
+    """d_model / mup_base_width under mup (hidden init std / sqrt, Adam lr / this); else 1."""
+    return self.d_model / self.mup_base_width if self.parameterization == "mup" else 1.0
+
+  @property
+  def readout_mult(self) -> float:
+    """Multiplier of the output logits: 1 / width_mult (mup's MuReadout)."""
+    return 1.0 / self.width_mult
+
+  @property
+  def attention_scale(self) -> float:
+    """Softmax scale: 1/sqrt(H) standard; mup: sqrt(H_base)/H (1/H, equal at the base head dim)."""
+    scale = self.head_dim ** -0.5
+    if self.parameterization == "mup" and self.mup_base_head_dim:
+      scale *= (self.mup_base_head_dim / self.head_dim) ** 0.5
+    return scale
 
   @property
   def ff_dim(self) -> int:

@@ -73,7 +73,8 @@ class Trainer:
     rules = c.mesh.rules
     self.task = tasks.get(c)
     self.specs = self.task.param_specs()
-    self.tx = optim.make(c.optim, c.train.steps, layers.decay_mask(self.specs))
+    self.tx = optim.make(c.optim, c.train.steps, layers.decay_mask(self.specs),
+                         layers.lr_scales(self.specs))
     self.param_shardings = sharding.tree_shardings(self.specs, self.mesh, rules)
     replicated = NamedSharding(self.mesh, P())
     dtype = jnp.dtype(c.model.param_dtype)

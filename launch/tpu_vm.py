@@ -23,12 +23,17 @@ def gcloud(args, remote: str) -> list[str]:
   return cmd
 
 
+def setup_remote(args) -> str:
+  """The shell line that clones or updates the checkout args.dir and installs it."""
+  return (f"(test -d {args.dir} || git clone {args.git} {args.dir}) && "
+          f"cd {args.dir} && git pull --ff-only && pip install -e .")
+
+
 def commands(args, jaxlm_args: list[str]) -> list[list[str]]:
   """The gcloud commands, in order."""
   out = []
   if args.setup:
-    out.append(gcloud(args, f"(test -d {args.dir} || git clone {args.git} {args.dir}) && "
-                            f"cd {args.dir} && git pull --ff-only && pip install -e ."))
+    out.append(gcloud(args, setup_remote(args)))
   run = " ".join(shlex.quote(a) for a in ["python", "-m", "jaxlm.main", *jaxlm_args])
   out.append(gcloud(args, f"cd {args.dir} && {run}"))
   return out

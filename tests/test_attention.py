@@ -49,3 +49,16 @@ def test_shape_errors():
   q, k, v = _qkv(N=3, K=2)
   with pytest.raises(ValueError, match="not divisible"):
     attention.dot_product_attention(q, k, v)
+
+
+def test_scale_is_honored():
+  # μP scores scale as 1/H rather than 1/sqrt(H) (ModelConfig.attention_scale).
+  q, k, v = _qkv(K=4, H=16)
+  for impl in ("xla", None):
+    ours = attention.dot_product_attention(q, k, v, is_causal=True, scale=1 / 16,
+                                           implementation=impl)
+    ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=1 / 16)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+  default = attention.dot_product_attention(q, k, v, implementation="xla")
+  explicit = attention.dot_product_attention(q, k, v, implementation="xla", scale=16 ** -0.5)
+  np.testing.assert_array_equal(default, explicit)

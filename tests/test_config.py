@@ -30,6 +30,8 @@ def test_unknown_key_names_closest():
     ("data.seq_len=4096", "data.seq_len=4096 is invalid: expected at most model.max_seq_len"),
     ("model.d_model", "expected key=value"),
     ("mesh.rules=x", "cannot be set with --set"),
+    ("model.parameterization=ntk", "model.parameterization='ntk' is invalid: expected one of"),
+    ("model.mup_base_width=0", "model.mup_base_width=0 is invalid"),
 ])
 def test_bad_overrides_name_key_and_expectation(item, pattern):
   with pytest.raises(ConfigError, match=pattern):
@@ -52,3 +54,11 @@ def test_derived_values():
   gelu = config_lib.replace(Config(), **{"model.mlp": "gelu"}).model
   assert gelu.ff_dim == 4 * gelu.d_model
   assert m.ff_dim % 64 == 0 and m.ff_dim >= 8 * m.d_model // 3
+
+
+def test_mup_multipliers():
+  m = config_lib.apply_overrides(Config(), ["model.d_model=512", "model.n_heads=4"]).model
+  assert (m.width_mult, m.readout_mult, m.attention_scale) == (1.0, 1.0, 128 ** -0.5)
+  mup = config_lib.replace(m, parameterization="mup", mup_base_width=128, mup_base_head_dim=32)
+  assert mup.width_mult == 4.0 and mup.readout_mult == 0.25
+  assert mup.attention_scale == pytest.approx(32 ** 0.5 / 128)  # 1/H, equal to 1/sqrt(32) at 32

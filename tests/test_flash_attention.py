@@ -40,11 +40,12 @@ def _value_and_vjp(fn, q, k, v, do):
   return (o, *vjp(do))
 
 
-def _check(B, T, S, N, K, H, causal, segments, dtype, backend=None, **tuning):
+def _check(B, T, S, N, K, H, causal, segments, dtype, backend=None, scale=None, **tuning):
   q, k, v, do, seg = _inputs(B, T, S, N, K, H, segments, dtype)
   ours = functools.partial(fa.flash_attention, is_causal=causal, segment_ids=seg,
-                           backend=backend, **tuning)
-  ref = functools.partial(attention.xla_attention, is_causal=causal, segment_ids=seg)
+                           backend=backend, scale=scale, **tuning)
+  ref = functools.partial(attention.xla_attention, is_causal=causal, segment_ids=seg,
+                          scale=scale)
   with jax.default_matmul_precision("highest"):  # TF32 would blur the f32 reference on GPU
     got = _value_and_vjp(ours, q, k, v, do)
     want = _value_and_vjp(ref, q, k, v, do)
@@ -98,6 +99,15 @@ def test_default_blocks_and_uneven_blocks():
   # Forward and backward kernels with different block sizes pad to a common length.
   _check(1, 100, 70, 2, 1, 32, True, "pair", jnp.float32, block_q=32, block_k=16,
          block_q_dkv=16, block_k_dkv=64, block_q_dq=64, block_k_dq=16)
+
+
+def test_custom_scale_in_both_kernels():
+  # μP's 1/H score scale (ModelConfig.attention_scale), forward and backward.
+  _check(1, 17, 17, 4, 2, 32, True, "self", jnp.float32, scale=1 / 32,
+         **({} if ON_GPU else SMALL))
+  with jax.default_device(jax.devices("cpu")[0]):
+    _check(1, 17, 17, 4, 2, 32, True, "self", jnp.float32, backend="tpu", interpret=True,
+           scale=1 / 32, **SMALL)
 
 
 def test_tiny_model_trains_like_xla():

@@ -27,8 +27,10 @@ def gqa_params():
 
 
 @pytest.mark.parametrize("kw", [dict(n_kv_heads=2), dict(positions="learned", norm="layernorm",
-                                                          mlp="gelu", use_bias=True)],
-                         ids=["gqa_rope", "gpt2_learned"])
+                                                          mlp="gelu", use_bias=True),
+                                dict(parameterization="mup", mup_base_width=16,
+                                     mup_base_head_dim=4, tie_embeddings=False)],
+                         ids=["gqa_rope", "gpt2_learned", "mup"])
 def test_cached_logits_equal_full_forward(kw):
   cfg = tiny_model(**kw)
   params = transformer.init(cfg, jax.random.key(0))

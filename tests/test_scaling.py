@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -196,3 +197,58 @@ def test_tiny_sweep_end_to_end(tmp_path):
   os.remove(os.path.join(sweep_dir, ok[1]["name"], "summary.json"))
   statuses = sorted(r["status"] for r in collect.collect(sweep_dir))
   assert statuses == ["failed", "incomplete", "ok", "pending", "pending", "pending"]
+
+
+def test_lr_transfer_spec_varies_only_width_lr_and_parameterization():
+  spec = registry.sweep("shakespeare_mutransfer")
+  runs = sweeps.expand(spec)
+  # μP at its base width (64) is standard's runs, bit for bit: not run twice.
+  assert len(runs) == 3 * 8 + 2 * 8
+  assert not [r for r in runs if r.name.startswith("mutransfer-mup-d64-")]
+  configs = {r.name: sweeps.run_config(spec, r) for r in runs}
+  mup = configs["mutransfer-mup-d128-lr3.2e-2"]
+  assert (mup.model.d_model, mup.model.n_heads, mup.model.head_dim) == (128, 16, 8)
+  assert mup.model.parameterization == "mup" and mup.model.mup_base_width == 64
+  assert mup.optim.lr == 3.2e-2 and mup.model.n_layers == 2 and mup.train.steps == 150
+  standard = configs["mutransfer-standard-d128-lr3.2e-2"]
+  assert config_lib.replace(standard, **{"model.parameterization": "mup",
+                                         "model.mup_base_width": 64}) == mup
+  alone = sweeps.LrTransferSpec(base="shakespeare_char", widths=(8, 16), lrs=(1e-3,),
+                                parameterizations=("mup",), head_dim=8)
+  assert [r.name for r in alone.runs()] == ["mutransfer-mup-d8-lr1e-3",
+                                            "mutransfer-mup-d16-lr1e-3"]
+  with pytest.raises(ValueError, match="multiples of head_dim=8"):
+    sweeps.LrTransferSpec(base="shakespeare_char", widths=(12,), lrs=(1e-3,), head_dim=8).runs()
+
+
+def test_transfer_finds_best_lr_per_width(tmp_path, capsys):
+  from jaxlm.scaling import transfer
+  # Parabola in log2(lr) with its vertex at lr = 2^-6: found between grid points.
+  b = transfer.best_lr([2.0 ** -8, 2.0 ** -7, 2.0 ** -5, 2.0 ** -4],
+                       [3 + (x + 6) ** 2 for x in (-8, -7, -5, -4)])
+  assert b["lr"] in (2.0 ** -7, 2.0 ** -5) and b["lr_fit"] == pytest.approx(2.0 ** -6)
+  assert transfer.best_lr([1e-3, 1e-2], [2.0, None])["lr_fit"] is None  # at the edge
+  # A CSV as collect writes it: the standard optimum halves per width doubling, μP's
+  # stays; μP's base width (32) is standard's runs.
+  path = str(tmp_path / "runs.csv")
+  rows = []
+  for p in ("standard", "mup"):
+    for w in (32, 64, 128) if p == "standard" else (64, 128):
+      shift = math.log2(w / 32) if p == "standard" else 0.0
+      for k in range(-9, -3):
+        rows.append({"name": f"{p}-{w}-{k}", "status": "ok", "parameterization": p,
+                     "d_model": w, "lr": 2.0 ** k, "loss": 2 + 0.1 * (k + 6 + shift) ** 2,
+                     "mup_base_width": 32 if p == "mup" else None})
+  rows.append({"name": "failed", "status": "failed", "parameterization": "mup", "d_model": 64,
+               "lr": 2.0 ** -3, "mup_base_width": 32})
+  collect.write_csv(rows, path)
+  cli(["transfer", "--runs", path, "--out", str(tmp_path / "t.json"),
+       "--plot", str(tmp_path / "t.png")])
+  out = capsys.readouterr().out
+  result = json.load(open(tmp_path / "t.json"))
+  assert result["mup"]["drift_octaves"] == pytest.approx(0.0, abs=1e-6)
+  assert result["standard"]["drift_octaves"] == pytest.approx(-2.0, abs=1e-6)
+  assert result["standard"]["best"]["128"]["lr"] == 2.0 ** -8
+  assert result["mup"]["widths"] == [32, 64, 128] and result["mup"]["shared_widths"] == [32]
+  assert "| 0.125 | — | failed | — |" in out and "**2.000**" in out
+  assert os.path.getsize(tmp_path / "t.png") > 10_000

@@ -75,3 +75,23 @@ def test_workdir_with_another_config_is_refused(tmp_path):
   train.prepare_workdir(tiny_config(), str(tmp_path))  # same config: resume is fine
   with pytest.raises(ConfigError, match="differs in model.d_model"):
     train.prepare_workdir(tiny_config(**{"model.d_model": 64}), str(tmp_path))
+
+
+def test_lr_scales_multiply_each_update():
+  import jax.numpy as jnp
+  import numpy as np
+  from jaxlm import optim
+  from jaxlm.config import OptimConfig
+  c = OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.1)
+  params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
+  grads = {"w": jnp.full((3, 3), 0.5), "b": jnp.full(3, -2.0)}
+  mask = {"w": True, "b": False}
+  plain = optim.make(c, 10, mask)
+  scaled = optim.make(c, 10, mask, {"w": 0.25, "b": 1.0})
+  want, _ = plain.update(grads, plain.init(params), params)
+  got, _ = scaled.update(grads, scaled.init(params), params)
+  np.testing.assert_allclose(got["w"], 0.25 * want["w"], rtol=1e-6)  # decay included
+  np.testing.assert_array_equal(got["b"], want["b"])
+  # All ones (standard, or μP at its base width): the very same optimizer state.
+  ones = optim.make(c, 10, mask, {"w": 1.0, "b": 1.0})
+  assert (jax.tree.structure(ones.init(params)) == jax.tree.structure(plain.init(params)))

@@ -127,3 +127,140 @@ def test_chunked_loss_equals_full_logits_loss(chunk):
   (a, ga), (b, gb) = jax.value_and_grad(chunked)(params), jax.value_and_grad(full)(params)
   np.testing.assert_allclose(a, b, rtol=1e-5)
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), ga, gb)
+
+
+# μP: model.parameterization="mup" (Yang et al. 2022), docs/mup.md.
+
+def _adam(model, steps, lr=1e-2, tokens_BT=None):
+  """Params after `steps` AdamW steps (lr multipliers from the specs) on one batch, jitted."""
+  from jaxlm import optim
+  from jaxlm.config import OptimConfig
+  import optax
+  opt = OptimConfig(lr=lr, warmup_steps=0, schedule="constant", weight_decay=0.0, grad_clip=0.0)
+  tx = optim.make(opt, steps, transformer.decay_mask(model), transformer.lr_scales(model))
+  tokens_BT = _tokens(B=4, T=9, V=model.vocab_size) if tokens_BT is None else tokens_BT
+
+  def loss(p):
+    logits = transformer.apply(p, tokens_BT[:, :-1], model)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens_BT[:, 1:, None], -1).mean()
+
+  @jax.jit
+  def run(params):
+    def body(carry, _):
+      p, s = carry
+      updates, s = tx.update(jax.grad(loss)(p), s, p)
+      return (optax.apply_updates(p, updates), s), None
+    (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, steps)
+    return params
+
+  return run(transformer.init(model, jax.random.key(0)))
+
+
+def test_standard_parameterization_is_unchanged():
+  # Recorded before μP existed (3f0a179): the loss of 4 AdamW steps of tiny_config's
+  # model, byte vocabulary, on one random batch. Bit-identical on the recording machine.
+  from jaxlm import optim, train
+  from tests.helpers import tiny_config
+  c = tiny_config()
+  tx = optim.make(c.optim, c.train.steps, transformer.decay_mask(c.model),
+                  transformer.lr_scales(c.model))
+  params = transformer.init(c.model, jax.random.key(0))
+  toks = jnp.asarray(np.random.default_rng(0).integers(0, 257, (8, 33)), jnp.int32)
+  batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": jnp.ones((8, 32)),
+           "segment_ids": jnp.ones((8, 32), jnp.int32),
+           "positions": jnp.broadcast_to(jnp.arange(32), (8, 32))}
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params), rng=jax.random.key(1),
+                           nonfinite=jnp.zeros((), jnp.int32))
+  step = jax.jit(lambda s, b: train.train_step(s, b, config=c, tx=tx))
+  losses = []
+  for _ in range(4):
+    state, m = step(state, batch)
+    losses.append(float(m["loss"]))
+  recorded = [float.fromhex(h) for h in ("0x1.63d69e0000000p+2", "0x1.63d69e0000000p+2",
+                                         "0x1.6001fa0000000p+2", "0x1.58d0360000000p+2")]
+  np.testing.assert_allclose(losses, recorded, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [VARIANTS["llama"], dict(VARIANTS["gpt2"], tie_embeddings=False)],
+                         ids=["llama", "gpt2_untied"])
+def test_mup_at_base_width_equals_standard(kw):
+  standard = tiny_model(**kw)
+  mup = tiny_model(**kw, parameterization="mup", mup_base_width=standard.d_model)
+  assert mup.width_mult == 1.0 and mup.readout_mult == 1.0
+  assert mup.attention_scale == standard.attention_scale
+  a, b = _adam(standard, 3), _adam(mup, 3)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  tokens = _tokens()
+  np.testing.assert_array_equal(transformer.apply(a, tokens, standard),
+                                transformer.apply(b, tokens, mup))
+
+
+def test_mup_scales_hidden_matrices_only():
+  std = 0.02
+  cfg = tiny_model(d_model=128, n_heads=4, parameterization="mup", mup_base_width=32,
+                   mup_base_head_dim=8, tie_embeddings=False, init_std=std)
+  specs = transformer.param_specs(cfg)
+  scales = transformer.lr_scales(cfg)
+  assert cfg.width_mult == 4.0 and cfg.readout_mult == 0.25
+  assert cfg.attention_scale == pytest.approx(math.sqrt(8) / 32)  # 1/H, equal to 1/sqrt(8) at H=8
+  for path in (("layers", "attn", "wq"), ("layers", "attn", "wo"), ("layers", "mlp", "w_in"),
+               ("layers", "mlp", "w_out")):
+    assert scales[path[0]][path[1]][path[2]] == 0.25, path
+  for path in (("embed",), ("unembed",), ("final_norm", "scale"),
+               ("layers", "attn_norm", "scale")):
+    node = scales
+    for key in path:
+      node = node[key]
+    assert node == 1.0, path
+  params = transformer.init(cfg, jax.random.key(0))
+  L = cfg.n_layers
+  assert float(jnp.std(params["layers"]["attn"]["wq"])) == pytest.approx(std / 2, rel=0.05)
+  assert float(jnp.std(params["layers"]["mlp"]["w_out"])) == pytest.approx(
+      std / 2 / math.sqrt(2 * L), rel=0.05)
+  assert float(jnp.std(params["embed"])) == pytest.approx(std, rel=0.05)
+  assert float(jnp.std(params["unembed"])) == pytest.approx(std, rel=0.05)
+  assert specs["layers"]["attn"]["wq"].decay and not specs["embed"].decay
+
+
+def _coordinates(parameterization, width, base_head_dim):
+  """Std of what 4 AdamW steps change in the residual stream, logits and layer 0's scores."""
+  from jaxlm.models import layers
+  # Two heads at every width, so the head dim grows (16..128) and the score scale matters.
+  model = tiny_model(vocab_size=32, d_model=width, n_layers=1, n_heads=2, mlp="gelu",
+                     parameterization=parameterization, mup_base_width=32,
+                     mup_base_head_dim=base_head_dim)
+  tokens_BT = _tokens(B=8, T=17, V=32, seed=1)
+  x_BT = tokens_BT[:, :-1]
+  positions_BT = jnp.broadcast_to(jnp.arange(16), x_BT.shape)
+
+  def measure(params):
+    p0 = jax.tree.map(lambda a: a[0], params["layers"])
+    e_BTD = transformer.embed(params, x_BT, positions_BT, model)
+    h_BTD = layers.norm(p0["attn_norm"], e_BTD, model.norm, model.norm_eps)
+    q_BTNH, k_BTNH = layers.dense(h_BTD, p0["attn"]["wq"]), layers.dense(h_BTD, p0["attn"]["wk"])
+    s_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BTNH) * model.attention_scale
+    return (transformer.trunk(params, x_BT, model), transformer.apply(params, x_BT, model),
+            s_BNTS)
+
+  @jax.jit
+  def change(before, after):
+    return jnp.stack([jnp.std(a - b) for a, b in zip(measure(after), measure(before))])
+
+  return np.asarray(change(transformer.init(model, jax.random.key(0)),
+                           _adam(model, 4, lr=1e-2, tokens_BT=tokens_BT)))
+
+
+def test_mup_coordinate_check():
+  # The μP coordinate check (Yang et al. 2022, sec. 7; mup's coord_check): what a few
+  # Adam steps change in the residual stream, the logits and the attention scores
+  # keeps its size as the width grows 8x under μP, and grows with width under the
+  # standard parameterization (the scores through q·k over a growing head dim).
+  widths = (32, 64, 128, 256)
+  mup = np.stack([_coordinates("mup", w, 16) for w in widths])
+  # Finite-width noise (uncorrelated terms, ~1/sqrt(width)) fades as the width grows;
+  # nothing grows. (With 1/sqrt(H) scores, mup_base_head_dim=0, the scores' change
+  # grows 1.7x here and fails this.)
+  assert (mup / mup[0] > 0.5).all() and (mup / mup[0] < 1.5).all(), mup
+  standard = np.stack([_coordinates("standard", w, 0) for w in (32, 256)])
+  assert (standard[1] / standard[0] > 2.5).all(), standard

@@ -125,13 +125,14 @@ def _segments(segment_ids, B, T, S):
 
 
 def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None,
-                    backend=None, interpret=None, **tuning):
+                    scale=None, backend=None, interpret=None, **tuning):
   """Pallas flash attention, numerically the same as attention.xla_attention.
 
   Args:
     q_BTNH, k_BSKH, v_BSKH: queries (B, T, N, H), keys and values (B, S, K, H).
     is_causal: query t sees keys s <= t + S - T.
     segment_ids: (B, T) ids for self-attention or a (query, kv) pair.
+    scale: multiplier of the scores q·k; None: 1/sqrt(H).
     backend: "gpu" (Triton kernel), "tpu" (Mosaic kernel) or "cpu" (the GPU kernel
       interpreted); default jax.default_backend().
     interpret: run the kernel in the Pallas interpreter; default: when the kernel's
@@ -156,7 +157,8 @@ def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None
     interpret = jax.default_backend() != variant
   t = _resolve_tuning(default_tuning(variant, q_BTNH.dtype), tuning, T, S)
   segs = _segments(segment_ids, B, T, S)
-  cfg = Config(bool(is_causal), H ** -0.5, T, S, t, variant, bool(interpret))
+  sm_scale = H ** -0.5 if scale is None else float(scale)
+  cfg = Config(bool(is_causal), sm_scale, T, S, t, variant, bool(interpret))
 
   # Pad to whole blocks (masked as keys, sliced off as queries) and the head dim to
   # a power of two >= 16, the smallest shape Triton's dot accepts; zero columns

@@ -47,13 +47,14 @@ def mask_BTS(T: int, S: int, is_causal: bool, q_seg_BT=None, kv_seg_BS=None):
   return mask
 
 
-def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None):
+def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, scale=None):
   """Reference attention in plain jnp: grouped-query einsums, float32 softmax."""
   B, T, N, H = q_BTNH.shape
   S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+  scale = H ** -0.5 if scale is None else scale
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
   s_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
-                       preferred_element_type=jnp.float32) * (H ** -0.5)
+                       preferred_element_type=jnp.float32) * scale
   q_seg, kv_seg = _split_segments(segment_ids, T, S)
   if is_causal or q_seg is not None:
     mask = mask_BTS(T, S, is_causal, q_seg, kv_seg)
@@ -63,11 +64,12 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None):
   return o_BTKGH.reshape(B, T, N, H)
 
 
-def _cudnn_attention(q, k, v, *, is_causal=False, segment_ids=None):
+def _cudnn_attention(q, k, v, *, is_causal=False, segment_ids=None, scale=None):
   why = _cudnn_unsupported(q, k, segment_ids)
   if why:
     raise AttentionUnsupportedError(f"cudnn attention cannot serve this call: {why}")
-  return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="cudnn")
+  return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, scale=scale,
+                                      implementation="cudnn")
 
 
 def _cudnn_unsupported(q, k, segment_ids) -> str:
@@ -82,12 +84,13 @@ def _cudnn_unsupported(q, k, segment_ids) -> str:
   return ""
 
 
-def _pallas_attention(q, k, v, *, is_causal=False, segment_ids=None):
+def _pallas_attention(q, k, v, *, is_causal=False, segment_ids=None, scale=None):
   why = flash_attention.unsupported(q, k, v)
   if why:
     raise AttentionUnsupportedError(f"pallas attention cannot serve this call: {why}")
   # On CPU this runs the GPU kernel in the Pallas interpreter: exact but slow.
-  return flash_attention.flash_attention(q, k, v, is_causal=is_causal, segment_ids=segment_ids)
+  return flash_attention.flash_attention(q, k, v, is_causal=is_causal, segment_ids=segment_ids,
+                                         scale=scale)
 
 
 def _pallas_unsupported(q, k, segment_ids) -> str:
@@ -113,7 +116,7 @@ def choose(q, k, segment_ids=None) -> str:
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None,
-                          implementation=None):
+                          implementation=None, scale=None):
   """Scaled dot-product attention, shaped like jax.nn.dot_product_attention.
 
   Args:
@@ -123,6 +126,8 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_id
     segment_ids: (B, T) ids for self-attention, or a (query, kv) pair; tokens
       attend only within their own segment.
     implementation: None or "auto" (best available), "xla", "cudnn", "pallas".
+    scale: multiplier of the scores q·k before the softmax; None: 1/sqrt(H)
+      (μP uses ∝ 1/H: ModelConfig.attention_scale).
   Returns:
     (B, T, N, H) attention output in the dtype of v.
   """
@@ -138,4 +143,4 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_id
     raise ValueError(f"implementation={implementation!r}: expected None, 'auto' or one of "
                      f"{', '.join(IMPLEMENTATIONS)}")
   return _IMPLS[implementation](q_BTNH, k_BSKH, v_BSKH, is_causal=is_causal,
-                                segment_ids=segment_ids)
+                                segment_ids=segment_ids, scale=scale)

@@ -77,7 +77,7 @@ def prefill(params: dict, tokens_BT: jax.Array, lengths_B: jax.Array, config: Mo
   return logits_BV, cache
 
 
-def cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS):
+def cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS, scale):
   """One query per row over its valid cache slots plus its own new key and value.
 
   The new token is a separate softmax term rather than first written into the
@@ -86,7 +86,7 @@ def cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS):
   """
   B, _, N, H = q_B1NH.shape
   K = k_BKSH.shape[1]
-  q_BKGH = q_B1NH.reshape(B, K, N // K, H).astype(jnp.float32) * H ** -0.5
+  q_BKGH = q_B1NH.reshape(B, K, N // K, H).astype(jnp.float32) * scale
   s_BKGS = jnp.einsum("bkgh,bksh->bkgs", q_BKGH, k_BKSH, preferred_element_type=jnp.float32)
   s_BKGS = jnp.where(valid_BS[:, None, None, :], s_BKGS, -jnp.inf)
   s_BKG = jnp.einsum("bkgh,bkh->bkg", q_BKGH, k_B1KH[:, 0].astype(jnp.float32))
@@ -116,7 +116,8 @@ def decode_step(params: dict, cache: dict, tokens_B: jax.Array,
     p, k_BKSH, v_BKSH = layer
 
     def attend(q_B1NH, k_B1KH, v_B1KH):
-      o_B1NH = cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS)
+      o_B1NH = cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKSH, v_BKSH, valid_BS,
+                                config.attention_scale)
       return o_B1NH, (k_B1KH[:, 0], v_B1KH[:, 0])
 
     return transformer.block(x_B1D, p, positions_B1, config, attend)

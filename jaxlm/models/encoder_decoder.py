@@ -117,7 +117,7 @@ def encode(params: dict, src_BS: jax.Array, config: ModelConfig,
 
   def attend(q_BSNH, k_BSKH, v_BSKH):
     return dot_product_attention(q_BSNH, k_BSKH, v_BSKH, segment_ids=segment_ids_BS,
-                                 implementation=impl), None
+                                 implementation=impl, scale=config.attention_scale), None
 
   x_BSD = transformer.embed(params, src_BS, positions_BS, config)
   x_BSD, _ = _scan(lambda x, p: transformer.block(x, p, positions_BS, config, attend), x_BSD,
@@ -154,7 +154,7 @@ def cross_attention(src_segments_BS, config: ModelConfig):
     if kv_seg_BS is not None:
       segments = (jnp.ones(q_BTNH.shape[:2], jnp.int32), kv_seg_BS)
     return dot_product_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids=segments,
-                                 implementation=impl)
+                                 implementation=impl, scale=config.attention_scale)
 
   return attend
 
@@ -264,7 +264,8 @@ def decode_step(params: dict, cache: dict, tokens_B: jax.Array,
     p, k_BKCH, v_BKCH, cross_k_BSKH, cross_v_BSKH = layer
 
     def self_attend(q_B1NH, k_B1KH, v_B1KH):
-      o_B1NH = _cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKCH, v_BKCH, valid_BC)
+      o_B1NH = _cached_attention(q_B1NH, k_B1KH, v_B1KH, k_BKCH, v_BKCH, valid_BC,
+                                 config.attention_scale)
       return o_B1NH, (k_B1KH[:, 0], v_B1KH[:, 0])
 
     return decoder_block(x_B1D, p, (cross_k_BSKH, cross_v_BSKH), positions_B1, config,

@@ -19,13 +19,15 @@ class ParamSpec:
 
   `init(key, shape, dtype)` draws the initial value. `decay` marks tensors
   that take weight decay (matrices, not norms, biases or embeddings);
-  `embedding` marks those excluded from the non-embedding parameter count.
+  `embedding` marks those excluded from the non-embedding parameter count;
+  `lr_scale` multiplies its learning rate (1 except μP's hidden matrices).
   """
   shape: tuple[int, ...]
   axes: tuple[str, ...]
   init: Callable
   decay: bool = False
   embedding: bool = False
+  lr_scale: float = 1.0
 
   def __post_init__(self):
     assert len(self.shape) == len(self.axes), (self.shape, self.axes)
@@ -48,6 +50,11 @@ def param_count(specs: dict) -> dict[str, int]:
   total = sum(s.size for s in leaves)
   embedding = sum(s.size for s in leaves if s.embedding)
   return {"total": total, "non_embedding": total - embedding}
+
+
+def lr_scales(specs: dict) -> dict:
+  """Tree of floats: each parameter's learning-rate multiplier (μP; all 1 under standard)."""
+  return jax.tree.map(lambda s: s.lr_scale, specs, is_leaf=is_spec)
 
 
 def decay_mask(specs: dict) -> dict:
@@ -106,16 +113,20 @@ def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
 
 
 def mlp_specs(kind: str, d: int, f: int, use_bias: bool, std: float, out_std: float,
-              lead: tuple[int, ...] = (), lead_axes=()) -> dict:
-  """Specs of a GELU MLP (w_in, w_out) or SwiGLU (w_gate, w_in, w_out)."""
+              lead: tuple[int, ...] = (), lead_axes=(), lr_scale: float = 1.0) -> dict:
+  """Specs of a GELU MLP (w_in, w_out) or SwiGLU (w_gate, w_in, w_out).
+
+  `lr_scale` applies to the matrices (μP's 1/width_mult for hidden weights).
+  """
   specs = {
-      "w_in": ParamSpec(lead + (d, f), lead_axes + ("embed", "mlp"), normal(std), decay=True),
+      "w_in": ParamSpec(lead + (d, f), lead_axes + ("embed", "mlp"), normal(std), decay=True,
+                        lr_scale=lr_scale),
       "w_out": ParamSpec(lead + (f, d), lead_axes + ("mlp", "embed"), normal(out_std),
-                         decay=True),
+                         decay=True, lr_scale=lr_scale),
   }
   if kind == "swiglu":
     specs["w_gate"] = ParamSpec(lead + (d, f), lead_axes + ("embed", "mlp"), normal(std),
-                                decay=True)
+                                decay=True, lr_scale=lr_scale)
   if use_bias:
     specs["b_in"] = ParamSpec(lead + (f,), lead_axes + ("mlp",), zeros)
     specs["b_out"] = ParamSpec(lead + (d,), lead_axes + ("embed",), zeros)

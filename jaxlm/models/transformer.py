@@ -33,18 +33,25 @@ def param_specs(config: ModelConfig) -> dict:
   c = config
   D, N, K, H, F, V, L = (c.d_model, c.n_heads, c.kv_heads, c.head_dim, c.ff_dim, c.vocab_size,
                          c.n_layers)
-  std = c.init_std
+  # μP (Yang et al. 2022, table 3): hidden matrices, whose fan-in and fan-out both
+  # grow with width, draw with std ∝ 1/sqrt(fan_in) and take Adam steps ∝ 1/fan_in,
+  # both relative to the base width (width_mult is 1 there, and under "standard").
+  # Embeddings, norms and biases keep width-independent init and lr; the readout
+  # is scaled in unembed().
+  emb_std = c.init_std
+  std = c.init_std / math.sqrt(c.width_mult)
+  hidden_lr = 1.0 / c.width_mult
   out_std = std / math.sqrt(2 * L)  # GPT-2: scale residual projections by depth
   lead, lead_axes = (L,), ("layers",)
+
+  def matrix(shape, axes, init_std):
+    return ParamSpec(shape, lead_axes + axes, normal(init_std), decay=True, lr_scale=hidden_lr)
+
   attn = {
-      "wq": ParamSpec((L, D, N, H), lead_axes + ("embed", "heads", "head_dim"), normal(std),
-                      decay=True),
-      "wk": ParamSpec((L, D, K, H), lead_axes + ("embed", "kv_heads", "head_dim"), normal(std),
-                      decay=True),
-      "wv": ParamSpec((L, D, K, H), lead_axes + ("embed", "kv_heads", "head_dim"), normal(std),
-                      decay=True),
-      "wo": ParamSpec((L, N, H, D), lead_axes + ("heads", "head_dim", "embed"),
-                      normal(out_std), decay=True),
+      "wq": matrix((L, D, N, H), ("embed", "heads", "head_dim"), std),
+      "wk": matrix((L, D, K, H), ("embed", "kv_heads", "head_dim"), std),
+      "wv": matrix((L, D, K, H), ("embed", "kv_heads", "head_dim"), std),
+      "wo": matrix((L, N, H, D), ("heads", "head_dim", "embed"), out_std),
   }
   if c.use_bias:
     attn["bq"] = ParamSpec((L, N, H), lead_axes + ("heads", "head_dim"), layers.zeros)
@@ -52,20 +59,23 @@ def param_specs(config: ModelConfig) -> dict:
     attn["bv"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), layers.zeros)
     attn["bo"] = ParamSpec((L, D), lead_axes + ("embed",), layers.zeros)
   specs = {
-      "embed": ParamSpec((V, D), ("vocab", "embed"), normal(std), embedding=True),
+      "embed": ParamSpec((V, D), ("vocab", "embed"), normal(emb_std), embedding=True),
       "layers": {
           "attn_norm": layers.norm_specs(c.norm, D, lead, lead_axes),
           "attn": attn,
           "mlp_norm": layers.norm_specs(c.norm, D, lead, lead_axes),
-          "mlp": layers.mlp_specs(c.mlp, D, F, c.use_bias, std, out_std, lead, lead_axes),
+          "mlp": layers.mlp_specs(c.mlp, D, F, c.use_bias, std, out_std, lead, lead_axes,
+                                  hidden_lr),
       },
       "final_norm": layers.norm_specs(c.norm, D),
   }
   if c.positions == "learned":
-    specs["pos_embed"] = ParamSpec((c.max_seq_len, D), ("positions", "embed"), normal(std),
-                                   embedding=True)
+    specs["pos_embed"] = ParamSpec((c.max_seq_len, D), ("positions", "embed"),
+                                   normal(emb_std), embedding=True)
   if not c.tie_embeddings:
-    specs["unembed"] = ParamSpec((D, V), ("embed", "vocab"), normal(std), decay=True,
+    # μP's readout in table 8's form: init and lr width-independent, the logits
+    # multiplied by 1/width_mult (unembed()), like a tied embedding.
+    specs["unembed"] = ParamSpec((D, V), ("embed", "vocab"), normal(emb_std), decay=True,
                                  embedding=True)
   return specs
 
@@ -85,13 +95,19 @@ def decay_mask(config: ModelConfig) -> dict:
   return layers.decay_mask(param_specs(config))
 
 
+def lr_scales(config: ModelConfig) -> dict:
+  """Tree of floats: each parameter's learning-rate multiplier (μP; all 1 under standard)."""
+  return layers.lr_scales(param_specs(config))
+
+
 def self_attention(segment_ids_BT, config: ModelConfig):
   """The training-time `attend`: causal self-attention within documents; no aux output."""
   impl = None if config.attention == "auto" else config.attention
 
   def attend(q_BTNH, k_BTKH, v_BTKH):
     return dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True,
-                                 segment_ids=segment_ids_BT, implementation=impl), None
+                                 segment_ids=segment_ids_BT, implementation=impl,
+                                 scale=config.attention_scale), None
 
   return attend
 
@@ -143,10 +159,18 @@ def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
   return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
 
 
+def _readout_input(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
+  # The readout multiplier (μP: 1/width_mult; exactly 1 under standard) scales the
+  # (B, T, D) input of the output matmul rather than the (B, T, V) logits: the same
+  # product, V/D times fewer multiplies.
+  x_BTD = layers.norm(params["final_norm"], x_BTD, config.norm, config.norm_eps)
+  return x_BTD * jnp.asarray(config.readout_mult, x_BTD.dtype)
+
+
 def unembed(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
   """Final norm and output projection: float32 logits (B, T, V)."""
   c = config
-  x_BTD = layers.norm(params["final_norm"], x_BTD, c.norm, c.norm_eps)
+  x_BTD = _readout_input(params, x_BTD, c)
   unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
   logits_BTV = layers.dense(x_BTD, unembed_DV, out_dtype=jnp.float32)
   return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
@@ -196,7 +220,7 @@ def next_token_nll(params: dict, x_BTD: jax.Array, targets_BT: jax.Array,
   B*T at a time (0: all at once) so the float32 logits never exist whole.
   """
   c = config
-  x_BTD = layers.norm(params["final_norm"], x_BTD, c.norm, c.norm_eps)
+  x_BTD = _readout_input(params, x_BTD, c)
   unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
   return layers.cross_entropy(x_BTD, unembed_DV, targets_BT, chunk)
 

@@ -4,6 +4,7 @@
   python -m jaxlm.scaling collect --sweep DIR --out runs.csv [--flops_convention 6ND|exact]
   python -m jaxlm.scaling fit --runs runs.csv --out fit.json [--plots DIR] [--n_boot 200]
   python -m jaxlm.scaling predict --fit fit.json --flops 1e21
+  python -m jaxlm.scaling transfer --runs runs.csv --out transfer.json [--plot transfer.png]
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def _predict(args):
           f"D_opt {fmt(i['d_opt'], i['ci']['d_opt'])}")
 
 
+def _transfer(args):
+  from jaxlm.scaling import plots, transfer
+  result = transfer.analyze(transfer.read(args.runs))
+  if not result:
+    raise ValueError(f"{args.runs} has no runs with a learning rate and a width")
+  with open(args.out, "w") as f:
+    json.dump(transfer.to_json(result), f, indent=2)
+  print(transfer.markdown(result))
+  if args.plot:
+    plots.lr_transfer(result, args.plot)
+    print(f"wrote {args.plot}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m jaxlm.scaling",
                                    description=__doc__.splitlines()[0])
@@ -111,9 +125,14 @@ def main(argv=None):
   p = sub.add_parser("predict", help="compute-optimal N, D and loss at a budget")
   p.add_argument("--fit", required=True)
   p.add_argument("--flops", required=True, type=float)
+  p = sub.add_parser("transfer", help="best learning rate per width and parameterization")
+  p.add_argument("--runs", required=True, help="runs.csv of a LrTransferSpec sweep")
+  p.add_argument("--out", required=True, help="transfer.json to write")
+  p.add_argument("--plot", default="", help="PNG: loss against lr, a panel per parameterization")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   try:
-    {"sweep": _sweep, "collect": _collect, "fit": _fit, "predict": _predict}[args.command](args)
+    {"sweep": _sweep, "collect": _collect, "fit": _fit, "predict": _predict,
+     "transfer": _transfer}[args.command](args)
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
 

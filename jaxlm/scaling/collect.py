@@ -13,7 +13,8 @@ from jaxlm import config as config_lib
 from jaxlm.scaling import flops as flops_lib
 
 COLUMNS = ("name", "status", "params", "non_embedding_params", "tokens", "flops",
-           "flops_convention", "loss", "bpb", "lr", "steps", "wall_seconds")
+           "flops_convention", "loss", "bpb", "lr", "steps", "wall_seconds", "d_model",
+           "parameterization", "mup_base_width")
 
 
 def _read_json(path: str):
@@ -42,7 +43,10 @@ def _row(sweep_dir: str, name: str, convention: str) -> dict:
     acc = flops_lib.training_flops(config.model, config.data.seq_len, tokens, convention)
     row.update(params=acc["params"], non_embedding_params=acc["non_embedding_params"],
                tokens=tokens, flops=acc["flops"], flops_convention=convention,
-               lr=config.optim.lr, steps=config.train.steps)
+               lr=config.optim.lr, steps=config.train.steps, d_model=config.model.d_model,
+               parameterization=config.model.parameterization)
+    if config.model.parameterization == "mup":
+      row["mup_base_width"] = config.model.mup_base_width
   if row["status"] == "ok":
     summary = _read_json(summary_path)
     row.update(loss=summary["final_val_loss"], bpb=summary["final_val_bpb"],

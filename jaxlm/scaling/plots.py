@@ -1,4 +1,4 @@
-"""PNG plots of a fit: IsoFLOP profiles, the loss-compute frontier, and N_opt/D_opt vs compute."""
+"""PNG plots: a fit's IsoFLOP profiles, frontier and N_opt/D_opt; learning-rate transfer."""
 
 from __future__ import annotations
 
@@ -95,3 +95,35 @@ def write_all(data: dict, result: dict, out_dir: str) -> list[str]:
     paths.append(os.path.join(out_dir, name))
     fn(data, result, paths[-1])
   return paths
+
+
+def lr_transfer(result: dict, path: str) -> None:
+  """Loss against learning rate, one curve per width, one panel per parameterization."""
+  plt = _pyplot()
+  names = list(result)
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.2), sharey=True,
+                           squeeze=False)
+  finite = [l for r in result.values() for v in r["loss"].values() for l in v.values()
+            if l is not None]
+  top = min(max(finite), min(finite) + 1.0) if finite else 1.0  # keep the minima readable
+  widths = sorted({w for r in result.values() for w in r["widths"]})
+  colors = dict(zip(widths, plt.cm.viridis(np.linspace(0, 0.85, len(widths)))))
+  for ax, name in zip(axes[0], names):
+    r = result[name]
+    for w in r["widths"]:
+      points = sorted((lr, l) for lr, l in r["loss"][w].items() if l is not None)
+      ax.plot([p[0] for p in points], [min(p[1], top) for p in points], "o-", ms=4,
+              color=colors[w], label=f"d_model={w}")
+      best = r["best"][w]
+      if best["lr"] is not None:
+        ax.scatter([best["lr"]], [best["loss"]], marker="*", s=160, color=colors[w],
+                   edgecolor="k", zorder=3)
+    drift = r["drift_octaves"]
+    title = name if drift is None else f"{name}: best lr drifts {drift:+.2f} octaves"
+    ax.set(xscale="log", xlabel="peak learning rate", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel(f"final validation loss (clipped at {top:.2f})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -178,6 +178,51 @@ class GridSpec:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class LrTransferSpec:
+  """Widths x peak learning rates x parameterizations at a fixed depth and head dim.
+
+  The μTransfer test (Yang et al. 2022, fig. 1): under μP the best learning rate
+  should stay put as the width grows; under the standard parameterization it
+  drifts. Heads grow with the width (d_model / head_dim), so only widths change.
+  At its base width μP is the standard parameterization bit for bit
+  (tests/test_transformer.py), so when both are swept that width runs once, as
+  standard, and `python -m jaxlm.scaling transfer` counts it for both.
+  """
+  base: str
+  widths: tuple[int, ...]
+  lrs: tuple[float, ...]
+  parameterizations: tuple[str, ...] = ("standard", "mup")
+  mup_base_width: int = 0       # 0: the smallest width (tune there, transfer up)
+  head_dim: int = 16
+  extra: tuple[str, ...] = ()
+
+  def runs(self) -> list[SweepRun]:
+    """Every (name, overrides) point: mutransfer-<parameterization>-d<width>-lr<lr>."""
+    base = _base(self)
+    bad = [w for w in self.widths if w <= 0 or w % self.head_dim]
+    if bad:
+      raise ValueError(f"widths {bad} are invalid: expected positive multiples of "
+                       f"head_dim={self.head_dim}")
+    mup_base = self.mup_base_width or min(self.widths)
+    out = []
+    for parameterization in self.parameterizations:
+      for width in self.widths:
+        if (parameterization == "mup" and width == mup_base
+            and "standard" in self.parameterizations):
+          continue  # the same runs as standard's, bit for bit
+        shape = Shape(width, base.model.n_layers, width // self.head_dim, 0, 0)
+        for lr in self.lrs:
+          overrides = _shape_overrides(shape, base.model)
+          overrides.append(f"model.parameterization={parameterization}")
+          if parameterization == "mup":
+            overrides.append(f"model.mup_base_width={mup_base}")
+          overrides += [f"optim.lr={lr:g}", *self.extra]
+          out.append(SweepRun(f"mutransfer-{parameterization}-d{width}-lr{sci(lr)}",
+                              tuple(overrides)))
+    return out
+
+
 def expand(spec) -> list[SweepRun]:
   """The runs of a spec, checked for unique names."""
   runs = spec.runs()

@@ -1,0 +1,191 @@
+"""One sweep point at a time, in the foreground: what every sweep launcher runs per point.
+
+  python launch/sweep_run.py --sweep=shakespeare_isoflop --dir=runs/isoflop \
+      (--name=NAME | --index=I)...
+
+Each point is `python -m jaxlm.main --experiment=<base> --workdir=DIR/<name> --set ...`.
+A point with a summary.json is skipped; an interrupted one resumes from its
+checkpoint (jaxlm.main resumes an existing workdir). Its output goes to
+DIR/<name>/launch.log and its outcome to DIR/<name>/status.json (`running`, then
+`ok` | `failed` | `interrupted`), which `python -m jaxlm.scaling collect` reads;
+DIR/sweep.json lists every point of the sweep. SIGTERM is passed on to the run,
+which checkpoints and exits (a SLURM time limit, a preempted VM).
+
+launch/sweep_local.py, sweep_slurm.py and sweep_tpu_vm.py share these functions;
+the last two run this file on the machines that train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+def command(base: str, workdir: str, overrides, python: str = sys.executable) -> list[str]:
+  """The jaxlm.main argv of one sweep point."""
+  return [python, "-m", "jaxlm.main", f"--experiment={base}", f"--workdir={workdir}",
+          *[f"--set={o}" for o in overrides]]
+
+
+def load(sweep: str):
+  """(spec, runs) of a registered sweep; KeyError or ValueError says what is wrong."""
+  from jaxlm import registry
+  from jaxlm.scaling import sweeps
+  spec = registry.sweep(sweep)
+  return spec, sweeps.expand(spec)
+
+
+def done(sweep_dir: str, name: str) -> bool:
+  """Whether the point has finished (its summary.json exists): launchers skip it."""
+  return os.path.exists(os.path.join(sweep_dir, name, "summary.json"))
+
+
+def write_plan(sweep_dir: str, sweep: str, spec, runs) -> None:
+  """DIR/sweep.json: every point, so that collect lists those not yet run as pending."""
+  _write_json(os.path.join(sweep_dir, "sweep.json"),
+              {"sweep": sweep, "base": spec.base,
+               "runs": [{"name": r.name, "overrides": list(r.overrides)} for r in runs]})
+
+
+def _write_json(path: str, value) -> None:
+  # Written whole, then renamed: array tasks on other hosts may write the same file.
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
+
+
+def write_status(workdir: str, **fields) -> None:
+  _write_json(os.path.join(workdir, "status.json"), fields)
+
+
+def finish(workdir: str, returncode: int, cmd: list[str]) -> str:
+  """Records how a run ended in its status.json; returns the status."""
+  # A SIGTERM'd run saves a checkpoint and exits 0 without a summary: interrupted.
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    status = "ok"
+  else:
+    status = "failed" if returncode else "interrupted"
+  write_status(workdir, status=status, returncode=returncode, command=shlex.join(cmd))
+  return status
+
+
+def env() -> dict:
+  """The environment of a run: this checkout first on PYTHONPATH."""
+  return {**os.environ, "PYTHONPATH": os.pathsep.join(
+      p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def start(base: str, workdir: str, overrides) -> tuple[subprocess.Popen, list[str], object]:
+  """Starts one point in the background: (process, argv, its open launch.log)."""
+  cmd = command(base, workdir, overrides)
+  os.makedirs(workdir, exist_ok=True)
+  write_status(workdir, status="running", command=shlex.join(cmd))
+  log = open(os.path.join(workdir, "launch.log"), "a")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+  return proc, cmd, log
+
+
+def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, int]:
+  """Runs the points, `parallel` at a time, skipping finished ones; counts of each status.
+
+  On SIGTERM or Ctrl-C no further point starts and the running ones get SIGTERM,
+  save a checkpoint and exit (status `interrupted`); a rerun resumes them.
+  """
+  todo, running, counts, stop = list(runs), [], {}, []
+
+  def terminate(*_):
+    if not stop:
+      stop.append(True)
+      for proc, *_rest in running:
+        proc.send_signal(signal.SIGTERM)
+
+  def count(status):
+    counts[status] = counts.get(status, 0) + 1
+
+  previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    while running or (todo and not stop):
+      while todo and not stop and len(running) < parallel:
+        r = todo.pop(0)
+        if done(sweep_dir, r.name):
+          print(f"skip        {r.name} (summary.json exists)", flush=True)
+          count("skipped")
+          continue
+        workdir = os.path.join(sweep_dir, r.name)
+        proc, cmd, log = start(base, workdir, r.overrides)
+        running.append((proc, workdir, cmd, log))
+        if stop:  # the signal came while it started
+          proc.send_signal(signal.SIGTERM)
+        print(f"start       {r.name}", flush=True)
+      time.sleep(0.2)
+      for item in [x for x in running if x[0].poll() is not None]:
+        proc, workdir, cmd, log = item
+        log.close()
+        running.remove(item)
+        status = finish(workdir, proc.returncode, cmd)
+        count(status)
+        print(f"{status:11s} {os.path.basename(workdir)}", flush=True)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  return counts
+
+
+def exit_code(counts: dict[str, int]) -> int:
+  """1 if a point failed, 130 if one was interrupted, else 0; after a one-line report."""
+  print("done: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
+  if counts.get("failed"):
+    return 1
+  return 130 if counts.get("interrupted") else 0
+
+
+def select(runs, names=(), indices=()) -> list:
+  """The runs named, or at the given indices of the sweep, in that order."""
+  by_name = {r.name: r for r in runs}
+  chosen = []
+  for name in names:
+    if name not in by_name:
+      raise ValueError(f"--name={name!r} is not a point of this sweep "
+                       f"(`python -m jaxlm.scaling sweep --name SWEEP` lists them)")
+    chosen.append(by_name[name])
+  for i in indices:
+    if not 0 <= i < len(runs):
+      raise ValueError(f"--index={i} is invalid: expected 0..{len(runs) - 1}")
+    chosen.append(runs[i])
+  return chosen
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sweep", required=True, help="name of a registered sweep")
+  parser.add_argument("--dir", required=True, help="sweep directory; one workdir per run")
+  parser.add_argument("--name", action="append", default=[], help="a point to run (repeatable)")
+  parser.add_argument("--index", action="append", type=int, default=[],
+                      help="a point to run by its place in the sweep, from 0 (repeatable)")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    spec, runs = load(args.sweep)
+    chosen = select(runs, args.name, args.index)
+  except (KeyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not chosen:
+    parser.error("expected at least one --name or --index")
+  write_plan(args.dir, args.sweep, spec, runs)
+  return exit_code(run_points(spec.base, args.dir, chosen))
+
+
+if __name__ == "__main__":
+  sys.exit(main())
