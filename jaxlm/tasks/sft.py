@@ -54,22 +54,14 @@ def _encoded(split: str, tok, seq_len: int, max_response: int) -> list[dict]:
 
 
 @dataclasses.dataclass
-class SupervisedFineTuning:
-  """Name the speaker of a speech; reports response loss and exact-match accuracy."""
+class SupervisedFineTuning(lm.LanguageModeling):
+  """Name the speaker of a speech; reports response loss and exact-match accuracy.
+
+  The model, batch layout and loss are language modeling's (the weights select
+  the response); the data and the evaluation are its own.
+  """
   config: Config
   samples_text: bool = True
-
-  def param_specs(self) -> dict:
-    return transformer.param_specs(self.config.model)
-
-  def flops_per_token(self) -> float:
-    return transformer.flops_per_token(self.config.model, self.config.data.seq_len)["total"]
-
-  def batch_shapes(self, batch_size: int) -> dict:
-    return lm.token_batch_shapes(batch_size, self.config.data.seq_len)
-
-  def loss(self, params, batch: dict):
-    return lm.loss_fn(params, batch, self.config)
 
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
     del token_bytes
