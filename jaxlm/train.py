@@ -131,9 +131,18 @@ class Trainer:
             for k, v in local_batch.items()}
 
   def run_eval(self, params, batches) -> dict:
-    """Evaluates params over an iterable of host batches."""
-    pending = [self.evaluate(params, self.device_batch(b)) for b in batches]
-    outs = jax.device_get(pending)
+    """Evaluates params over an iterable of host batches.
+
+    At most two batches are in flight: queuing a whole split's evaluations at
+    once holds every batch on device and, on the multi-device CPU backend,
+    was seen to abort the process intermittently under load.
+    """
+    outs, pending = [], []
+    for b in batches:
+      pending.append(self.evaluate(params, self.device_batch(b)))
+      if len(pending) > 2:
+        outs.append(jax.device_get(pending.pop(0)))
+    outs += jax.device_get(pending)
     sums = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), 0), *outs)
     return {k: float(v) for k, v in self.task.summarize(sums).items()}
 

@@ -107,8 +107,8 @@ def test_sft_exact_match_equals_greedy_generation():
   # A model that has learned a few answers exactly: tune one batch to near zero loss.
   batch = trainer.device_batch(_first_batch(task, config))
   state = trainer.init(jax.random.key(0))
-  for _ in range(60):
-    state, _ = trainer.step(state, batch)
+  for _ in range(60):  # one step at a time (see the session note on intermittent aborts)
+    state, _ = jax.block_until_ready(trainer.step(state, batch))
   params = state.params
   host = jax.device_get(batch)
   sums = jax.device_get(task.eval_sums(params, batch, jnp.asarray(TOK.token_bytes())))

@@ -160,6 +160,7 @@ def test_standard_parameterization_is_unchanged():
   # Recorded before μP existed (3f0a179): the loss of 4 AdamW steps of tiny_config's
   # model, byte vocabulary, on one random batch. Bit-identical on the recording machine.
   from jaxlm import optim, train
+  from jaxlm.tasks import lm
   from tests.helpers import tiny_config
   c = tiny_config()
   tx = optim.make(c.optim, c.train.steps, transformer.decay_mask(c.model),
@@ -172,7 +173,8 @@ def test_standard_parameterization_is_unchanged():
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), rng=jax.random.key(1),
                            nonfinite=jnp.zeros((), jnp.int32))
-  step = jax.jit(lambda s, b: train.train_step(s, b, config=c, tx=tx))
+  loss_fn = lambda p, b: lm.loss_fn(p, b, c)
+  step = jax.jit(lambda s, b: train.train_step(s, b, loss_fn=loss_fn, tx=tx))
   losses = []
   for _ in range(4):
     state, m = step(state, batch)
