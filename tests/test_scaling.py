@@ -219,6 +219,14 @@ def test_lr_transfer_spec_varies_only_width_lr_and_parameterization():
                                             "mutransfer-mup-d16-lr1e-3"]
   with pytest.raises(ValueError, match="multiples of head_dim=8"):
     sweeps.LrTransferSpec(base="shakespeare_char", widths=(12,), lrs=(1e-3,), head_dim=8).runs()
+  seeded = sweeps.LrTransferSpec(base="shakespeare_char", widths=(8,), lrs=(1e-3,),
+                                 parameterizations=("mup",), head_dim=8, seeds=(0, 3))
+  runs = seeded.runs()
+  assert [r.name for r in runs] == ["mutransfer-mup-d8-lr1e-3", "mutransfer-mup-d8-lr1e-3-s3"]
+  assert [sweeps.run_config(seeded, r).seed for r in runs] == [0, 3]
+  with pytest.raises(ValueError, match="seeds"):
+    sweeps.LrTransferSpec(base="shakespeare_char", widths=(8,), lrs=(1e-3,), head_dim=8,
+                          seeds=(1, 1)).runs()
 
 
 def test_transfer_finds_best_lr_per_width(tmp_path, capsys):
@@ -241,12 +249,25 @@ def test_transfer_finds_best_lr_per_width(tmp_path, capsys):
                      "mup_base_width": 32 if p == "mup" else None})
   rows.append({"name": "failed", "status": "failed", "parameterization": "mup", "d_model": 64,
                "lr": 2.0 ** -3, "mup_base_width": 32})
+  # A second seed of μP at width 128: its losses average with seed 0's, which
+  # moves that width's best lr by one octave; one failed seed fails its point.
+  for k in range(-9, -3):
+    rows.append({"name": f"mup-128-{k}-s1", "status": "ok" if k != -9 else "failed",
+                 "parameterization": "mup", "d_model": 128, "lr": 2.0 ** k,
+                 "loss": 2 + 0.1 * (k + 6) ** 2 - (0.25 if k == -5 else 0), "seed": 1,
+                 "mup_base_width": 32})
   collect.write_csv(rows, path)
   cli(["transfer", "--runs", path, "--out", str(tmp_path / "t.json"),
        "--plot", str(tmp_path / "t.png")])
   out = capsys.readouterr().out
   result = json.load(open(tmp_path / "t.json"))
-  assert result["mup"]["drift_octaves"] == pytest.approx(0.0, abs=1e-6)
+  mup = result["mup"]
+  assert mup["seeds"] == [0, 1] and result["standard"]["seeds"] == [0]
+  assert mup["loss"]["128"][repr(2.0 ** -9)] is None  # seed 1 failed there
+  assert mup["loss"]["128"][repr(2.0 ** -5)] == pytest.approx(2.1 - 0.125)
+  assert mup["best"]["128"]["lr"] == 2.0 ** -5 and mup["best_per_seed"]["128"] == [2.0 ** -6,
+                                                                                    2.0 ** -5]
+  assert mup["best"]["64"]["lr_fit"] == pytest.approx(2.0 ** -6)
   assert result["standard"]["drift_octaves"] == pytest.approx(-2.0, abs=1e-6)
   assert result["standard"]["best"]["128"]["lr"] == 2.0 ** -8
   assert result["mup"]["widths"] == [32, 64, 128] and result["mup"]["shared_widths"] == [32]

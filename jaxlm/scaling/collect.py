@@ -14,7 +14,7 @@ from jaxlm.scaling import flops as flops_lib
 
 COLUMNS = ("name", "status", "params", "non_embedding_params", "tokens", "flops",
            "flops_convention", "loss", "bpb", "lr", "steps", "wall_seconds", "d_model",
-           "parameterization", "mup_base_width")
+           "parameterization", "mup_base_width", "seed")
 
 
 def _read_json(path: str):
@@ -44,7 +44,7 @@ def _row(sweep_dir: str, name: str, convention: str) -> dict:
     row.update(params=acc["params"], non_embedding_params=acc["non_embedding_params"],
                tokens=tokens, flops=acc["flops"], flops_convention=convention,
                lr=config.optim.lr, steps=config.train.steps, d_model=config.model.d_model,
-               parameterization=config.model.parameterization)
+               parameterization=config.model.parameterization, seed=config.seed)
     if config.model.parameterization == "mup":
       row["mup_base_width"] = config.model.mup_base_width
   if row["status"] == "ok":

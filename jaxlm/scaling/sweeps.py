@@ -196,14 +196,20 @@ class LrTransferSpec:
   mup_base_width: int = 0       # 0: the smallest width (tune there, transfer up)
   head_dim: int = 16
   extra: tuple[str, ...] = ()
+  seeds: tuple[int, ...] = (0,)  # each point once per seed; `transfer` averages the losses
 
   def runs(self) -> list[SweepRun]:
-    """Every (name, overrides) point: mutransfer-<parameterization>-d<width>-lr<lr>."""
+    """Every (name, overrides) point: mutransfer-<parameterization>-d<width>-lr<lr>[-s<seed>].
+
+    Seed 0 adds no suffix (and no override), so a one-seed sweep's names stay as they were.
+    """
     base = _base(self)
     bad = [w for w in self.widths if w <= 0 or w % self.head_dim]
     if bad:
       raise ValueError(f"widths {bad} are invalid: expected positive multiples of "
                        f"head_dim={self.head_dim}")
+    if not self.seeds or len(set(self.seeds)) < len(self.seeds) or min(self.seeds) < 0:
+      raise ValueError(f"seeds {self.seeds} are invalid: expected distinct non-negative ints")
     mup_base = self.mup_base_width or min(self.widths)
     out = []
     for parameterization in self.parameterizations:
@@ -218,8 +224,10 @@ class LrTransferSpec:
           if parameterization == "mup":
             overrides.append(f"model.mup_base_width={mup_base}")
           overrides += [f"optim.lr={lr:g}", *self.extra]
-          out.append(SweepRun(f"mutransfer-{parameterization}-d{width}-lr{sci(lr)}",
-                              tuple(overrides)))
+          name = f"mutransfer-{parameterization}-d{width}-lr{sci(lr)}"
+          for seed in self.seeds:
+            out.append(SweepRun(name + (f"-s{seed}" if seed else ""),
+                                tuple(overrides + ([f"seed={seed}"] if seed else []))))
     return out
 
 

@@ -1,9 +1,10 @@
 """Learning-rate transfer across widths (μTransfer): loss per (parameterization, width, lr).
 
 Reads a runs.csv from `collect` (columns parameterization, d_model, lr, loss,
-status, mup_base_width) and finds each width's best learning rate: the grid's
-minimum and, when that lies inside the grid, the vertex of a parabola in log2(lr)
-through it and its two neighbours. μP at its base width is the standard
+status, mup_base_width, seed), averages each point's loss over its seeds (a point
+with a failed seed counts as failed; seeds not run are left out), and finds each
+width's best learning rate: the grid's minimum and, when that lies inside the
+grid, the vertex of a parabola in log2(lr) through it and its two neighbours. μP at its base width is the standard
 parameterization bit for bit, so a sweep of both runs that width once (as
 standard; LrTransferSpec) and it counts here for both (`shared_widths`).
 `drift_octaves` is log2(best lr at the widest / at the narrowest): μP predicts
@@ -42,7 +43,8 @@ def read(path: str) -> list[dict]:
                    "d_model": int(row["d_model"]), "lr": float(row["lr"]),
                    "loss": float(row["loss"]) if ok else None,
                    "status": row.get("status", "ok"),
-                   "mup_base_width": int(base) if base else None})
+                   "mup_base_width": int(base) if base else None,
+                   "seed": int(row.get("seed") or 0)})
   return rows
 
 
@@ -75,6 +77,13 @@ def best_lr(lrs: list[float], losses: list[float | None]) -> dict:
   return out
 
 
+def _mean(losses: list[float | None]) -> float | None:
+  """The mean over the seeds that ran; None if one failed (its lr is not a usable point)."""
+  if not losses or any(l is None or not math.isfinite(l) for l in losses):
+    return None
+  return sum(losses) / len(losses)
+
+
 def analyze(rows: list[dict]) -> dict:
   """Per parameterization: loss[width][lr], the best lr per width, and the drift in octaves."""
   rows, shared = _with_shared_base(rows)
@@ -82,12 +91,20 @@ def analyze(rows: list[dict]) -> dict:
   for p in sorted({r["parameterization"] for r in rows}, key=lambda p: p != "standard"):
     mine = [r for r in rows if r["parameterization"] == p]
     widths = sorted({r["d_model"] for r in mine})
-    loss = {w: {r["lr"]: r["loss"] for r in mine if r["d_model"] == w} for w in widths}
+    seeds = sorted({r["seed"] for r in mine})
+    by_seed = {w: {s: {r["lr"]: r["loss"] for r in mine if r["d_model"] == w and r["seed"] == s}
+                   for s in seeds} for w in widths}
+    loss = {w: {lr: _mean([by_seed[w][s][lr] for s in seeds if lr in by_seed[w][s]])
+                for lr in sorted({r["lr"] for r in mine if r["d_model"] == w})} for w in widths}
     best = {w: best_lr(list(loss[w]), list(loss[w].values())) for w in widths}
+    # Each seed's own best lr: how far the optimum moves with the seed alone.
+    best_per_seed = {w: [best_lr(list(v), list(v.values()))["lr"] for v in by_seed[w].values()]
+                     for w in widths}
     ends = [best[w]["lr_fit"] or best[w]["lr"] for w in (widths[0], widths[-1])]
     drift = math.log2(ends[1] / ends[0]) if None not in ends else None
     out[p] = {"widths": widths, "lrs": sorted({r["lr"] for r in mine}), "loss": loss,
-              "best": best, "drift_octaves": drift,
+              "best": best, "drift_octaves": drift, "seeds": seeds,
+              "best_per_seed": best_per_seed,
               "shared_widths": shared if p == "mup" else []}
   return out
 
@@ -110,7 +127,12 @@ def markdown(result: dict) -> str:
     best = ", ".join(f"d={w}: {_lr_text(r['best'][w])}" for w in widths)
     drift = r["drift_octaves"]
     lines += ["", f"best lr: {best}; drift widest/narrowest: "
-              + ("n/a" if drift is None else f"{drift:+.2f} octaves (x{2 ** drift:.2f})"), ""]
+              + ("n/a" if drift is None else f"{drift:+.2f} octaves (x{2 ** drift:.2f})")]
+    if len(r["seeds"]) > 1:
+      per_seed = ", ".join(f"d={w}: " + "/".join("none" if lr is None else f"{lr:g}" for lr in b)
+                           for w, b in r["best_per_seed"].items())
+      lines.append(f"mean of seeds {r['seeds']}; each seed's best lr: {per_seed}")
+    lines.append("")
   return "\n".join(lines)
 
 
@@ -125,5 +147,6 @@ def to_json(result: dict) -> dict:
   """The result with string keys (JSON objects cannot have number keys)."""
   return {p: {**r, "loss": {str(w): {repr(lr): l for lr, l in v.items()}
                             for w, v in r["loss"].items()},
-              "best": {str(w): b for w, b in r["best"].items()}}
+              "best": {str(w): b for w, b in r["best"].items()},
+              "best_per_seed": {str(w): b for w, b in r["best_per_seed"].items()}}
           for p, r in result.items()}
