@@ -62,3 +62,39 @@ def test_scale_is_honored():
   default = attention.dot_product_attention(q, k, v, implementation="xla")
   explicit = attention.dot_product_attention(q, k, v, implementation="xla", scale=16 ** -0.5)
   np.testing.assert_array_equal(default, explicit)
+
+
+@pytest.mark.parametrize("T,S,K,segments", [(32, 32, 4, False), (100, 100, 2, True),
+                                            (200, 200, 1, False), (40, 72, 2, False)])
+def test_causal_blocks_match_one_masked_softmax(T, S, K, segments):
+  # xla_attention skips fully masked key blocks (causal_query_blocks); values and
+  # gradients must equal one softmax over all keys, with or without a cache prefix.
+  q, k, v = _qkv(T=T, S=S, K=K)
+  assert len(attention.causal_query_blocks(T, S)) > 1
+  seg = None
+  if segments:
+    seg = jnp.concatenate([jnp.ones((2, T // 3), jnp.int32),
+                           2 * jnp.ones((2, T - T // 3), jnp.int32)], 1)
+  mask = attention.mask_BTS(T, S, True, seg, seg)
+  w = jax.random.normal(jax.random.key(1), q.shape)
+
+  def value_and_grads(f):
+    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v) * w), (0, 1, 2)))
+
+  ours = lambda q, k, v: attention.xla_attention(q, k, v, is_causal=True, segment_ids=seg)
+  naive = lambda q, k, v: _naive(q, k, v, mask)
+  np.testing.assert_allclose(jax.jit(ours)(q, k, v), naive(q, k, v), atol=1e-5)
+  (a, ga), (b, gb) = value_and_grads(ours)(q, k, v), value_and_grads(naive)(q, k, v)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  for a, b in zip(ga, gb):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_causal_query_blocks_cover_the_queries():
+  for T in (1, 31, 32, 100, 256, 1000):
+    blocks = attention.causal_query_blocks(T, T)
+    assert blocks[0][0] == 0 and blocks[-1][1] == T
+    assert all(b == c for (_, b), (c, _) in zip(blocks, blocks[1:]))
+    assert all(0 < b - a <= 128 for a, b in blocks)
+  assert attention.causal_query_blocks(16, 16) == [(0, 16)]
+  assert attention.causal_query_blocks(64, 8) == [(0, 64)]  # more queries than keys: one block
