@@ -52,6 +52,7 @@ class ModelConfig:
   norm_eps: float = 1e-5       # epsilon of RMSNorm / LayerNorm
   init_std: float = 0.02       # std of normal init; residual output projections / sqrt(2 L)
   remat: str = "none"          # none | full | dots: what each layer recomputes in the backward
+  layer_loop: str = "auto"     # auto | scan | unroll: how the layer stack runs; auto unrolls on CPU
   encoder_layers: int = 0      # seq2seq encoder blocks (n_layers: the decoder's); 0: none
   parameterization: str = "standard"  # standard | mup (Maximal Update Parametrization, docs/mup.md)
   mup_base_width: int = 128    # mup: the d_model at which mup equals standard
@@ -73,6 +74,7 @@ class ModelConfig:
     _choice("model.mlp", self.mlp, ("swiglu", "gelu"))
     _choice("model.attention", self.attention, ("auto", "xla", "cudnn", "pallas"))
     _choice("model.remat", self.remat, ("none", "full", "dots"))
+    _choice("model.layer_loop", self.layer_loop, ("auto", "scan", "unroll"))
     _choice("model.param_dtype", self.param_dtype, DTYPES)
     _choice("model.compute_dtype", self.compute_dtype, DTYPES)
     _check(self.init_std > 0, "model.init_std", self.init_std, "a positive float")

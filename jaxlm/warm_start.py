@@ -21,7 +21,7 @@ from jaxlm.config import Config
 from jaxlm.models import grow, layers, transformer
 
 # Model keys that only say how the model runs, not what it computes.
-_RUNTIME_KEYS = ("attention", "remat", "compute_dtype", "param_dtype", "init_std")
+_RUNTIME_KEYS = ("attention", "remat", "layer_loop", "compute_dtype", "param_dtype", "init_std")
 _GROWN_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff")
 _DATA_KEYS = ("tokenizer", "tokenizer_path", "vocab_size")
 

@@ -109,6 +109,23 @@ def test_remat_gives_same_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
 
 
+@pytest.mark.parametrize("remat", ["none", "dots"])
+def test_unrolled_layers_equal_scan(remat):
+  # model.layer_loop changes how the stacked layers run, not what they compute.
+  cfg = tiny_model(**VARIANTS["gpt2"], remat=remat)
+  params = transformer.init(cfg, jax.random.key(0))
+  x = _tokens()
+
+  def value_and_grad(loop):
+    c = tiny_model(**VARIANTS["gpt2"], remat=remat, layer_loop=loop)
+    return jax.jit(jax.value_and_grad(lambda p: transformer.apply(p, x, c).std()))(params)
+
+  (a, ga), (b, gb) = value_and_grad("scan"), value_and_grad("unroll")
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), ga, gb)
+  assert jax.tree.structure(ga) == jax.tree.structure(params)  # still one stacked tree
+
+
 @pytest.mark.parametrize("chunk", [0, 7, 32, 1000])
 def test_chunked_loss_equals_full_logits_loss(chunk):
   import optax

@@ -95,9 +95,7 @@ def _impl(config: ModelConfig):
 
 
 def _scan(body, x, xs, config: ModelConfig):
-  if config.remat != "none":
-    body = jax.checkpoint(body, policy=transformer.REMAT_POLICIES[config.remat])
-  return jax.lax.scan(body, x, xs)
+  return transformer.layer_stack(body, x, xs, config)
 
 
 def encode(params: dict, src_BS: jax.Array, config: ModelConfig,

@@ -5,7 +5,7 @@ H head dim, F MLP width, V vocab, L layers.
 
 `param_specs(config)` is the single description of the parameters; `init`,
 the shardings, the weight-decay mask and `param_count` all derive from it.
-The layer stack is a `lax.scan` over params stacked on a leading L axis.
+The layer stack runs over params stacked on a leading L axis (layer_stack).
 """
 
 from __future__ import annotations
@@ -206,10 +206,33 @@ def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
   def body(x_BTD, p):
     return block(x_BTD, p, positions_BT, c, attend)
 
-  if c.remat != "none":
-    body = jax.checkpoint(body, policy=REMAT_POLICIES[c.remat])
-  x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
+  x_BTD, _ = layer_stack(body, x_BTD, params["layers"], c)
   return x_BTD
+
+
+def layer_stack(body, x, stacked, config: ModelConfig):
+  """Runs `body(x, layer_params) -> (x, aux)` over params stacked on a leading L axis.
+
+  Returns (x, aux stacked over L). model.layer_loop picks a `lax.scan` or the
+  same body unrolled over the L slices (same params, same arithmetic); "auto"
+  unrolls on CPU, where XLA's while loop zero-fills and copies the stacked
+  activations it saves for the backward pass (6 x 256 model: 10% faster
+  unrolled, 443 MB of temporaries instead of 617; docs/benchmarks.md), and
+  scans elsewhere, where one compiled body keeps compile time flat in depth.
+  Each layer runs under jax.checkpoint when model.remat is set.
+  """
+  if config.remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[config.remat])
+  loop = config.layer_loop
+  if loop == "auto":
+    loop = "unroll" if jax.default_backend() == "cpu" else "scan"
+  if loop == "scan":
+    return jax.lax.scan(body, x, stacked)
+  auxes = []
+  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+    x, aux = body(x, jax.tree.map(lambda a, i=i: a[i], stacked))
+    auxes.append(aux)
+  return x, jax.tree.map(lambda *a: jnp.stack(a), *auxes)
 
 
 def next_token_nll(params: dict, x_BTD: jax.Array, targets_BT: jax.Array,
