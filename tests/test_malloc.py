@@ -1,0 +1,34 @@
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    from jaxlm import malloc
+    np._core.multiarray._set_madvise_hugepage(False)  # 4 kB pages, as XLA's buffers get
+    applied = malloc.reuse_freed_memory() if sys.argv[1] == "reuse" else False
+    np.ones(64 << 20, np.float32)  # first use of a 256 MB block
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+      np.ones(64 << 20, np.float32)  # freed at once, like a step's temporaries
+    print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+def _faults(mode):
+  out = subprocess.run([sys.executable, "-c", _SCRIPT, mode], capture_output=True, text=True,
+                       check=True, env={"PYTHONPATH": "."}).stdout.split()
+  return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
+def test_freed_blocks_are_reused_without_page_faults():
+  applied, reused = _faults("reuse")
+  _, default = _faults("default")
+  assert applied
+  assert default > 3 * 60_000  # glibc's default: every 256 MB block is mapped afresh
+  assert reused < 1_000
