@@ -1,14 +1,14 @@
 """Training throughput of jaxlm against a plain PyTorch GPT-2 on the same model and batch.
 
-  python benchmarks/train_throughput.py [--sizes 4x128 6x256 8x512] [--steps 5]
+  python benchmarks/train_throughput.py [--sizes 4x128 6x256 8x512] [--steps 5] [--rounds 3]
       [--batch_size 8] [--seq_len 256] [--vocab 2048] [--check] [--quick]
       [--variants train.loss_chunk=0 train.loss_chunk=1024,model.remat=dots]
 
 For each size (LAYERSxWIDTH, head dim 64), times the real jitted jaxlm Trainer
 step (learned positions, LayerNorm, GELU, biases, tied embeddings, float32,
 AdamW) and benchmarks/torch_gpt.py's PyTorch model with the same shapes, init
-and optimizer, in this one process, on the same random tokens, one after the
-other. Reports the median step time after warm-up as tokens/s and the ratio
+and optimizer, in this one process, on the same random tokens, in alternating
+blocks of steps. Reports the median step time after warm-up as tokens/s and the ratio
 jaxlm / PyTorch, and writes JSON. Each --variants entry (comma-separated jaxlm
 config overrides) gives one jaxlm row against the same PyTorch run; --check
 first confirms that both models compute the same loss from the same params.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import torch_gpt
-from jaxlm import config as config_lib, metrics, sharding
+from jaxlm import config as config_lib, malloc, metrics, sharding
 from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxlm.models import transformer
 from jaxlm.train import Trainer
@@ -54,25 +54,33 @@ def token_batches(config: Config, n: int) -> list[np.ndarray]:
   return [rng.integers(0, config.model.vocab_size, shape, dtype=np.int32) for _ in range(n)]
 
 
-def time_steps(steps: dict, n_warmup: int, n_steps: int) -> dict:
-  """{name: {step_s (median), warmup_s, loss}} of steps {name: step(i) -> loss (blocking)}.
+def time_steps(steps: dict, n_warmup: int, n_steps: int, rounds: int = 1) -> dict:
+  """{name: {step_s (median), warmup_s, loss, times}} of steps {name: step(i) -> loss (blocking)}.
 
-  Each contender runs all its steps before the next starts: interleaving single
-  steps made PyTorch 7-18x slower on 2 cores (likely the idle worker threads of
-  one runtime spinning on the cores the other needs).
+  Each contender runs a block of steps before the next starts: interleaving
+  single steps made PyTorch 7-18x slower on 2 cores (likely the idle worker
+  threads of one runtime spinning on the cores the other needs). With rounds > 1
+  the blocks alternate (A B A B ...), each block after the first starting with
+  one untimed step, and the median is over all timed steps: on this shared VM
+  a process's speed drifts by 10-20% over a minute, which a single block of
+  each contender would book as a difference between them.
   """
-  out = {}
+  out = {name: {"times": []} for name in steps}
   for name, step in steps.items():
     start = time.perf_counter()
     for i in range(n_warmup):
       step(i)
-    warmup_s, times = time.perf_counter() - start, []
-    for i in range(n_steps):
-      t = time.perf_counter()
-      loss = step(n_warmup + i)
-      times.append(time.perf_counter() - t)
-    out[name] = {"step_s": float(np.median(times)), "warmup_s": warmup_s, "loss": loss,
-                 "times": times}
+    out[name]["warmup_s"] = time.perf_counter() - start
+  for r in range(rounds):
+    for name, step in steps.items():
+      if r:
+        step(0)
+      for i in range(n_steps):
+        t = time.perf_counter()
+        out[name]["loss"] = step(n_warmup + i)
+        out[name]["times"].append(time.perf_counter() - t)
+  for r in out.values():
+    r["step_s"] = float(np.median(r["times"]))
   return out
 
 
@@ -92,6 +100,8 @@ def jaxlm_step(config: Config, tokens):
     holder["state"], m = trainer.step(holder["state"], batches[i % len(batches)])
     return float(m["loss"])  # float() blocks until the step is done
 
+  # For benchmarks/profile_step.py: the optimized HLO of this step.
+  step.hlo_text = lambda: trainer.step.lower(holder["state"], batches[0]).compile().as_text()
   return step
 
 
@@ -165,6 +175,8 @@ def main():
                       help="LAYERSxWIDTH, head dim 64")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation)")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="alternating blocks of --steps timed steps per contender")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--vocab", type=int, default=2048)
@@ -173,10 +185,16 @@ def main():
   parser.add_argument("--check", action="store_true",
                       help="first check both models compute the same loss on the same params")
   parser.add_argument("--quick", action="store_true", help="smoke run: one tiny size, 2 steps")
+  parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                      help="reuse: glibc keeps freed memory, as jaxlm's command lines set it "
+                      "(jaxlm.malloc; applies to both frameworks); default: glibc's defaults")
   parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
   args = parser.parse_args()
+  # Before the first JAX computation, as jaxlm.cli.start does (threads keep their arenas).
+  args.malloc_reused = args.malloc == "reuse" and malloc.reuse_freed_memory()
   if args.quick:
     args.sizes, args.steps, args.warmup, args.seq_len, args.batch_size = ["2x64"], 2, 1, 64, 4
+    args.rounds = 1
   args.gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
   if jax.default_backend() != "cpu" and not args.gpu:
     print(f"warning: jaxlm runs on {jax.default_backend()} but PyTorch has no GPU (CPU wheel?): "
@@ -199,7 +217,7 @@ def main():
     steps = {f"jaxlm {v}": jaxlm_step(config_lib.apply_overrides(base, v.split(",")), tokens)
              for v in args.variants}
     steps["torch"], row["params_torch"] = torch_step(base, tokens, args)
-    row.update(time_steps(steps, args.warmup, args.steps))
+    row.update(time_steps(steps, args.warmup, args.steps, args.rounds))
     row["load_after"] = os.getloadavg()[0]
     per_token = transformer.flops_per_token(base.model, args.seq_len)["total"]
     for key in [k for k in row if k.startswith("jaxlm ") or k == "torch"]:
@@ -213,7 +231,8 @@ def main():
 
   device = jax.devices()[0].device_kind
   print(f"\nbatch {args.batch_size} x length {args.seq_len}, vocab {args.vocab}, float32, "
-        f"AdamW; median of {args.steps} steps after {args.warmup} warm-up; {device}, "
+        f"AdamW; median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up; "
+        f"{device}, "
         f"{os.cpu_count()} CPU threads")
   mfu_cols = " jaxlm MFU | PyTorch MFU |" if peak else ""
   print("| model | params | jaxlm variant | jaxlm tokens/s | PyTorch tokens/s | jaxlm / PyTorch |"
@@ -234,7 +253,7 @@ def main():
                "jax": jax.__version__, "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
                "seq_len": args.seq_len, "vocab": args.vocab, "steps": args.steps,
-               "warmup": args.warmup, "loadavg_end": os.getloadavg(), "rows": rows},
+               "warmup": args.warmup, "rounds": args.rounds, "loadavg_end": os.getloadavg(), "rows": rows},
               f, indent=2)
 
 

@@ -228,9 +228,14 @@ def layer_stack(body, x, stacked, config: ModelConfig):
     loop = "unroll" if jax.default_backend() == "cpu" else "scan"
   if loop == "scan":
     return jax.lax.scan(body, x, stacked)
+  # One split per leaf, not L indexing ops: the gradient of a split is one
+  # concatenate, while that of a[i] is a pad to the whole stack, summed over L.
+  L = jax.tree.leaves(stacked)[0].shape[0]
+  slices = jax.tree.map(lambda a: [p[0] for p in jax.lax.split(a, [1] * L)], stacked)
   auxes = []
-  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
-    x, aux = body(x, jax.tree.map(lambda a, i=i: a[i], stacked))
+  for i in range(L):
+    x, aux = body(x, jax.tree.map(lambda parts, i=i: parts[i], slices,
+                                  is_leaf=lambda v: isinstance(v, list)))
     auxes.append(aux)
   return x, jax.tree.map(lambda *a: jnp.stack(a), *auxes)
 

@@ -1,0 +1,97 @@
+"""Where a jaxlm train step spends its time on this machine: a per-op table from the JAX profiler.
+
+  python benchmarks/profile_step.py [--size 6x256] [--set KEY=VALUE ...] [--top 30]
+
+Builds benchmarks/train_throughput.py's GPT-2-style model, warms the jitted
+Trainer step up, traces a few steps with jax.profiler (perfetto trace), and
+prints the ops (XLA thunks on CPU, kernels on GPU) that took the most time,
+summed over the traced steps and divided by their number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import statistics
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+
+import train_throughput as tt  # noqa: E402
+from jaxlm import config as config_lib, malloc  # noqa: E402
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", default="6x256")
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--seq_len", type=int, default=256)
+  parser.add_argument("--vocab", type=int, default=2048)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--top", type=int, default=30)
+  parser.add_argument("--skip", default="end: ", help="regex: leave matching op names out of the table")
+  parser.add_argument("--set", action="append", default=[], help="jaxlm config override")
+  args = parser.parse_args()
+  malloc.reuse_freed_memory()
+  layers, width = tt.parse_size(args.size)
+  config = config_lib.apply_overrides(tt.make_config(layers, width, args), args.set)
+  step = tt.jaxlm_step(config, tt.token_batches(config, 2))
+  for i in range(2):
+    step(i)
+  times = []
+  for i in range(args.steps):
+    start = time.perf_counter()
+    step(i)
+    times.append(time.perf_counter() - start)
+  print(f"step: median {statistics.median(times) * 1e3:.0f} ms of {args.steps} "
+        f"(min {min(times) * 1e3:.0f}, max {max(times) * 1e3:.0f}), untraced")
+  out = tempfile.mkdtemp(prefix="jaxlm_profile_")
+  with jax.profiler.trace(out, create_perfetto_trace=True):
+    for i in range(args.steps):
+      step(i)
+  path = glob.glob(os.path.join(out, "**", "*.trace.json.gz"), recursive=True)[0]
+  with gzip.open(path) as f:
+    events = json.load(f)["traceEvents"]
+  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get("ph") != "X":
+      continue
+    total[e["name"]] += e["dur"]
+    count[e["name"]] += 1
+  # XLA ops (thunks) are the events that are not Python frames or runtime scopes.
+  is_op = lambda e: not (e["name"].startswith("$") or "::" in e["name"] or "(" in e["name"])
+  per_thread = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and is_op(e):
+      per_thread[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e["dur"]
+  print(f"trace: {path}")
+  print("op time per thread (ms/step): " + ", ".join(
+      f"{name}: {us / args.steps / 1e3:.0f}" for name, us in per_thread.most_common()))
+  kinds = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and is_op(e) and not e["name"].startswith("end: "):
+      kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"]
+  print("op time by kind (ms/step): " + ", ".join(
+      f"{k} {us / args.steps / 1e3:.1f}" for k, us in kinds.most_common(args.top)))
+  # What each op computes: the jax op_name XLA kept in the optimized HLO's metadata.
+  where = dict(re.findall(r"^\s*%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", step.hlo_text(), re.M))
+  print(f"{'us/step':>10} {'calls/step':>10}  name")
+  for name, us in [(n, us) for n, us in total.most_common() if is_op({"name": n})
+                   and not re.match(args.skip, n)][:args.top]:
+    print(f"{us / args.steps:10.0f} {count[name] / args.steps:10.1f}  {name[:40]:40} "
+          f"{where.get(name, '').replace('jit(step)/', '')[-80:]}")
+
+
+if __name__ == "__main__":
+  main()
