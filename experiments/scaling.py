@@ -68,6 +68,25 @@ def shakespeare_mutransfer():
                         head_dim=8, extra=_MUTRANSFER)
 
 
+# The same at 3x the steps (450, warmup 45) and 2 seeds: at 150 steps the losses
+# were still near the byte-unigram plateau and zigzagged by 0.2 nats between
+# neighbouring rates (docs/mup.md).
+_MUTRANSFER_LONG = tuple(o for o in _MUTRANSFER if not o.startswith(
+    ("train.steps=", "optim.warmup_steps=", "train.log_every="))) + (
+        "train.steps=450", "optim.warmup_steps=45", "train.log_every=50")
+
+
+@register_sweep
+def shakespeare_mutransfer_seeds():
+  """μTransfer, longer and with 2 seeds: widths 32/64/128 x 6 learning rates x standard and μP.
+
+  python launch/sweep_local.py --sweep=shakespeare_mutransfer_seeds --dir=runs/mut2 --parallel=2
+  """
+  return LrTransferSpec(base="shakespeare_char", widths=(32, 64, 128),
+                        lrs=tuple(1e-3 * 2 ** k for k in range(1, 7)), mup_base_width=64,
+                        head_dim=8, seeds=(0, 1), extra=_MUTRANSFER_LONG)
+
+
 @register_sweep
 def shakespeare_mutransfer_tiny():
   """Test-sized μTransfer sweep: 2 widths x 2 learning rates x 2 parameterizations, 3 steps.
