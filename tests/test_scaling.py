@@ -249,6 +249,8 @@ def test_transfer_finds_best_lr_per_width(tmp_path, capsys):
                      "mup_base_width": 32 if p == "mup" else None})
   rows.append({"name": "failed", "status": "failed", "parameterization": "mup", "d_model": 64,
                "lr": 2.0 ** -3, "mup_base_width": 32})
+  rows.append({"name": "cut-off", "status": "interrupted", "parameterization": "mup",
+               "d_model": 128, "lr": 2.0 ** -3, "mup_base_width": 32})  # not a result
   # A second seed of μP at width 128: its losses average with seed 0's, which
   # moves that width's best lr by one octave; one failed seed fails its point.
   for k in range(-9, -3):

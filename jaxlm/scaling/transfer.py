@@ -19,10 +19,15 @@ import math
 import os
 
 
+# collect's statuses of runs without a result that are not failures either.
+_NOT_DONE = ("pending", "incomplete", "interrupted", "running")
+
+
 def read(path: str) -> list[dict]:
   """Rows of runs.csv as dicts with parameterization, d_model (int), lr and loss (floats).
 
-  Runs that did not finish (e.g. stopped by a non-finite loss) have loss None.
+  Runs that failed (e.g. stopped by a non-finite loss) have loss None; runs not
+  finished yet (pending, incomplete, interrupted) are left out.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"runs file {path!r} does not exist: expected a CSV such as "
@@ -35,8 +40,8 @@ def read(path: str) -> list[dict]:
                        "from `python -m jaxlm.scaling collect` of a LrTransferSpec sweep")
     rows = []
     for row in reader:
-      if not row["d_model"] or not row["lr"]:
-        continue  # pending: planned, never started
+      if not row["d_model"] or not row["lr"] or row.get("status") in _NOT_DONE:
+        continue  # planned, still running or cut off: not a result yet
       ok = row.get("status", "ok") == "ok" and row["loss"] not in ("", None)
       base = row.get("mup_base_width") or ""
       rows.append({"name": row.get("name", ""), "parameterization": row["parameterization"],
