@@ -18,16 +18,22 @@ def _setup(config):
   return trainer, trainer.device_batch(batch), tok
 
 
+def _train(config, n):
+  """(losses, final state) of n steps on one fixed batch."""
+  trainer, batch, _ = _setup(config)
+  state = trainer.init(jax.random.key(0))
+  losses = []
+  for _ in range(n):
+    state, m = trainer.step(state, batch)
+    losses.append(float(m["loss"]))
+  return losses, state
+
+
 def test_tiny_model_overfits_one_batch():
   config = tiny_config(**{"train.steps": 80, "optim.warmup_steps": 5, "optim.lr": 1e-2,
                           "optim.schedule": "constant", "optim.weight_decay": 0.0,
                           "model.d_model": 64})
-  trainer, batch, _ = _setup(config)
-  state = trainer.init(jax.random.key(0))
-  losses = []
-  for _ in range(80):
-    state, m = trainer.step(state, batch)
-    losses.append(float(m["loss"]))
+  losses, state = _train(config, 80)
   assert losses[0] > 5.0  # about ln(257)
   assert losses[-1] < 0.5, losses[::10]
   assert int(state.step) == 80
@@ -50,12 +56,7 @@ def test_layer_loop_leaves_training_unchanged():
   for loop in ("scan", "unroll"):
     config = tiny_config(**{"model.layer_loop": loop, "data.seq_len": 64,
                             "model.max_seq_len": 64})
-    trainer, batch, _ = _setup(config)
-    state = trainer.init(jax.random.key(0))
-    losses = []
-    for _ in range(3):
-      state, m = trainer.step(state, batch)
-      losses.append(float(m["loss"]))
+    losses, state = _train(config, 3)
     runs[loop] = losses, state.params
   assert runs["scan"][0] == pytest.approx(runs["unroll"][0], rel=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), runs["scan"][1],
