@@ -121,6 +121,12 @@ def lr_transfer(result: dict, path: str) -> None:
     drift = r["drift_octaves"]
     title = name if drift is None else f"{name}: best lr drifts {drift:+.2f} octaves"
     ax.set(xscale="log", xlabel="peak learning rate", title=title)
+    # Tick the grid's rates themselves (log2-spaced: the default log ticks
+    # label minor ticks in between and overlap).
+    ax.xaxis.set_major_locator(plt.FixedLocator(r["lrs"]))
+    ax.xaxis.set_major_formatter(plt.FixedFormatter([f"{lr:g}" for lr in r["lrs"]]))
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.tick_params(axis="x", labelsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   axes[0][0].set_ylabel(f"final validation loss (clipped at {top:.2f})")
