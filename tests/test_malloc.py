@@ -16,10 +16,13 @@ _SCRIPT = textwrap.dedent("""
     for _ in range(3):
       np.ones(64 << 20, np.float32)  # freed at once, like a step's temporaries
     small = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    np.ones(560 << 20, np.float32)  # 2.2 GB: past the largest int trim threshold
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    np.ones(560 << 20, np.float32)
-    print(applied, small, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    big = -1
+    if applied:  # 2.2 GB, past the largest int trim threshold (glibc's default maps it afresh)
+      np.ones(560 << 20, np.float32)
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      np.ones(560 << 20, np.float32)
+      big = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(applied, small, big)
 """)
 
 
@@ -32,8 +35,7 @@ def _faults(mode):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
 def test_freed_blocks_are_reused_without_page_faults():
   applied, reused, reused_big = _faults("reuse")
-  _, default, default_big = _faults("default")
+  _, default, _ = _faults("default")
   assert applied
   assert default > 3 * 60_000  # glibc's default: every 256 MB block is mapped afresh
-  assert default_big > 500_000
-  assert reused < 1_000 and reused_big < 1_000
+  assert reused < 1_000 and 0 <= reused_big < 1_000
