@@ -32,8 +32,11 @@ def commands(args, jaxlm_args: list[str]) -> list[tuple[dict, list[str]]]:
   for i in range(args.num_processes):
     env = {}
     if args.cpu_devices_per_process:
-      env = {"JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.cpu_devices_per_process}"}
+      # Other XLA flags the caller set are kept; only the device count is replaced.
+      kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+              if not f.startswith("--xla_force_host_platform_device_count")]
+      env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(
+          kept + [f"--xla_force_host_platform_device_count={args.cpu_devices_per_process}"])}
     argv = [sys.executable, "-m", "jaxlm.main", *jaxlm_args,
             f"--coordinator_address=localhost:{port}", f"--num_processes={args.num_processes}",
             f"--process_id={i}"]

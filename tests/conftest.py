@@ -8,7 +8,7 @@ another test), and reusing them took 22-30% off test files measured on 2 cores.
 XLA's backend optimizes at level 0 here: compiling dominates these tiny tests
 (7 s for a tiny model's train step at the default level, 3.8 s at 0), so the
 whole suite took 541 s instead of 639 s on the 2-core dev VM. Tests that start
-processes with XLA_FLAGS of their own compile those at the default level.
+processes give them `xla_flags(devices)`, so those compile fast too.
 """
 
 import atexit
@@ -16,8 +16,15 @@ import os
 import shutil
 import tempfile
 
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """XLA_FLAGS for a process a test starts: fast compiles, and `devices` fake CPU devices."""
+  return FAST_COMPILE + (f" --xla_force_host_platform_device_count={devices}" if devices else "")
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="jaxlm_test_xla_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from conftest import xla_flags
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,7 @@ main.entry()
 
 
 def _env():
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  return dict(os.environ, XLA_FLAGS=xla_flags(1),
               PYTHONPATH=ROOT)
 
 

@@ -18,6 +18,7 @@ from jaxlm.config import ConfigError  # noqa: E402
 from jaxlm.convert import hf as convert  # noqa: E402
 from jaxlm.models import transformer  # noqa: E402
 from tests.helpers import tiny_model  # noqa: E402
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 300  # >= 257, the byte tokenizer that a converted run names
@@ -176,7 +177,7 @@ def test_existing_targets_are_never_overwritten(gpt2_dir, tmp_path):
 
 
 def test_cli_converts_both_ways_and_rejects_bad_input(gpt2_dir, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
 
   def cli(*args):
     return subprocess.run([sys.executable, "-m", "jaxlm.convert", *args], env=env, cwd=ROOT,

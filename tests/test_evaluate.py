@@ -14,6 +14,7 @@ from jaxlm import checkpoint, evaluate, generate, train
 from jaxlm.data import pipeline
 from jaxlm.models import transformer
 from tests.helpers import tiny_config
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +71,7 @@ def test_metrics_match_a_numpy_reference(workdir):
 
 
 def _cli(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, "-m", "jaxlm.evaluate", *args], capture_output=True,
                         text=True, env=env, cwd=ROOT, timeout=300)
 

@@ -13,6 +13,7 @@ import pytest
 from jaxlm import checkpoint, config as config_lib, export, sharding, train
 from jaxlm.data import pipeline
 from tests.helpers import tiny_config
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +69,7 @@ def test_safetensors_layout_follows_the_spec(run_dir, tmp_path):
 
 
 def test_cli_writes_the_file_and_rejects_bad_input(run_dir, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
 
   def cli(*args):
     return subprocess.run([sys.executable, "-m", "jaxlm.export", *args], env=env, cwd=ROOT,

@@ -14,6 +14,7 @@ from jaxlm import checkpoint, generate, sharding, train
 from jaxlm.config import MeshConfig
 from jaxlm.models import decode, transformer
 from tests.helpers import tiny_config, tiny_model
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # init_std large enough that greedy decoding of a random model does not repeat one token.
@@ -214,7 +215,7 @@ def workdir(tmp_path_factory):
 
 
 def _cli(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, "-m", "jaxlm.generate", *args], capture_output=True,
                         text=True, env=env, cwd=ROOT, timeout=300)
 

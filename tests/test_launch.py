@@ -15,6 +15,7 @@ import sweep_run  # noqa: E402
 import sweep_slurm  # noqa: E402
 import sweep_tpu_vm  # noqa: E402
 import tpu_vm  # noqa: E402
+from conftest import xla_flags
 
 TINY_SWEEP = "shakespeare_isoflop_tiny"  # 6 points, seconds each
 
@@ -47,7 +48,7 @@ def _metrics(workdir):
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()  # launch/local.py adds the device count
   two = str(tmp_path / "two")
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local.py"),
                          "--num_processes", "2", "--cpu_devices_per_process", "1", "--",
@@ -56,7 +57,7 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.count("step 4/4") == 1  # only process 0 prints
   one = str(tmp_path / "one")
-  env1 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  env1 = dict(env, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-m", "jaxlm.main", *TINY, f"--workdir={one}"],
                         env=env1, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -169,7 +170,8 @@ def test_sbatch_script_runs_its_task_without_slurm(tmp_path, capsys):
   text = capsys.readouterr().out.split(f"# {script}\n", 1)[1].rsplit("# then:", 1)[0]
   with open(script, "w") as f:
     f.write(text)
-  env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": xla_flags()}
   proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   name = _points()[2].name

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--set=model.d_model=32", "--set=model.n_layers=1", "--set=model.n_heads=2",
@@ -16,7 +17,7 @@ TINY = ["--set=model.d_model=32", "--set=model.n_layers=1", "--set=model.n_heads
 
 
 def _main(*args, env_extra=None):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1),
              PYTHONPATH=ROOT, **(env_extra or {}))
   return subprocess.run([sys.executable, "-m", "jaxlm.main", *args], capture_output=True,
                         text=True, env=env, cwd=ROOT, timeout=600)
@@ -91,7 +92,7 @@ def test_missing_corpus_file_is_one_line_and_exit_2(tmp_path):
   # As if the packaged asset were gone: point the corpus loader at a missing file.
   code = ("import sys; from jaxlm.data import corpus; corpus.DEFAULT_PATH = sys.argv[1]; "
           "from jaxlm import main; sys.argv = ['jaxlm.main', *sys.argv[2:]]; main.entry()")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "gone.jsonl.xz"),
                         "--experiment=shakespeare", f"--workdir={tmp_path / 'w'}", *TINY],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

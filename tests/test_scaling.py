@@ -15,6 +15,7 @@ from jaxlm.models import transformer
 from jaxlm.scaling import collect, fit, flops, plots, sweeps
 from jaxlm.scaling.__main__ import main as cli
 from tests.helpers import tiny_model
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}
@@ -169,7 +170,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
   sweep_dir = str(tmp_path / "sweep")
   launcher = [sys.executable, os.path.join(ROOT, "launch", "sweep_local.py"),
               "--sweep=shakespeare_isoflop_tiny", f"--dir={sweep_dir}"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one device per run
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}  # one device per run
   dry = subprocess.run(launcher + ["--dry_run"], capture_output=True, text=True, check=True)
   assert dry.stdout.count("-m jaxlm.main") == 6 and "--set=model.d_model=" in dry.stdout
   # One budget's 3 runs (2 at once) keep the test short; the other 3 must show as pending.
