@@ -38,7 +38,8 @@ def main():
   parser.add_argument("--vocab", type=int, default=2048)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--top", type=int, default=30)
-  parser.add_argument("--skip", default="end: ", help="regex: leave matching op names out of the table")
+  parser.add_argument("--skip", default="",
+                      help="regex: leave matching op names out of the table (e.g. ynn_fusion)")
   parser.add_argument("--set", action="append", default=[], help="jaxlm config override")
   args = parser.parse_args()
   malloc.reuse_freed_memory()
@@ -63,32 +64,28 @@ def main():
     events = json.load(f)["traceEvents"]
   threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
              if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  # XLA ops (thunks) are the events that are not Python frames, runtime scopes
+  # or the zero-length "end: " markers of ops.
+  is_op = lambda name: not (name.startswith(("$", "end: ")) or "::" in name or "(" in name)
   total, count = collections.Counter(), collections.Counter()
+  per_thread, kinds = collections.Counter(), collections.Counter()
   for e in events:
-    if e.get("ph") != "X":
+    if e.get("ph") != "X" or not is_op(e["name"]):
       continue
     total[e["name"]] += e["dur"]
     count[e["name"]] += 1
-  # XLA ops (thunks) are the events that are not Python frames or runtime scopes.
-  is_op = lambda e: not (e["name"].startswith("$") or "::" in e["name"] or "(" in e["name"])
-  per_thread = collections.Counter()
-  for e in events:
-    if e.get("ph") == "X" and is_op(e):
-      per_thread[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e["dur"]
+    per_thread[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e["dur"]
+    kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"]
   print(f"trace: {path}")
   print("op time per thread (ms/step): " + ", ".join(
       f"{name}: {us / args.steps / 1e3:.0f}" for name, us in per_thread.most_common()))
-  kinds = collections.Counter()
-  for e in events:
-    if e.get("ph") == "X" and is_op(e) and not e["name"].startswith("end: "):
-      kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"]
   print("op time by kind (ms/step): " + ", ".join(
       f"{k} {us / args.steps / 1e3:.1f}" for k, us in kinds.most_common(args.top)))
   # What each op computes: the jax op_name XLA kept in the optimized HLO's metadata.
   where = dict(re.findall(r"^\s*%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", step.hlo_text(), re.M))
   print(f"{'us/step':>10} {'calls/step':>10}  name")
-  for name, us in [(n, us) for n, us in total.most_common() if is_op({"name": n})
-                   and not re.match(args.skip, n)][:args.top]:
+  for name, us in [(n, us) for n, us in total.most_common()
+                   if not (args.skip and re.match(args.skip, n))][:args.top]:
     print(f"{us / args.steps:10.0f} {count[name] / args.steps:10.1f}  {name[:40]:40} "
           f"{where.get(name, '').replace('jit(step)/', '')[-80:]}")
 

@@ -253,7 +253,8 @@ def main():
                "jax": jax.__version__, "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
                "seq_len": args.seq_len, "vocab": args.vocab, "steps": args.steps,
-               "warmup": args.warmup, "rounds": args.rounds, "loadavg_end": os.getloadavg(), "rows": rows},
+               "warmup": args.warmup, "rounds": args.rounds, "loadavg_end": os.getloadavg(),
+               "rows": rows},
               f, indent=2)
 
 

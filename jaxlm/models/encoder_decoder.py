@@ -94,10 +94,6 @@ def _impl(config: ModelConfig):
   return None if config.attention == "auto" else config.attention
 
 
-def _scan(body, x, xs, config: ModelConfig):
-  return transformer.layer_stack(body, x, xs, config)
-
-
 def encode(params: dict, src_BS: jax.Array, config: ModelConfig,
            segment_ids_BS=None) -> jax.Array:
   """The encoder's final-normed output (B, S, D): the memory the decoder attends to.
@@ -118,8 +114,10 @@ def encode(params: dict, src_BS: jax.Array, config: ModelConfig,
                                  implementation=impl, scale=config.attention_scale), None
 
   x_BSD = transformer.embed(params, src_BS, positions_BS, config)
-  x_BSD, _ = _scan(lambda x, p: transformer.block(x, p, positions_BS, config, attend), x_BSD,
-                   params["encoder"]["layers"], config)
+  def body(x_BSD, p):
+    return transformer.block(x_BSD, p, positions_BS, config, attend)
+
+  x_BSD, _ = transformer.layer_stack(body, x_BSD, params["encoder"]["layers"], config)
   p = params["encoder"]["final_norm"]
   return layers.norm(p, x_BSD, config.norm, config.norm_eps)
 
@@ -205,7 +203,7 @@ def decoder_trunk(params: dict, memory_BSD: jax.Array, tgt_BT: jax.Array, config
     return decoder_block(x_BTD, p, kv, positions_BT, config, self_attend, cross_attend)
 
   x_BTD = transformer.embed(params, tgt_BT, positions_BT, config)
-  x_BTD, _ = _scan(body, x_BTD, params["decoder"]["layers"], config)
+  x_BTD, _ = transformer.layer_stack(body, x_BTD, params["decoder"]["layers"], config)
   return x_BTD
 
 

@@ -4,9 +4,10 @@ Reads a runs.csv from `collect` (columns parameterization, d_model, lr, loss,
 status, mup_base_width, seed), averages each point's loss over its seeds (a point
 with a failed seed counts as failed; seeds not run are left out), and finds each
 width's best learning rate: the grid's minimum and, when that lies inside the
-grid, the vertex of a parabola in log2(lr) through it and its two neighbours. μP at its base width is the standard
-parameterization bit for bit, so a sweep of both runs that width once (as
-standard; LrTransferSpec) and it counts here for both (`shared_widths`).
+grid, the vertex of a parabola in log2(lr) through it and its two neighbours.
+μP at its base width is the standard parameterization bit for bit, so a sweep
+of both runs that width once (as standard; LrTransferSpec) and it counts here
+for both (`shared_widths`).
 `drift_octaves` is log2(best lr at the widest / at the narrowest): μP predicts
 ~0 (Yang et al. 2022, fig. 1); the standard parameterization's best lr falls as
 the width grows.
