@@ -1,5 +1,7 @@
 """Scaling-law sweeps on the Shakespeare experiment: IsoFLOP profiles and a size grid."""
 
+import dataclasses
+
 from jaxlm.registry import register_sweep
 from jaxlm.scaling.sweeps import GridSpec, IsoFlopSpec, LrTransferSpec
 
@@ -9,16 +11,51 @@ _QUIET = ("train.sample_tokens=0",)
 
 @register_sweep
 def shakespeare_isoflop():
-  """IsoFLOP profiles: 3 budgets x up to 5 sizes; ~17 minutes on 2 CPU cores in all.
+  """IsoFLOP profiles, byte-level: 3 budgets a decade apart x 6 sizes; ~25 min on 2 CPU cores.
 
-  python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop
+  python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop --parallel=2
   """
-  # These budgets took 17 min on 2 CPU cores (small models run at ~20-40k
-  # tokens/s here); see docs/scaling.md for the results.
-  # Batch 64 x 64, so that even the shortest runs take dozens of steps (the sweep
-  # shortens warmup to a tenth of a short run): with batch 128, a first
-  # attempt at 1.2e11-1.2e12 FLOPs trained for 6-200 steps, mostly in warmup, and
-  # every budget's minimum fell at its smallest model (docs/scaling.md).
+  # Byte-level, so that the embedding is a small part of every model (with the
+  # 2048-token vocabulary it was most of them: docs/scaling.md, first study).
+  # Pilot runs at 1e12 FLOPs (batch 64 x 64) put the best model near 2.5e4
+  # parameters, ~1e3 tokens per parameter, and at 5e12 near 1.2e5; the size
+  # ranges span a factor 16 around such minima. Each size's peak learning rate
+  # is 0.004 * 64 / d_model: standard parameterization's best rate halves as
+  # the width doubles (docs/mup.md). Aspect 16 gives even the smallest
+  # models two layers or more where a 1-layer model would be as close in size.
+  return IsoFlopSpec(base="shakespeare_char", budgets=(3e11, 1e12, 3e12),
+                     n_ranges=((2.5e3, 4e4), (5e3, 8e4), (1e4, 1.6e5)), sizes=6,
+                     aspect=16.0, head_dim=8, lr_at_width=(4e-3, 64),
+                     extra=_QUIET + ("data.seq_len=64", "model.max_seq_len=64",
+                                     "train.batch_size=64", "train.eval_every=0",
+                                     "train.log_every=100", "checkpoint.every=0"))
+
+
+@register_sweep
+def shakespeare_isoflop_check():
+  """Checks shakespeare_isoflop's prediction at 1e13 FLOPs: its N_opt, half and twice it.
+
+  python launch/sweep_local.py --sweep=shakespeare_isoflop_check --dir=runs/isoflop_check \
+      --parallel=2
+  """
+  # The fit of shakespeare_isoflop (docs/scaling_study_bytes/fit.json) predicts at
+  # 1e13 FLOPs, 3.3x beyond its largest budget: N_opt ~1.1e5 total parameters,
+  # loss 1.65 [1.58, 1.74]. These sizes were chosen after that fit, to test it.
+  spec = shakespeare_isoflop()
+  return dataclasses.replace(spec, budgets=(1e13,), n_ranges=((4.4e4, 2e5),), sizes=3)
+
+
+@register_sweep
+def shakespeare_isoflop_sp():
+  """The first IsoFLOP study: 2048-token vocabulary, 3 budgets x 5 sizes, ~17 minutes.
+
+  python launch/sweep_local.py --sweep=shakespeare_isoflop_sp --dir=runs/isoflop_sp
+  """
+  # Its results are docs/scaling_study/ (docs/scaling.md, "First study"); it then
+  # dropped a size whose shape repeated (14 runs), where the spec now takes the
+  # next closest shape. Batch 64 x 64, so that even the shortest runs take dozens
+  # of steps: with batch 128, an attempt at 1.2e11-1.2e12 FLOPs trained for 6-200
+  # steps, mostly in warmup, and every budget's minimum fell at its smallest model.
   return IsoFlopSpec(base="shakespeare", budgets=(1e12, 3e12, 6e12),
                      n_ranges=((5e3, 1.2e5), (1e4, 2e5), (1.2e4, 2.5e5)), sizes=5, head_dim=16,
                      extra=_QUIET + ("train.batch_size=64", "checkpoint.every=0"))

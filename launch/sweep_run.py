@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import socket
 import signal
 import subprocess
 import sys
@@ -94,6 +95,10 @@ def start(base: str, workdir: str, overrides) -> tuple[subprocess.Popen, list[st
   write_status(workdir, status="running", command=shlex.join(cmd))
   log = open(os.path.join(workdir, "launch.log"), "a")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+  # Where and as which process it runs, so that collect can tell a live run from
+  # one whose launcher was killed before it could record the outcome.
+  write_status(workdir, status="running", command=shlex.join(cmd), host=socket.gethostname(),
+               pid=proc.pid)
   return proc, cmd, log
 
 

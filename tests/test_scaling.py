@@ -67,18 +67,38 @@ def test_every_sweep_builds_and_its_overrides_apply():
 def test_isoflop_spec_shapes_and_budgets():
   spec = registry.sweep("shakespeare_isoflop")
   runs = sweeps.expand(spec)
-  # 3 budgets x 5 sizes, less shapes that round to the same model within a budget.
-  assert 12 <= len(runs) <= 15 and len({r.name.split("-N")[0] for r in runs}) == 3
+  # 3 budgets a decade apart x 6 distinct sizes: a shape that repeats within a
+  # budget gives way to the next closest one, never to a missing point.
+  assert len(runs) == 18 and len({r.name.split("-N")[0] for r in runs}) == 3
+  per_budget = {}
   for run in runs:
     c = sweeps.run_config(spec, run)
     n = flops.params(c.model)["total"]
     budget = float(run.name.split("-")[1][1:])
     tokens = c.train.steps * c.train.batch_size * c.data.seq_len
     assert abs(6 * n * tokens / budget - 1) < 0.1 or c.train.steps < 20  # step rounding
-    assert c.model.head_dim == 16 and c.data.seq_len == 64 and c.train.batch_size == 64
+    assert c.model.head_dim == 8 and c.data.seq_len == 64 and c.train.batch_size == 64
+    assert c.data.tokenizer == "bytes"
+    assert c.optim.lr * c.model.d_model == pytest.approx(4e-3 * 64, rel=1e-3)  # lr ∝ 1/width
+    per_budget.setdefault(budget, set()).add((c.model.d_model, c.model.n_layers))
+  assert sorted(per_budget) == [3e11, 1e12, 3e12]
+  assert all(len(shapes) == 6 for shapes in per_budget.values())
   shape = sweeps.shape_for(1e6, registry.experiment("shakespeare").model)
   assert abs(np.log(shape.non_embedding_params / 1e6)) < 0.15
   assert sweeps.sci(120000) == "1.2e5" and sweeps.sci(3e-3) == "3e-3"
+
+
+def test_shape_for_passes_over_excluded_shapes_and_lr_at_width_is_checked():
+  base = registry.experiment("shakespeare_char").model
+  first = sweeps.shape_for(2e4, base, 16.0, 8)
+  second = sweeps.shape_for(2e4, base, 16.0, 8, exclude={first})
+  third = sweeps.shape_for(2e4, base, 16.0, 8, exclude={first, second})
+  assert len({first, second, third}) == 3
+  assert all(abs(np.log(s.non_embedding_params / 2e4)) < 1 for s in (first, second, third))
+  spec = sweeps.IsoFlopSpec(base="shakespeare_char", budgets=(1e11,), n_ranges=((1e4, 2e4),),
+                            sizes=2, head_dim=8, lr_at_width=(0.0, 64))
+  with pytest.raises(ValueError, match="lr_at_width"):
+    spec.runs()
 
 
 def _synthetic(seed=0, noise=0.01):
@@ -198,6 +218,26 @@ def test_tiny_sweep_end_to_end(tmp_path):
   os.remove(os.path.join(sweep_dir, ok[1]["name"], "summary.json"))
   statuses = sorted(r["status"] for r in collect.collect(sweep_dir))
   assert statuses == ["failed", "incomplete", "ok", "pending", "pending", "pending"]
+
+
+def test_collect_tells_a_live_running_point_from_a_killed_one(tmp_path):
+  import socket
+  here = socket.gethostname()
+  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "jaxlm"])
+  dead = subprocess.Popen([sys.executable, "-c", "pass", "jaxlm"])
+  dead.wait()
+  try:
+    cases = {"live": {"host": here, "pid": live.pid}, "dead": {"host": here, "pid": dead.pid},
+             "elsewhere": {"host": here + "-other-node", "pid": 1}, "old-launcher": {}}
+    for name, where in cases.items():
+      os.makedirs(tmp_path / name)
+      with open(tmp_path / name / "status.json", "w") as f:
+        json.dump({"status": "running", **where}, f)
+    status = {r["name"]: r["status"] for r in collect.collect(str(tmp_path))}
+  finally:
+    live.kill()
+  assert status == {"live": "running", "dead": "interrupted", "elsewhere": "running",
+                    "old-launcher": "interrupted"}
 
 
 def test_lr_transfer_spec_varies_only_width_lr_and_parameterization():

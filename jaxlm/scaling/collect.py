@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import socket
 
 import numpy as np
 
@@ -22,6 +23,33 @@ def _read_json(path: str):
     return json.load(f)
 
 
+def _may_be_running(status: dict) -> bool:
+  """False where a `running` status.json's process is known to be gone.
+
+  The launcher records its run's host and pid; on this host the process is
+  looked up. A run on another host (a SLURM node) is taken at its word, and a
+  status without a pid (written by an older launcher) counts as interrupted.
+  """
+  pid, host = status.get("pid"), status.get("host")
+  if not pid:
+    return False
+  if host != socket.gethostname():
+    return True
+  if os.path.isdir("/proc"):
+    try:
+      with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+        return b"jaxlm" in f.read()  # the pid may have been reused by another program
+    except OSError:
+      return False
+  try:  # no /proc (macOS): ask the kernel whether the pid exists
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
+
+
 def _row(sweep_dir: str, name: str, convention: str) -> dict:
   workdir = os.path.join(sweep_dir, name)
   row = {"name": name}
@@ -31,9 +59,10 @@ def _row(sweep_dir: str, name: str, convention: str) -> dict:
   if os.path.exists(summary_path):
     row["status"] = "ok"
   elif os.path.exists(status_path):
-    # "running" with no live launcher means it was killed: report it as interrupted.
-    status = _read_json(status_path).get("status", "unknown")
-    row["status"] = "interrupted" if status == "running" else status
+    status = _read_json(status_path)
+    row["status"] = status.get("status", "unknown")
+    if row["status"] == "running" and not _may_be_running(status):
+      row["status"] = "interrupted"  # its process is gone: the launcher was killed
   else:
     row["status"] = "incomplete" if os.path.exists(config_path) else "pending"
   if os.path.exists(config_path):

@@ -49,7 +49,7 @@ def _model(base: ModelConfig, d: int, n_layers: int, head_dim: int) -> ModelConf
 
 
 def shape_for(target: float, base: ModelConfig, aspect: float = 32.0,
-              head_dim: int = 32) -> Shape:
+              head_dim: int = 32, exclude: frozenset[Shape] | set[Shape] = frozenset()) -> Shape:
   """Width, depth and heads whose non-embedding parameter count is closest to `target`.
 
   Depth follows a fixed aspect ratio d_model ≈ aspect·n_layers: Kaplan et al.
@@ -57,6 +57,8 @@ def shape_for(target: float, base: ModelConfig, aspect: float = 32.0,
   at fixed N, so one ratio is a fair shape for every size. Width is a multiple
   of head_dim. The realized count closest to target (in log) wins, the aspect
   ratio breaking near-ties; callers report the realized sizes, not the target.
+  Shapes in `exclude` are passed over, so a sweep can ask for the closest shape
+  it does not already have.
   """
   if target <= 0:
     raise ValueError(f"target size {target!r} is invalid: expected a positive parameter count")
@@ -67,12 +69,17 @@ def shape_for(target: float, base: ModelConfig, aspect: float = 32.0,
     for mult in {max(1, math.floor(width / head_dim)), max(1, math.ceil(width / head_dim))}:
       model = _model(base, mult * head_dim, n_layers, head_dim)
       counts = flops_lib.params(model)
+      shape = Shape(model.d_model, n_layers, model.n_heads, counts["total"],
+                    counts["non_embedding"])
+      if shape in exclude:
+        continue
       # Size first; the aspect term (weight 0.25) stops quantized widths pulling depth astray.
       cost = (abs(math.log(counts["non_embedding"] / target))
               + 0.25 * abs(math.log(model.d_model / (aspect * n_layers))))
       if best is None or cost < best[0]:
-        best = (cost, Shape(model.d_model, n_layers, model.n_heads, counts["total"],
-                            counts["non_embedding"]))
+        best = (cost, shape)
+  if best is None:
+    raise ValueError(f"no shape left for target size {target:g}: all were excluded")
   return best[1]
 
 
@@ -126,27 +133,39 @@ class IsoFlopSpec:
   head_dim: int = 32
   extra: tuple[str, ...] = ()   # overrides shared by every run
   min_steps: int = 1
+  # (lr, width): peak learning rate lr * width / d_model for each size, so that
+  # wider models get smaller rates (lr ∝ 1/width, the Adam rule for hidden
+  # matrices that μP formalizes); None: every size uses the base experiment's lr.
+  lr_at_width: tuple[float, int] | None = None
 
   def runs(self) -> list[SweepRun]:
-    """Every (name, overrides) point; repeated shapes within a budget are dropped."""
+    """Every (name, overrides) point: `sizes` distinct shapes per budget.
+
+    Where two targets round to the same shape (widths are multiples of
+    head_dim), the later one takes the closest shape the budget does not have yet.
+    """
     if len(self.n_ranges) != len(self.budgets):
       raise ValueError(f"n_ranges has {len(self.n_ranges)} entries: expected one per budget "
                        f"({len(self.budgets)})")
+    if self.lr_at_width is not None and not (self.lr_at_width[0] > 0
+                                             and self.lr_at_width[1] > 0):
+      raise ValueError(f"lr_at_width {self.lr_at_width!r} is invalid: expected "
+                       "(a positive learning rate, a positive width)")
     base = _base(self)
     per_step = base.train.batch_size * base.data.seq_len
     out = []
     for budget, (lo, hi) in zip(self.budgets, self.n_ranges):
       seen = set()
       for target in _log_space(lo, hi, self.sizes):
-        shape = shape_for(target, base.model, self.aspect, self.head_dim)
-        if shape in seen:
-          continue
+        shape = shape_for(target, base.model, self.aspect, self.head_dim, exclude=seen)
         seen.add(shape)
         steps = max(self.min_steps, round(budget / (6.0 * shape.params * per_step)))
         name = f"isoflop-C{sci(budget)}-N{sci(shape.params)}"
-        overrides = (_shape_overrides(shape, base.model) + _steps_overrides(steps, base)
-                     + list(self.extra))
-        out.append(SweepRun(name, tuple(overrides)))
+        overrides = _shape_overrides(shape, base.model) + _steps_overrides(steps, base)
+        if self.lr_at_width is not None:
+          lr, width = self.lr_at_width
+          overrides.append(f"optim.lr={lr * width / shape.d_model:.4g}")
+        out.append(SweepRun(name, tuple(overrides + list(self.extra))))
     return out
 
 
