@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "launch"))
 
@@ -16,6 +18,7 @@ import sweep_slurm  # noqa: E402
 import sweep_tpu_vm  # noqa: E402
 import tpu_vm  # noqa: E402
 from conftest import xla_flags
+from jaxlm.scaling import collect
 
 TINY_SWEEP = "shakespeare_isoflop_tiny"  # 6 points, seconds each
 
@@ -180,3 +183,53 @@ def test_sbatch_script_runs_its_task_without_slurm(tmp_path, capsys):
   assert os.path.exists(os.path.join(sweep_dir, name, "summary.json"))
   again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and f"skip        {name}" in again.stdout
+
+
+def _slurm_partition() -> str | None:
+  """The default partition of a SLURM cluster that answers here, else None."""
+  try:
+    out = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True,
+                         text=True, timeout=20)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  for line in out.stdout.split("\n") if out.returncode == 0 else []:
+    name, _, avail = line.partition(" ")
+    if name.endswith("*") and avail.strip() == "up":
+      return name[:-1]
+  return None
+
+
+@pytest.mark.skipif(_slurm_partition() is None, reason="no SLURM cluster answers here")
+def test_sweep_slurm_runs_an_array_on_a_live_cluster(tmp_path):
+  # Where sinfo answers (this project's dev VM had a one-node slurm-wlm cluster
+  # on 2026-11-26): the real sbatch, array and resubmission, not a dry run.
+  import time
+  sweep_dir = str(tmp_path / "sweep")
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "sweep_slurm.py"), f"--sweep={TINY_SWEEP}",
+         f"--dir={sweep_dir}", f"--partition={_slurm_partition()}", "--gpus_per_task=0",
+         "--cpus_per_task=1", "--time=00:10:00", f"--python={sys.executable}", "--only=C3e8"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
+
+  def submit_and_wait():
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = proc.stdout.split("Submitted batch job")[1].split()[0]
+    deadline = time.time() + 400
+    while time.time() < deadline:
+      queue = subprocess.run(["squeue", "--noheader", f"--jobs={job}"], capture_output=True,
+                             text=True).stdout
+      if not queue.strip():
+        return proc.stdout
+      time.sleep(2)
+    subprocess.run(["scancel", job])
+    raise AssertionError(f"job {job} did not finish in 400 s")
+
+  out = submit_and_wait()
+  assert "the array runs 3" in out
+  rows = {r["name"]: r for r in collect.collect(sweep_dir) if "C3e8" in r["name"]}
+  assert len(rows) == 3 and {r["status"] for r in rows.values()} == {"ok"}
+  name = sorted(rows)[1]
+  os.remove(os.path.join(sweep_dir, name, "summary.json"))
+  out = submit_and_wait()  # only the point without a summary goes into the array
+  assert "2 of 3 points done; the array runs 1" in out
+  assert os.path.exists(os.path.join(sweep_dir, name, "summary.json"))
