@@ -289,12 +289,13 @@ def run(r: Run) -> dict:
   writer = metrics.Writer(r.workdir, c.train.steps)
   mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep)
   it = pipeline.train_iterator(r.dataset)
+  earlier_seconds = 0.0  # wall time of the segments before a resume (metrics.jsonl)
   counts = layers.param_count(trainer.specs)  # the task's head included
   if r.restored is not None:
     (state, data_state), r.restored = r.restored, None  # the first step donates it
     it.set_state(data_state)
     if writer.enabled:  # the steps after the checkpoint are logged again
-      _truncate_metrics(writer.path, int(state.step))
+      earlier_seconds = _truncate_metrics(writer.path, int(state.step))
     writer.print(f"resumed from step {int(state.step)} in {r.workdir}")
   else:
     state = trainer.init(jax.random.key(c.seed))
@@ -358,6 +359,7 @@ def run(r: Run) -> dict:
         loss, lr = float(m["loss"]), float(schedule(step - 1))
         writer.train_line(step, loss, lr, tps, seconds, mfu)
         writer.log({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
+                    "wall_seconds": earlier_seconds + time.time() - wall_start,
                     "grad_norm": float(m["grad_norm"]),
                     "nonfinite_steps": int(m["nonfinite_steps"])})
         loss_mean = _log_spike(writer, step, loss, loss_mean, c.train.spike_factor)
@@ -389,7 +391,9 @@ def run(r: Run) -> dict:
              "params": counts["total"],
              "non_embedding_params": counts["non_embedding"], "tokens": tokens,
              "flops": flops_per_token * tokens, "flops_6nd": 6.0 * counts["total"] * tokens,
-             "wall_seconds": time.time() - wall_start}
+             # Over all segments of a resumed run, less the time between the last
+             # logged step and the checkpoint each interrupted segment resumed from.
+             "wall_seconds": earlier_seconds + time.time() - wall_start}
   if jax.process_index() == 0:
     _write_atomic(os.path.join(r.workdir, "summary.json"), json.dumps(summary, indent=2))
   if c.train.sample_tokens and trainer.task.samples_text:
@@ -409,11 +413,15 @@ def _log_spike(writer, step: int, loss: float, mean: float | None, factor: float
   return loss if mean is None else 0.9 * mean + 0.1 * loss
 
 
-def _truncate_metrics(path: str, step: int) -> None:
-  """Drops metrics.jsonl records past `step`, and any line a crash cut short."""
+def _truncate_metrics(path: str, step: int) -> float:
+  """Drops metrics.jsonl records past `step`, and any line a crash cut short.
+
+  Returns the wall time the kept records reached (0 if none): the earlier
+  segments' share of the run, which a resumed run adds to its own.
+  """
   if not os.path.exists(path):
-    return
-  kept = []
+    return 0.0
+  kept, wall = [], 0.0
   with open(path) as f:
     for line in f:
       try:
@@ -422,7 +430,9 @@ def _truncate_metrics(path: str, step: int) -> None:
         continue
       if record.get("step", 0) <= step:
         kept.append(json.dumps(record) + "\n")
+        wall = max(wall, float(record.get("wall_seconds", 0.0)))
   _write_atomic(path, "".join(kept))
+  return wall
 
 
 def sample_text(params, config: Config, tok, prompt: str, n_tokens: int) -> str:

@@ -113,6 +113,22 @@ def test_sigterm_then_sigkill_resume_gives_the_same_losses(baseline, tmp_path):
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["final_val_loss"] == json.load(
       open(os.path.join(baseline, "summary.json")))["final_val_loss"]
+  # Wall time counts every segment: the logged steps' clock runs on across the
+  # resumes, and the summary is past the last of them.
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  walls = [l["wall_seconds"] for l in lines if "loss" in l]
+  assert walls == sorted(walls) and summary["wall_seconds"] >= walls[-1]
+
+
+def test_truncated_metrics_give_the_wall_time_to_resume_from(tmp_path):
+  path = str(tmp_path / "metrics.jsonl")
+  with open(path, "w") as f:
+    for step, wall in ((1, 1.5), (2, 2.5), (3, 9.0)):
+      f.write(json.dumps({"step": step, "loss": 1.0, "wall_seconds": wall}) + "\n")
+    f.write(json.dumps({"step": 2, "val_loss": 1.0}) + "\n" + '{"step": 4, "lo')  # cut short
+  assert train._truncate_metrics(path, 2) == 2.5
+  assert [json.loads(l)["step"] for l in open(path)] == [1, 2, 2]
+  assert train._truncate_metrics(str(tmp_path / "none.jsonl"), 2) == 0.0
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(baseline, tmp_path):
