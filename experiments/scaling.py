@@ -32,6 +32,17 @@ def shakespeare_isoflop():
 
 
 @register_sweep
+def shakespeare_isoflop_seeds():
+  """shakespeare_isoflop with a second seed (init and data order) at every point: 36 runs.
+
+  python launch/sweep_local.py --sweep=shakespeare_isoflop_seeds --dir=runs/isoflop --parallel=2
+  """
+  # Seed 0's runs keep their names, so in the directory of a finished
+  # shakespeare_isoflop only the 18 seed-1 runs are left to do.
+  return dataclasses.replace(shakespeare_isoflop(), seeds=(0, 1))
+
+
+@register_sweep
 def shakespeare_isoflop_check():
   """Checks shakespeare_isoflop's prediction at 1e13 FLOPs: its N_opt, half and twice it.
 

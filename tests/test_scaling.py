@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -86,6 +87,17 @@ def test_isoflop_spec_shapes_and_budgets():
   shape = sweeps.shape_for(1e6, registry.experiment("shakespeare").model)
   assert abs(np.log(shape.non_embedding_params / 1e6)) < 0.15
   assert sweeps.sci(120000) == "1.2e5" and sweeps.sci(3e-3) == "3e-3"
+
+
+def test_isoflop_seeds_reuse_seed_zero_runs():
+  one = sweeps.expand(registry.sweep("shakespeare_isoflop"))
+  two = sweeps.expand(registry.sweep("shakespeare_isoflop_seeds"))
+  assert len(two) == 2 * len(one) and set(one) <= set(two)  # seed 0: same names, overrides
+  extra = [r for r in two if r not in one]
+  assert all(r.name.endswith("-s1") and r.overrides[-1] == "seed=1" for r in extra)
+  assert {r.name[:-3] for r in extra} == {r.name for r in one}
+  with pytest.raises(ValueError, match="seeds"):
+    dataclasses.replace(registry.sweep("shakespeare_isoflop"), seeds=(1, 1)).runs()
 
 
 def test_shape_for_passes_over_excluded_shapes_and_lr_at_width_is_checked():

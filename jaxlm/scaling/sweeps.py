@@ -104,6 +104,21 @@ def _steps_overrides(steps: int, base: Config) -> list[str]:
   return out
 
 
+def _check_seeds(seeds) -> None:
+  if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+    raise ValueError(f"seeds {seeds} are invalid: expected distinct non-negative ints")
+
+
+def _per_seed(name: str, overrides: list[str], seeds) -> list[SweepRun]:
+  """The point once per seed: name-s<seed> with `seed=<seed>`; seed 0 as the bare name.
+
+  Seed 0 adds no suffix (and no override), so a one-seed sweep's names stay as
+  they were and a sweep that adds seeds reuses its seed-0 runs.
+  """
+  return [SweepRun(name + (f"-s{seed}" if seed else ""),
+                   tuple(overrides + ([f"seed={seed}"] if seed else []))) for seed in seeds]
+
+
 def _log_space(lo: float, hi: float, count: int) -> list[float]:
   if not 0 < lo <= hi or count < 1:
     raise ValueError(f"size range ({lo}, {hi}) x {count} is invalid: expected "
@@ -137,9 +152,10 @@ class IsoFlopSpec:
   # wider models get smaller rates (lr ∝ 1/width, the Adam rule for hidden
   # matrices that μP formalizes); None: every size uses the base experiment's lr.
   lr_at_width: tuple[float, int] | None = None
+  seeds: tuple[int, ...] = (0,)  # each point once per seed (seed 0: no name suffix)
 
   def runs(self) -> list[SweepRun]:
-    """Every (name, overrides) point: `sizes` distinct shapes per budget.
+    """Every (name, overrides) point: `sizes` distinct shapes per budget, once per seed.
 
     Where two targets round to the same shape (widths are multiples of
     head_dim), the later one takes the closest shape the budget does not have yet.
@@ -151,6 +167,7 @@ class IsoFlopSpec:
                                              and self.lr_at_width[1] > 0):
       raise ValueError(f"lr_at_width {self.lr_at_width!r} is invalid: expected "
                        "(a positive learning rate, a positive width)")
+    _check_seeds(self.seeds)
     base = _base(self)
     per_step = base.train.batch_size * base.data.seq_len
     out = []
@@ -165,7 +182,7 @@ class IsoFlopSpec:
         if self.lr_at_width is not None:
           lr, width = self.lr_at_width
           overrides.append(f"optim.lr={lr * width / shape.d_model:.4g}")
-        out.append(SweepRun(name, tuple(overrides + list(self.extra))))
+        out += _per_seed(name, overrides + list(self.extra), self.seeds)
     return out
 
 
@@ -227,8 +244,7 @@ class LrTransferSpec:
     if bad:
       raise ValueError(f"widths {bad} are invalid: expected positive multiples of "
                        f"head_dim={self.head_dim}")
-    if not self.seeds or len(set(self.seeds)) < len(self.seeds) or min(self.seeds) < 0:
-      raise ValueError(f"seeds {self.seeds} are invalid: expected distinct non-negative ints")
+    _check_seeds(self.seeds)
     mup_base = self.mup_base_width or min(self.widths)
     out = []
     for parameterization in self.parameterizations:
@@ -244,9 +260,7 @@ class LrTransferSpec:
             overrides.append(f"model.mup_base_width={mup_base}")
           overrides += [f"optim.lr={lr:g}", *self.extra]
           name = f"mutransfer-{parameterization}-d{width}-lr{sci(lr)}"
-          for seed in self.seeds:
-            out.append(SweepRun(name + (f"-s{seed}" if seed else ""),
-                                tuple(overrides + ([f"seed={seed}"] if seed else []))))
+          out += _per_seed(name, overrides, self.seeds)
     return out
 
 
