@@ -11,18 +11,19 @@ _QUIET = ("train.sample_tokens=0",)
 
 @register_sweep
 def shakespeare_isoflop():
-  """IsoFLOP profiles, byte-level: 3 budgets a decade apart x 6 sizes; ~25 min on 2 CPU cores.
+  """IsoFLOP profiles, byte-level: 3 budgets a decade apart x 6 sizes; 16 min on 2 CPU cores.
 
   python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop --parallel=2
   """
-  # Byte-level, so that the embedding is a small part of every model (with the
-  # 2048-token vocabulary it was most of them: docs/scaling.md, first study).
+  # Byte-level, so that the embedding is at most half of a model and 9% of the
+  # largest (with the 2048-token vocabulary it was most of every model:
+  # docs/scaling.md, first study). 16 min wall time, two points at a time.
   # Pilot runs at 1e12 FLOPs (batch 64 x 64) put the best model near 2.5e4
-  # parameters, ~1e3 tokens per parameter, and at 5e12 near 1.2e5; the size
+  # parameters, ~1e3 tokens per parameter, and at 5e12 at 1.2e5 or below; the size
   # ranges span a factor 16 around such minima. Each size's peak learning rate
   # is 0.004 * 64 / d_model: standard parameterization's best rate halves as
-  # the width doubles (docs/mup.md). Aspect 16 gives even the smallest
-  # models two layers or more where a 1-layer model would be as close in size.
+  # the width doubles (docs/mup.md). Aspect 16 (d_model ~ 16 n_layers) gives
+  # the models 1-3 layers (the smallest ones 1).
   return IsoFlopSpec(base="shakespeare_char", budgets=(3e11, 1e12, 3e12),
                      n_ranges=((2.5e3, 4e4), (5e3, 8e4), (1e4, 1.6e5)), sizes=6,
                      aspect=16.0, head_dim=8, lr_at_width=(4e-3, 64),

@@ -21,8 +21,8 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
