@@ -323,6 +323,19 @@ def run(r: Run) -> dict:
     writer.log({"step": step, **result})
     return result
 
+  def ranked_like_periodic(full: dict) -> dict:
+    """The final checkpoint's metrics: ranked on the periodic evaluations' batches.
+
+    The final evaluation covers the whole validation split, the periodic ones
+    its first train.eval_batches batches; keep-best must compare like with
+    like, so the final step is ranked on those batches too (one more short
+    evaluation) and carries the whole split's result as full_<metric>.
+    """
+    batches = trainer.task.eval_batches(tok, c.train.eval_batches, jax.process_index(),
+                                        jax.process_count())
+    return {**trainer.run_eval(state.params, batches),
+            **{f"{_FULL}{k}": v for k, v in full.items()}}
+
   def check_finite(step: int, m: dict) -> None:
     """Stops (train.nonfinite=stop) or reports skipped updates since the last check."""
     count, first = int(m["nonfinite_steps"]), checked["step"] + 1
@@ -374,6 +387,8 @@ def run(r: Run) -> dict:
           last_time += time.perf_counter() - eval_start
       if (c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted:
         check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
+        if final and evaluated is not None and c.train.eval_every:
+          evaluated = ranked_like_periodic(evaluated)
         checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
                         wait=preempted)
       if preempted:
@@ -383,7 +398,9 @@ def run(r: Run) -> dict:
         mngr.close()
         return {"preempted_at": step}
   if not val:  # resumed a finished run: its final evaluation was saved with the checkpoint
-    val = checkpoint.saved_metrics(mngr, c.train.steps) or evaluate(c.train.steps, True)
+    saved = checkpoint.saved_metrics(mngr, c.train.steps) or {}
+    full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
+    val = full or saved or evaluate(c.train.steps, True)
   mngr.wait_until_finished()
   mngr.close()
   tokens = c.train.steps * tokens_per_step
@@ -411,6 +428,9 @@ def _log_spike(writer, step: int, loss: float, mean: float | None, factor: float
                  f"running mean {mean:.4f}")
     writer.log({"step": step, "spike_loss": loss, "running_mean_loss": mean})
   return loss if mean is None else 0.9 * mean + 0.1 * loss
+
+
+_FULL = "full_"  # the final checkpoint's whole-split metrics, next to its ranking ones
 
 
 def _truncate_metrics(path: str, step: int) -> float:

@@ -131,6 +131,28 @@ def test_truncated_metrics_give_the_wall_time_to_resume_from(tmp_path):
   assert train._truncate_metrics(str(tmp_path / "none.jsonl"), 2) == 0.0
 
 
+def test_final_checkpoint_is_ranked_on_the_periodic_batches(baseline, tmp_path):
+  # Periodic evaluations use train.eval_batches batches, the final one the whole
+  # split: keep-best ranks the final step on the same batches as the others,
+  # and keeps the whole split's result next to it for the summary.
+  mngr = checkpoint.manager(baseline, keep=2, async_save=False, read_only=True)
+  saved = checkpoint.saved_metrics(mngr, 6)
+  summary = json.load(open(os.path.join(baseline, "summary.json")))
+  assert saved["full_val_loss"] == summary["final_val_loss"]
+  assert saved["full_val_bpb"] == summary["final_val_bpb"]
+  assert saved["val_loss"] != saved["full_val_loss"]  # 2 batches, not the whole split
+  periodic = checkpoint.saved_metrics(mngr, 4)  # saved without an evaluation
+  assert periodic is None and "full_val_loss" not in (checkpoint.saved_metrics(mngr, 2) or {})
+  # A finished run resumed (its summary lost) reports the whole split again.
+  workdir = str(tmp_path / "run")
+  shutil.copytree(baseline, workdir)
+  os.remove(os.path.join(workdir, "summary.json"))
+  out = _main(f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  again = json.load(open(os.path.join(workdir, "summary.json")))
+  assert again["final_val_loss"] == summary["final_val_loss"]
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(baseline, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(baseline, workdir)
