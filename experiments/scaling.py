@@ -13,7 +13,7 @@ _QUIET = ("train.sample_tokens=0",)
 def shakespeare_isoflop():
   """IsoFLOP profiles, byte-level: 3 budgets a decade apart x 6 sizes; 16 min on 2 CPU cores.
 
-  python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop --parallel=2
+  python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop_bytes --parallel=2
   """
   # Byte-level, so that the embedding is at most half of a model and 9% of the
   # largest (with the 2048-token vocabulary it was most of every model:
@@ -36,7 +36,7 @@ def shakespeare_isoflop():
 def shakespeare_isoflop_seeds():
   """shakespeare_isoflop with a second seed (init and data order) at every point: 36 runs.
 
-  python launch/sweep_local.py --sweep=shakespeare_isoflop_seeds --dir=runs/isoflop --parallel=2
+  python launch/sweep_local.py --sweep=shakespeare_isoflop_seeds --dir=runs/isoflop_bytes --parallel=2
   """
   # Seed 0's runs keep their names, so in the directory of a finished
   # shakespeare_isoflop only the 18 seed-1 runs are left to do.

@@ -82,11 +82,13 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   _ignore_abandoned_reads()
   for s in steps:
     try:
-      # The saved config is read back too, only so that Orbax does not warn
-      # (twice per resume) that an item was found but not restored.
-      out = mngr.restore(s, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+      # The saved config is read back too where there is one, only so that
+      # Orbax does not warn (twice per resume) that an item was found but not
+      # restored; a checkpoint without it (written by other code) still restores.
+      items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+      if os.path.isdir(os.path.join(str(mngr.directory), str(s), "config")):
+        items["config"] = ocp.args.JsonRestore()
+      out = mngr.restore(s, args=ocp.args.Composite(**items))
     except _UNREADABLE as e:
       problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e) else ''}"
       unreadable.append(str(s))

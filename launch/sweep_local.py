@@ -1,6 +1,6 @@
 """Run every point of a registered sweep on this machine, one or N processes at a time.
 
-  python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop \
+  python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop_bytes \
       [--parallel=2] [--only=SUBSTRING] [--dry_run]
 
 Each point is `python -m jaxlm.main --experiment=<base> --workdir=DIR/<name> --set ...`.

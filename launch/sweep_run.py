@@ -1,6 +1,6 @@
 """One sweep point at a time, in the foreground: what every sweep launcher runs per point.
 
-  python launch/sweep_run.py --sweep=shakespeare_isoflop --dir=runs/isoflop \
+  python launch/sweep_run.py --sweep=shakespeare_isoflop --dir=runs/isoflop_bytes \
       (--name=NAME | --index=I)...
 
 Each point is `python -m jaxlm.main --experiment=<base> --workdir=DIR/<name> --set ...`.

@@ -1,6 +1,6 @@
 """Submit a registered sweep to SLURM as a job array: task i runs point i of the sweep.
 
-  python launch/sweep_slurm.py --sweep=shakespeare_isoflop --dir=/shared/runs/isoflop \
+  python launch/sweep_slurm.py --sweep=shakespeare_isoflop --dir=/shared/runs/isoflop_bytes \
       [--partition=gpu] [--gpus_per_task=1] [--time=04:00:00] [--max_parallel=8] \
       [--only=SUBSTRING] [--dry_run]
 

@@ -111,6 +111,8 @@ def test_shape_for_passes_over_excluded_shapes_and_lr_at_width_is_checked():
                             sizes=2, head_dim=8, lr_at_width=(0.0, 64))
   with pytest.raises(ValueError, match="lr_at_width"):
     spec.runs()
+  with pytest.raises(ValueError, match="lr_at_width"):
+    dataclasses.replace(spec, lr_at_width=(4e-3,)).runs()
 
 
 def _synthetic(seed=0, noise=0.01):
@@ -235,11 +237,14 @@ def test_tiny_sweep_end_to_end(tmp_path):
 def test_collect_tells_a_live_running_point_from_a_killed_one(tmp_path):
   import socket
   here = socket.gethostname()
-  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "jaxlm"])
-  dead = subprocess.Popen([sys.executable, "-c", "pass", "jaxlm"])
+  sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+  live = subprocess.Popen([*sleep, f"--workdir={tmp_path / 'live'}"])
+  other = subprocess.Popen([*sleep, f"--workdir={tmp_path / 'elsewhere-run'}"])  # pid reused
+  dead = subprocess.Popen([sys.executable, "-c", "pass", f"--workdir={tmp_path / 'dead'}"])
   dead.wait()
   try:
     cases = {"live": {"host": here, "pid": live.pid}, "dead": {"host": here, "pid": dead.pid},
+             "reused": {"host": here, "pid": other.pid},
              "elsewhere": {"host": here + "-other-node", "pid": 1}, "old-launcher": {}}
     for name, where in cases.items():
       os.makedirs(tmp_path / name)
@@ -248,8 +253,9 @@ def test_collect_tells_a_live_running_point_from_a_killed_one(tmp_path):
     status = {r["name"]: r["status"] for r in collect.collect(str(tmp_path))}
   finally:
     live.kill()
-  assert status == {"live": "running", "dead": "interrupted", "elsewhere": "running",
-                    "old-launcher": "interrupted"}
+    other.kill()
+  assert status == {"live": "running", "dead": "interrupted", "reused": "interrupted",
+                    "elsewhere": "running", "old-launcher": "interrupted"}
 
 
 def test_lr_transfer_spec_varies_only_width_lr_and_parameterization():

@@ -23,12 +23,13 @@ def _read_json(path: str):
     return json.load(f)
 
 
-def _may_be_running(status: dict) -> bool:
+def _may_be_running(status: dict, workdir: str) -> bool:
   """False where a `running` status.json's process is known to be gone.
 
   The launcher records its run's host and pid; on this host the process is
-  looked up. A run on another host (a SLURM node) is taken at its word, and a
-  status without a pid (written by an older launcher) counts as interrupted.
+  looked up, and must be the run of this workdir (a pid can be reused). A run
+  on another host (a SLURM node) is taken at its word, and a status without a
+  pid (written by an older launcher) counts as interrupted.
   """
   pid, host = status.get("pid"), status.get("host")
   if not pid:
@@ -38,7 +39,8 @@ def _may_be_running(status: dict) -> bool:
   if os.path.isdir("/proc"):
     try:
       with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-        return b"jaxlm" in f.read()  # the pid may have been reused by another program
+        args = f.read().decode(errors="replace").split("\0")
+      return f"--workdir={workdir}" in args
     except OSError:
       return False
   try:  # no /proc (macOS): ask the kernel whether the pid exists
@@ -61,7 +63,7 @@ def _row(sweep_dir: str, name: str, convention: str) -> dict:
   elif os.path.exists(status_path):
     status = _read_json(status_path)
     row["status"] = status.get("status", "unknown")
-    if row["status"] == "running" and not _may_be_running(status):
+    if row["status"] == "running" and not _may_be_running(status, workdir):
       row["status"] = "interrupted"  # its process is gone: the launcher was killed
   else:
     row["status"] = "incomplete" if os.path.exists(config_path) else "pending"

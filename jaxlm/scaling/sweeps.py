@@ -163,7 +163,8 @@ class IsoFlopSpec:
     if len(self.n_ranges) != len(self.budgets):
       raise ValueError(f"n_ranges has {len(self.n_ranges)} entries: expected one per budget "
                        f"({len(self.budgets)})")
-    if self.lr_at_width is not None and not (self.lr_at_width[0] > 0
+    if self.lr_at_width is not None and not (len(self.lr_at_width) == 2
+                                             and self.lr_at_width[0] > 0
                                              and self.lr_at_width[1] > 0):
       raise ValueError(f"lr_at_width {self.lr_at_width!r} is invalid: expected "
                        "(a positive learning rate, a positive width)")
