@@ -315,10 +315,14 @@ def run(r: Run) -> dict:
   val, loss_mean = {}, None
   checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
 
+  def evaluate_batches(n_batches: int) -> dict:
+    """The current params over the first n_batches validation batches (0: all)."""
+    batches = trainer.task.eval_batches(tok, n_batches, jax.process_index(),
+                                        jax.process_count())
+    return trainer.run_eval(state.params, batches)
+
   def evaluate(step: int, final: bool) -> dict:
-    batches = trainer.task.eval_batches(tok, 0 if final else c.train.eval_batches,
-                                        jax.process_index(), jax.process_count())
-    result = trainer.run_eval(state.params, batches)
+    result = evaluate_batches(0 if final else c.train.eval_batches)
     writer.eval_line(step, result)
     writer.log({"step": step, **result})
     return result
@@ -331,9 +335,7 @@ def run(r: Run) -> dict:
     like, so the final step is ranked on those batches too (one more short
     evaluation) and carries the whole split's result as full_<metric>.
     """
-    batches = trainer.task.eval_batches(tok, c.train.eval_batches, jax.process_index(),
-                                        jax.process_count())
-    return {**trainer.run_eval(state.params, batches),
+    return {**evaluate_batches(c.train.eval_batches),
             **{f"{_FULL}{k}": v for k, v in full.items()}}
 
   def check_finite(step: int, m: dict) -> None:

@@ -92,7 +92,6 @@ def start(base: str, workdir: str, overrides) -> tuple[subprocess.Popen, list[st
   """Starts one point in the background: (process, argv, its open launch.log)."""
   cmd = command(base, workdir, overrides)
   os.makedirs(workdir, exist_ok=True)
-  write_status(workdir, status="running", command=shlex.join(cmd))
   log = open(os.path.join(workdir, "launch.log"), "a")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
   # Where and as which process it runs, so that collect can tell a live run from

@@ -199,14 +199,17 @@ def _slurm_partition() -> str | None:
   return None
 
 
-@pytest.mark.skipif(_slurm_partition() is None, reason="no SLURM cluster answers here")
+SLURM_PARTITION = _slurm_partition()
+
+
+@pytest.mark.skipif(SLURM_PARTITION is None, reason="no SLURM cluster answers here")
 def test_sweep_slurm_runs_an_array_on_a_live_cluster(tmp_path):
   # Where sinfo answers (this project's dev VM had a one-node slurm-wlm cluster
   # on 2026-11-26): the real sbatch, array and resubmission, not a dry run.
   import time
   sweep_dir = str(tmp_path / "sweep")
   cmd = [sys.executable, os.path.join(ROOT, "launch", "sweep_slurm.py"), f"--sweep={TINY_SWEEP}",
-         f"--dir={sweep_dir}", f"--partition={_slurm_partition()}", "--gpus_per_task=0",
+         f"--dir={sweep_dir}", f"--partition={SLURM_PARTITION}", "--gpus_per_task=0",
          "--cpus_per_task=1", "--time=00:10:00", f"--python={sys.executable}", "--only=C3e8"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
 
