@@ -7,6 +7,8 @@ H head dim.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -64,39 +66,109 @@ def causal_query_blocks(T: int, S: int) -> list[tuple[int, int]]:
 
 
 def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, scale=None):
-  """Reference attention in plain jnp: grouped-query einsums, float32 softmax.
+  """Reference attention in plain XLA ops: grouped-query products, float32 softmax.
 
   Causal attention runs over query blocks, each against only the keys it can
   see (causal_query_blocks), so most of the masked upper triangle is never
   computed; each row's softmax is the same as over all keys, where the masked
-  ones add exact zeros.
+  ones add exact zeros. The gradient is written by hand (_attend_blocks) so
+  that every product, forward and backward, has the layout XLA's CPU backend
+  runs fastest.
   """
   B, T, N, H = q_BTNH.shape
   S, K = k_BSKH.shape[1], k_BSKH.shape[2]
   G = N // K
   scale = H ** -0.5 if scale is None else scale
-  # Heads-major layout, so that a block is a slice of T; the G query heads of a
-  # kv head are stacked along the rows (B, K, G*t, H), as XLA's CPU backend runs
-  # products with two batch axes faster than with three.
-  q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
-  k_BKSH, v_BKSH = k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
   q_seg, kv_seg = _split_segments(segment_ids, T, S)
-  outs = []
+  spans, masks = [], []
   for a, b in causal_query_blocks(T, S) if is_causal else [(0, T)]:
-    t, end = b - a, (b + S - T if is_causal else S)  # this block's queries and keys
-    q_BKRH = q_BKGTH[:, :, :, a:b].reshape(B, K, G * t, H)
-    s_BKRS = jnp.einsum("bkrh,bksh->bkrs", q_BKRH, k_BKSH[:, :, :end],
-                        preferred_element_type=jnp.float32) * scale
+    end = b + S - T if is_causal else S  # this block's queries see keys [0, end)
+    spans.append((a, b, end))
+    mask = None
     if is_causal or q_seg is not None:
-      mask_BTS_ = mask_BTS(t, end, is_causal, None if q_seg is None else q_seg[:, a:b],
-                           None if kv_seg is None else kv_seg[:, :end])
-      s_BKGTS = jnp.where(mask_BTS_[:, None, None], s_BKRS.reshape(B, K, G, t, end), _MASKED)
-      s_BKRS = s_BKGTS.reshape(B, K, G * t, end)
-    p_BKRS = jax.nn.softmax(s_BKRS, axis=-1).astype(v_BSKH.dtype)
-    o_BKRH = jnp.einsum("bkrs,bksh->bkrh", p_BKRS, v_BKSH[:, :, :end])
-    outs.append(o_BKRH.reshape(B, K, G, t, H))
-  o_BKGTH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+      # (B or 1, 1, G * t, end): the G query heads of a kv head are stacked on the rows.
+      m = mask_BTS(b - a, end, is_causal, None if q_seg is None else q_seg[:, a:b],
+                   None if kv_seg is None else kv_seg[:, :end])
+      mask = jnp.broadcast_to(m[:, None], (m.shape[0], G, b - a, end)).reshape(
+          m.shape[0], 1, G * (b - a), end)
+    masks.append(mask)
+  # Heads-major layout, so that a query block is a slice of T.
+  q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  o_BKGTH = _attend_blocks(q_BKGTH, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3),
+                           tuple(masks), tuple(spans), float(scale))
   return o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
+def _bmm(a, b, dtype=None):
+  """(B, K, M, C) @ (B, K, C, N): the contraction last in a and first in b.
+
+  XLA's CPU backend hands products in this layout to YNNPACK; with a
+  transposed operand it falls back to Eigen, and the attention's forward and
+  backward ran 15-27% slower (docs/benchmarks.md, CPU section).
+  """
+  return jax.lax.dot_general(a, b, (((3,), (2,)), ((0, 1), (0, 1))),
+                             preferred_element_type=dtype)
+
+
+def _transposed_copy(x):
+  """x with its last two axes swapped, as a copy XLA may not fold into the product reading it."""
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+def _query_block(x_BKGTH, a, b):
+  """Rows a:b of each head, its G query heads stacked: (B, K, G * (b - a), H)."""
+  B, K, G, _, H = x_BKGTH.shape
+  return x_BKGTH[:, :, :, a:b].reshape(B, K, G * (b - a), H)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attend_blocks(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
+  """Attention of each query block (a, b) over keys [0, end), spans = ((a, b, end), ...)."""
+  return _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale)[0]
+
+
+def _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
+  B, K, G, _, H = q_BKGTH.shape
+  k_BKHS = _transposed_copy(k_BKSH)
+  outs, probs = [], []
+  for (a, b, end), mask in zip(spans, masks):
+    s_BKRS = _bmm(_query_block(q_BKGTH, a, b), k_BKHS[..., :end], jnp.float32) * scale
+    if mask is not None:
+      s_BKRS = jnp.where(mask, s_BKRS, _MASKED)
+    p_BKRS = jax.nn.softmax(s_BKRS, axis=-1)
+    probs.append(p_BKRS)
+    o_BKRH = _bmm(p_BKRS.astype(v_BKSH.dtype), v_BKSH[:, :, :end])
+    outs.append(o_BKRH.reshape(B, K, G, b - a, H))
+  o_BKGTH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+  return o_BKGTH, (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs))
+
+
+def _attend_blocks_bwd(spans, scale, residuals, do_BKGTH):
+  q_BKGTH, k_BKSH, v_BKSH, masks, probs = residuals
+  B, K, G, _, H = q_BKGTH.shape
+  S = k_BKSH.shape[2]
+  v_BKHS = _transposed_copy(v_BKSH)
+  dq_blocks = []
+  dk_BKHS = jnp.zeros((B, K, H, S), jnp.float32)  # transposed, so each product is canonical
+  dv_BKHS = jnp.zeros((B, K, H, S), jnp.float32)
+  for (a, b, end), mask, p_BKRS in zip(spans, masks, probs):
+    do_BKRH = _query_block(do_BKGTH, a, b)
+    dv_BKHS = dv_BKHS.at[..., :end].add(
+        _bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BKSH.dtype), jnp.float32))
+    dp_BKRS = _bmm(do_BKRH, v_BKHS[..., :end], jnp.float32)
+    ds_BKRS = p_BKRS * (dp_BKRS - jnp.sum(dp_BKRS * p_BKRS, axis=-1, keepdims=True))
+    if mask is not None:  # as autodiff of the where: no gradient into masked scores
+      ds_BKRS = jnp.where(mask, ds_BKRS, 0.0)
+    ds_BKRS = (ds_BKRS * scale).astype(q_BKGTH.dtype)
+    dq_blocks.append(_bmm(ds_BKRS, k_BKSH[:, :, :end], jnp.float32).reshape(B, K, G, b - a, H))
+    dk_BKHS = dk_BKHS.at[..., :end].add(
+        _bmm(_transposed_copy(_query_block(q_BKGTH, a, b)), ds_BKRS, jnp.float32))
+  dq_BKGTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=3)
+  return (dq_BKGTH.astype(q_BKGTH.dtype), jnp.swapaxes(dk_BKHS, -1, -2).astype(k_BKSH.dtype),
+          jnp.swapaxes(dv_BKHS, -1, -2).astype(v_BKSH.dtype), None)
+
+
+_attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
 
 
 def _cudnn_attention(q, k, v, *, is_causal=False, segment_ids=None, scale=None):
