@@ -57,15 +57,22 @@ def manager(workdir: str, keep: int, async_save: bool = True,
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
-         config: config_lib.Config, metrics: dict | None = None, wait: bool = False) -> None:
-  """Starts saving step `step` (asynchronously unless `wait`); metrics rank it for keep-best."""
+         config: config_lib.Config, metrics: dict | None = None, wait: bool = False,
+         wall_seconds: float | None = None) -> None:
+  """Starts saving step `step` (asynchronously unless `wait`); metrics rank it for keep-best.
+
+  wall_seconds: the run's wall time so far (all segments), which a resume from
+  this step goes on from (saved_wall_seconds).
+  """
   metrics = {k: float(v) for k, v in (metrics or {}).items()}
   if not all(map(math.isfinite, metrics.values())):
     metrics = {}  # a NaN would sort anywhere; such a step is kept only while latest
+  custom = None if wall_seconds is None else {"wall_seconds": float(wall_seconds)}
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave(data_state),
-      config=ocp.args.JsonSave(config_lib.to_dict(config))), metrics=metrics, force=True)
+      config=ocp.args.JsonSave(config_lib.to_dict(config))), metrics=metrics, force=True,
+      custom_metadata=custom)
   if wait:
     mngr.wait_until_finished()
 
@@ -108,6 +115,14 @@ def saved_metrics(mngr: ocp.CheckpointManager, step: int) -> dict | None:
   if step not in mngr.all_steps():
     return None
   return mngr.metadata(step).metrics or None
+
+
+def saved_wall_seconds(mngr: ocp.CheckpointManager, step: int) -> float | None:
+  """The run's wall time when `step` was saved, or None (a checkpoint from before it was kept)."""
+  if step not in mngr.all_steps():
+    return None
+  value = (mngr.metadata(step).custom_metadata or {}).get("wall_seconds")
+  return None if value is None else float(value)
 
 
 def _ignore_abandoned_reads() -> None:

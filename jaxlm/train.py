@@ -289,13 +289,16 @@ def run(r: Run) -> dict:
   writer = metrics.Writer(r.workdir, c.train.steps)
   mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep)
   it = pipeline.train_iterator(r.dataset)
-  earlier_seconds = 0.0  # wall time of the segments before a resume (metrics.jsonl)
+  earlier_seconds = 0.0  # wall time of the segments before a resume
   counts = layers.param_count(trainer.specs)  # the task's head included
   if r.restored is not None:
     (state, data_state), r.restored = r.restored, None  # the first step donates it
     it.set_state(data_state)
     if writer.enabled:  # the steps after the checkpoint are logged again
       earlier_seconds = _truncate_metrics(writer.path, int(state.step))
+    # Exact where the checkpoint kept it; else (older checkpoints) the last logged step's.
+    saved = checkpoint.saved_wall_seconds(mngr, int(state.step))
+    earlier_seconds = earlier_seconds if saved is None else saved
     writer.print(f"resumed from step {int(state.step)} in {r.workdir}")
   else:
     state = trainer.init(jax.random.key(c.seed))
@@ -392,7 +395,7 @@ def run(r: Run) -> dict:
         if final and evaluated is not None and c.train.eval_every:
           evaluated = ranked_like_periodic(evaluated)
         checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
-                        wait=preempted)
+                        wait=preempted, wall_seconds=earlier_seconds + time.time() - wall_start)
       if preempted:
         by = f" by {preemption.signal}" if preemption.signal else ""
         writer.print(f"preempted{by} at step {step}; checkpoint saved in {mngr.directory}; "
@@ -410,8 +413,8 @@ def run(r: Run) -> dict:
              "params": counts["total"],
              "non_embedding_params": counts["non_embedding"], "tokens": tokens,
              "flops": flops_per_token * tokens, "flops_6nd": 6.0 * counts["total"] * tokens,
-             # Over all segments of a resumed run, less the time between the last
-             # logged step and the checkpoint each interrupted segment resumed from.
+             # Over all segments of a resumed run, each up to the checkpoint the
+             # next one resumed from.
              "wall_seconds": earlier_seconds + time.time() - wall_start}
   if jax.process_index() == 0:
     _write_atomic(os.path.join(r.workdir, "summary.json"), json.dumps(summary, indent=2))

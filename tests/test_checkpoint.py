@@ -123,6 +123,37 @@ def test_sigterm_then_sigkill_resume_gives_the_same_losses(baseline, tmp_path):
   assert summary["wall_seconds"] >= walls[6]
 
 
+def test_resume_goes_on_from_the_wall_time_saved_with_the_checkpoint(baseline, tmp_path):
+  # Each checkpoint keeps the run's wall time; a resume adds its own to it, even
+  # with metrics.jsonl gone (which once was the only record of earlier segments).
+  workdir = str(tmp_path / "run")
+  shutil.copytree(baseline, workdir)
+  mngr = checkpoint.manager(workdir, keep=10)
+  steps = sorted(mngr.all_steps())
+  walls = [checkpoint.saved_wall_seconds(mngr, s) for s in steps]
+  mngr.close()
+  total = json.load(open(os.path.join(workdir, "summary.json")))["wall_seconds"]
+  assert all(w is not None for w in walls) and 0 < walls[0] and walls == sorted(walls)
+  assert walls[-1] <= total
+  first = steps[0]
+  for s in steps[1:]:
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(s)))
+  os.remove(os.path.join(workdir, "summary.json"))
+  os.remove(os.path.join(workdir, "metrics.jsonl"))
+  # Say the run had taken a day to reach that checkpoint (Orbax's metadata file).
+  meta_path = os.path.join(workdir, "checkpoints", str(first), "_CHECKPOINT_METADATA")
+  meta = json.load(open(meta_path))
+  meta["custom_metadata"]["wall_seconds"] = 86400.0
+  json.dump(meta, open(meta_path, "w"))
+  out = _main(f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"resumed from step {first}" in out.stdout
+  logged = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  resumed_walls = [l["wall_seconds"] for l in logged if "loss" in l]
+  assert 86400 < resumed_walls[0] < 86400 + 600  # the clock went on from the checkpoint's
+  assert json.load(open(os.path.join(workdir, "summary.json")))["wall_seconds"] > 86400
+
+
 def test_truncated_metrics_give_the_wall_time_to_resume_from(tmp_path):
   path = str(tmp_path / "metrics.jsonl")
   with open(path, "w") as f:
