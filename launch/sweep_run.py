@@ -82,6 +82,15 @@ def finish(workdir: str, returncode: int, cmd: list[str]) -> str:
   return status
 
 
+def slurm_job() -> dict:
+  """{"slurm_job": "JOB_TASK" or "JOB"} inside a SLURM job, for collect to ask squeue; else {}."""
+  array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+  if array and task:
+    return {"slurm_job": f"{array}_{task}"}
+  job = os.environ.get("SLURM_JOB_ID")
+  return {"slurm_job": job} if job else {}
+
+
 def env() -> dict:
   """The environment of a run: this checkout first on PYTHONPATH."""
   return {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -97,7 +106,7 @@ def start(base: str, workdir: str, overrides) -> tuple[subprocess.Popen, list[st
   # Where and as which process it runs, so that collect can tell a live run from
   # one whose launcher was killed before it could record the outcome.
   write_status(workdir, status="running", command=shlex.join(cmd), host=socket.gethostname(),
-               pid=proc.pid)
+               pid=proc.pid, **slurm_job())
   return proc, cmd, log
 
 

@@ -258,6 +258,50 @@ def test_collect_tells_a_live_running_point_from_a_killed_one(tmp_path):
                     "elsewhere": "running", "old-launcher": "interrupted"}
 
 
+def test_collect_asks_squeue_about_a_slurm_point_on_another_node(tmp_path, monkeypatch):
+  # A fake squeue: job 7_1 is running, 7_2 has left the queue, 8 SLURM has
+  # forgotten (an error), and job 9's squeue cannot reach the controller.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "squeue").write_text(
+      "#!/bin/sh\n"
+      'case "$*" in\n'
+      '  *"7_1"*) echo RUNNING;;\n'
+      '  *"7_2"*) ;;\n'
+      '  *" 8 "*) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1;;\n'
+      '  *) echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1;;\n'
+      "esac\n")
+  (bin_dir / "squeue").chmod(0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  import socket
+  node = socket.gethostname() + "-other-node"
+  sweep_dir = tmp_path / "sweep"
+  jobs = {"queued": "7_1", "left": "7_2", "forgotten": "8", "unreachable": "9", "no-job": None}
+  for name, job in jobs.items():
+    os.makedirs(sweep_dir / name)
+    status = {"status": "running", "host": node, "pid": 12345}
+    if job:
+      status["slurm_job"] = job
+    with open(sweep_dir / name / "status.json", "w") as f:
+      json.dump(status, f)
+  status = {r["name"]: r["status"] for r in collect.collect(str(sweep_dir))}
+  assert status == {"queued": "running", "left": "interrupted", "forgotten": "interrupted",
+                    "unreachable": "running", "no-job": "running"}
+
+
+def test_sweep_run_records_the_slurm_job(monkeypatch):
+  monkeypatch.syspath_prepend(os.path.join(ROOT, "launch"))
+  import sweep_run
+  for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID"):
+    monkeypatch.delenv(key, raising=False)
+  assert sweep_run.slurm_job() == {}
+  monkeypatch.setenv("SLURM_JOB_ID", "41")
+  assert sweep_run.slurm_job() == {"slurm_job": "41"}
+  monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "40")
+  monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+  assert sweep_run.slurm_job() == {"slurm_job": "40_3"}
+
+
 def test_lr_transfer_spec_varies_only_width_lr_and_parameterization():
   spec = registry.sweep("shakespeare_mutransfer")
   runs = sweeps.expand(spec)

@@ -6,7 +6,9 @@ import csv
 import json
 import math
 import os
+import shutil
 import socket
+import subprocess
 
 import numpy as np
 
@@ -28,14 +30,16 @@ def _may_be_running(status: dict, workdir: str) -> bool:
 
   The launcher records its run's host and pid; on this host the process is
   looked up, and must be the run of this workdir (a pid can be reused). A run
-  on another host (a SLURM node) is taken at its word, and a status without a
-  pid (written by an older launcher) counts as interrupted.
+  on another host is looked up in SLURM's queue where the launcher recorded its
+  job (an array task ran by launch/sweep_slurm.py) and squeue answers, and is
+  otherwise taken at its word. A status without a pid (written by an older
+  launcher) counts as interrupted.
   """
   pid, host = status.get("pid"), status.get("host")
   if not pid:
     return False
   if host != socket.gethostname():
-    return True
+    return _slurm_job_queued(status.get("slurm_job"))
   if os.path.isdir("/proc"):
     try:
       with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
@@ -50,6 +54,21 @@ def _may_be_running(status: dict, workdir: str) -> bool:
   except PermissionError:
     pass
   return True
+
+
+def _slurm_job_queued(job: str | None) -> bool:
+  """False only where squeue says SLURM job `job` ("123" or "123_4") is no longer queued."""
+  if not job or not shutil.which("squeue"):
+    return True
+  try:
+    out = subprocess.run(["squeue", "--noheader", "--jobs", str(job), "--format=%T"],
+                         capture_output=True, text=True, timeout=20)
+  except (OSError, subprocess.TimeoutExpired):
+    return True
+  if out.returncode == 0:
+    return bool(out.stdout.strip())  # a state (RUNNING, PENDING, ...) or nothing: gone
+  # A job SLURM has forgotten is an error, not an empty answer.
+  return "invalid job id" not in (out.stderr + out.stdout).lower()
 
 
 def _row(sweep_dir: str, name: str, convention: str) -> dict:
