@@ -169,3 +169,58 @@ def test_every_product_has_the_layout_ynnpack_takes():
   entry = entry[:entry.index("\n}")]
   products = [line.strip()[:160] for line in entry.splitlines() if " dot(" in line]
   assert jax.default_backend() != "cpu" or not products, products
+
+
+@pytest.mark.parametrize("T,S,is_causal", [(16, 16, True), (64, 64, False), (96, 40, True)])
+def test_bfloat16_gradient_of_a_single_query_block(T, S, is_causal):
+  # One query block with a constant cotangent once let XLA fold the final
+  # transposes of dK, dV into a bf16 x bf16 -> f32 product that only Eigen
+  # would take, and Eigen cannot run.
+  q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(T=T, S=S, K=2))
+  grads = jax.jit(jax.grad(lambda q, k, v: jnp.sum(
+      attention.xla_attention(q, k, v, is_causal=is_causal).astype(jnp.float32)),
+      (0, 1, 2)))(q, k, v)
+  ref = jax.grad(lambda q, k, v: jnp.sum(_autodiff_reference(
+      q, k, v, attention.mask_BTS(T, S, is_causal)).astype(jnp.float32)), (0, 1, 2))(q, k, v)
+  for a, b in zip(grads, ref):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               atol=0.05, rtol=0.05)
+
+
+def test_float16_score_gradients_do_not_underflow():
+  # Small cotangents (no loss scaling): dS is kept in float32 for dQ and dK,
+  # as autodiff did; rounding it to float16 first lost a third of dQ.
+  q, k, v = _qkv(B=1, T=256, S=256, N=2, K=1, H=32)
+  w = 1e-5 * jax.random.normal(jax.random.key(4), q.shape)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * w)
+  ours = loss(lambda q, k, v: attention.xla_attention(q, k, v))
+  g16 = jax.jit(jax.grad(ours, (0, 1)))(*(x.astype(jnp.float16) for x in (q, k, v)))
+  g32 = jax.jit(jax.grad(ours, (0, 1)))(q, k, v)
+  for a, b in zip(g16, g32):
+    err = np.linalg.norm(np.asarray(a, np.float32) - b) / np.linalg.norm(b)
+    assert err < 0.05, err
+
+
+def test_gradients_under_a_mesh_with_explicit_axes():
+  mesh = jax.make_mesh((4, 2), ("data", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None, "tensor"))
+  q, k, v = _qkv(B=4, T=64, S=64, N=4, K=4)
+  f = lambda q, k, v: jnp.sum(jnp.sin(attention.xla_attention(q, k, v, is_causal=True)))
+  want = jax.jit(jax.grad(f, (0, 1, 2)))(q, k, v)
+  with jax.set_mesh(mesh):
+    got = jax.jit(jax.grad(f, (0, 1, 2)))(*(jax.device_put(x, spec) for x in (q, k, v)))
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), b, atol=1e-5)
+
+
+def test_traced_scale_is_differentiable():
+  q, k, v = _qkv(K=2)
+  mask = attention.mask_BTS(8, 8, True)
+  f = lambda s, impl: jnp.sum(jnp.sin(impl(q, k, v, s)))
+  ours = lambda q, k, v, s: attention.xla_attention(q, k, v, is_causal=True, scale=s)
+  ref = lambda q, k, v, s: _autodiff_reference(q, k, v, mask, scale=s)
+  a = jax.jit(jax.value_and_grad(lambda s: f(s, ours)))(0.3)
+  b = jax.value_and_grad(lambda s: f(s, ref))(0.3)
+  np.testing.assert_allclose(a, b, rtol=1e-5)

@@ -73,12 +73,18 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, 
   computed; each row's softmax is the same as over all keys, where the masked
   ones add exact zeros. The gradient is written by hand (_attend_blocks) so
   that every product, forward and backward, has the layout XLA's CPU backend
-  runs fastest.
+  runs fastest; being a jax.custom_vjp, it has no forward-mode derivative
+  (jax.jvp, jacfwd), while reverse mode of any order works.
   """
   B, T, N, H = q_BTNH.shape
   S, K = k_BSKH.shape[1], k_BSKH.shape[2]
   G = N // K
   scale = H ** -0.5 if scale is None else scale
+  try:
+    scale = float(scale)  # a static argument of the hand-written gradient
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    # A traced scale (jitted or differentiated): scale the queries instead.
+    q_BTNH, scale = q_BTNH * jnp.asarray(scale, q_BTNH.dtype), 1.0
   q_seg, kv_seg = _split_segments(segment_ids, T, S)
   spans, masks = [], []
   for a, b in causal_query_blocks(T, S) if is_causal else [(0, T)]:
@@ -95,7 +101,7 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, 
   # Heads-major layout, so that a query block is a slice of T.
   q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
   o_BKGTH = _attend_blocks(q_BKGTH, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3),
-                           tuple(masks), tuple(spans), float(scale))
+                           tuple(masks), tuple(spans), scale)
   return o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
@@ -147,23 +153,33 @@ def _attend_blocks_bwd(spans, scale, residuals, do_BKGTH):
   q_BKGTH, k_BKSH, v_BKSH, masks, probs = residuals
   B, K, G, _, H = q_BKGTH.shape
   S = k_BKSH.shape[2]
+  # dS times K and Q: in the inputs' dtype, as the forward's products, but not in
+  # float16, where small score gradients would underflow (no loss scaling here).
+  ds_dtype = jnp.promote_types(q_BKGTH.dtype, k_BKSH.dtype)
+  ds_dtype = jnp.float32 if ds_dtype == jnp.float16 else ds_dtype
   v_BKHS = _transposed_copy(v_BKSH)
-  dq_blocks = []
-  dk_BKHS = jnp.zeros((B, K, H, S), jnp.float32)  # transposed, so each product is canonical
-  dv_BKHS = jnp.zeros((B, K, H, S), jnp.float32)
+  dq_blocks, dk_parts, dv_parts = [], [], []  # dK, dV transposed: each product is canonical
   for (a, b, end), mask, p_BKRS in zip(spans, masks, probs):
     do_BKRH = _query_block(do_BKGTH, a, b)
-    dv_BKHS = dv_BKHS.at[..., :end].add(
+    dv_parts.append(
         _bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BKSH.dtype), jnp.float32))
     dp_BKRS = _bmm(do_BKRH, v_BKHS[..., :end], jnp.float32)
     ds_BKRS = p_BKRS * (dp_BKRS - jnp.sum(dp_BKRS * p_BKRS, axis=-1, keepdims=True))
     if mask is not None:  # as autodiff of the where: no gradient into masked scores
       ds_BKRS = jnp.where(mask, ds_BKRS, 0.0)
-    ds_BKRS = (ds_BKRS * scale).astype(q_BKGTH.dtype)
-    dq_blocks.append(_bmm(ds_BKRS, k_BKSH[:, :, :end], jnp.float32).reshape(B, K, G, b - a, H))
-    dk_BKHS = dk_BKHS.at[..., :end].add(
-        _bmm(_transposed_copy(_query_block(q_BKGTH, a, b)), ds_BKRS, jnp.float32))
+    ds_BKRS = (ds_BKRS * scale).astype(ds_dtype)
+    dq_blocks.append(_bmm(ds_BKRS, k_BKSH[:, :, :end].astype(ds_dtype),
+                          jnp.float32).reshape(B, K, G, b - a, H))
+    q_BKHR = _transposed_copy(_query_block(q_BKGTH, a, b)).astype(ds_dtype)
+    dk_parts.append(_bmm(q_BKHR, ds_BKRS, jnp.float32))
   dq_BKGTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=3)
+  # Each block's keys are a prefix [0, end): pad to S and add (no zeros of an
+  # unsharded shape to scatter into, which a mesh with explicit axes rejects).
+  pad = lambda x: jnp.pad(x, ((0, 0),) * 3 + ((0, S - x.shape[3]),))
+  dk_BKHS, dv_BKHS = sum(map(pad, dk_parts)), sum(map(pad, dv_parts))
+  # The barrier keeps XLA from folding the transposes below into the products,
+  # which would leave them in a layout (and, for bfloat16, a type) only Eigen takes.
+  dk_BKHS, dv_BKHS = jax.lax.optimization_barrier((dk_BKHS, dv_BKHS))
   return (dq_BKGTH.astype(q_BKGTH.dtype), jnp.swapaxes(dk_BKHS, -1, -2).astype(k_BKSH.dtype),
           jnp.swapaxes(dv_BKHS, -1, -2).astype(v_BKSH.dtype), None)
 
