@@ -62,7 +62,7 @@ def _slurm_job_queued(job: str | None) -> bool:
     return True
   try:
     out = subprocess.run(["squeue", "--noheader", "--jobs", str(job), "--format=%T"],
-                         capture_output=True, text=True, timeout=20)
+                         capture_output=True, text=True, timeout=20, check=False)
   except (OSError, subprocess.TimeoutExpired):
     return True
   if out.returncode == 0:
