@@ -318,6 +318,10 @@ def run(r: Run) -> dict:
   val, loss_mean = {}, None
   checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
 
+  def wall_seconds() -> float:
+    """The run's wall time so far, earlier segments of a resumed run included."""
+    return earlier_seconds + time.time() - wall_start
+
   def evaluate_batches(n_batches: int) -> dict:
     """The current params over the first n_batches validation batches (0: all)."""
     batches = trainer.task.eval_batches(tok, n_batches, jax.process_index(),
@@ -377,7 +381,7 @@ def run(r: Run) -> dict:
         loss, lr = float(m["loss"]), float(schedule(step - 1))
         writer.train_line(step, loss, lr, tps, seconds, mfu)
         writer.log({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
-                    "wall_seconds": earlier_seconds + time.time() - wall_start,
+                    "wall_seconds": wall_seconds(),
                     "grad_norm": float(m["grad_norm"]),
                     "nonfinite_steps": int(m["nonfinite_steps"])})
         loss_mean = _log_spike(writer, step, loss, loss_mean, c.train.spike_factor)
@@ -395,7 +399,7 @@ def run(r: Run) -> dict:
         if final and evaluated is not None and c.train.eval_every:
           evaluated = ranked_like_periodic(evaluated)
         checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
-                        wait=preempted, wall_seconds=earlier_seconds + time.time() - wall_start)
+                        wait=preempted, wall_seconds=wall_seconds())
       if preempted:
         by = f" by {preemption.signal}" if preemption.signal else ""
         writer.print(f"preempted{by} at step {step}; checkpoint saved in {mngr.directory}; "
@@ -415,7 +419,7 @@ def run(r: Run) -> dict:
              "flops": flops_per_token * tokens, "flops_6nd": 6.0 * counts["total"] * tokens,
              # Over all segments of a resumed run, each up to the checkpoint the
              # next one resumed from.
-             "wall_seconds": earlier_seconds + time.time() - wall_start}
+             "wall_seconds": wall_seconds()}
   if jax.process_index() == 0:
     _write_atomic(os.path.join(r.workdir, "summary.json"), json.dumps(summary, indent=2))
   if c.train.sample_tokens and trainer.task.samples_text:

@@ -12,12 +12,21 @@ def _qkv(B=2, T=8, S=8, N=4, K=2, H=16, seed=0):
           jax.random.normal(k3, (B, S, K, H)))
 
 
-def _naive(q, k, v, mask):
+def _naive(q, k, v, mask, scale=None):
+  """One masked softmax over all keys, differentiated by JAX (as xla_attention once was)."""
   G = q.shape[2] // k.shape[2]
   k, v = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
-  s = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
-  s = jnp.where(mask[:, None], s, -jnp.inf)
-  return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(s, -1), v)
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  s = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+  s = jnp.where(mask[:, None], s, attention._MASKED)
+  p = jax.nn.softmax(s, -1).astype(v.dtype)
+  return jnp.einsum("bnts,bsnh->btnh", p, v)
+
+
+def _grads(f, q, k, v, w):
+  """Value and gradients of sum(f(q, k, v) * w), jitted."""
+  return jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * w), (0, 1, 2)))(q, k, v)
 
 
 @pytest.mark.parametrize("K", [1, 2, 4])
@@ -77,14 +86,10 @@ def test_causal_blocks_match_one_masked_softmax(T, S, K, segments):
                            2 * jnp.ones((2, T - T // 3), jnp.int32)], 1)
   mask = attention.mask_BTS(T, S, True, seg, seg)
   w = jax.random.normal(jax.random.key(1), q.shape)
-
-  def value_and_grads(f):
-    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v) * w), (0, 1, 2)))
-
   ours = lambda q, k, v: attention.xla_attention(q, k, v, is_causal=True, segment_ids=seg)
   naive = lambda q, k, v: _naive(q, k, v, mask)
   np.testing.assert_allclose(jax.jit(ours)(q, k, v), naive(q, k, v), atol=1e-5)
-  (a, ga), (b, gb) = value_and_grads(ours)(q, k, v), value_and_grads(naive)(q, k, v)
+  (a, ga), (b, gb) = _grads(ours, q, k, v, w), _grads(naive, q, k, v, w)
   np.testing.assert_allclose(a, b, rtol=1e-5)
   for a, b in zip(ga, gb):
     np.testing.assert_allclose(a, b, atol=1e-4)
@@ -98,22 +103,6 @@ def test_causal_query_blocks_cover_the_queries():
     assert all(0 < b - a <= 128 for a, b in blocks)
   assert attention.causal_query_blocks(16, 16) == [(0, 16)]
   assert attention.causal_query_blocks(64, 8) == [(0, 64)]  # more queries than keys: one block
-
-
-def _autodiff_reference(q, k, v, mask, scale=None):
-  """One masked softmax over all keys, differentiated by JAX (as xla_attention once was)."""
-  G = q.shape[2] // k.shape[2]
-  k, v = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
-  scale = q.shape[-1] ** -0.5 if scale is None else scale
-  s = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
-  s = jnp.where(mask[:, None], s, attention._MASKED)
-  p = jax.nn.softmax(s, -1).astype(v.dtype)
-  return jnp.einsum("bnts,bsnh->btnh", p, v)
-
-
-def _grads(f, q, k, v, w):
-  return jax.jit(jax.value_and_grad(
-      lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * w), (0, 1, 2)))(q, k, v)
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
@@ -135,7 +124,7 @@ def test_hand_written_gradient_matches_autodiff_with_fully_masked_rows(is_causal
   ours = lambda q, k, v: attention.xla_attention(q, k, v, is_causal=is_causal,
                                                  segment_ids=(q_seg, kv_seg))
   (a, ga), (b, gb) = (_grads(ours, q, k, v, w),
-                      _grads(lambda q, k, v: _autodiff_reference(q, k, v, mask), q, k, v, w))
+                      _grads(lambda q, k, v: _naive(q, k, v, mask), q, k, v, w))
   np.testing.assert_allclose(a, b, rtol=1e-5)
   for x, y in zip(ga, gb):
     np.testing.assert_allclose(x, y, atol=1e-4)
@@ -180,7 +169,7 @@ def test_bfloat16_gradient_of_a_single_query_block(T, S, is_causal):
   grads = jax.jit(jax.grad(lambda q, k, v: jnp.sum(
       attention.xla_attention(q, k, v, is_causal=is_causal).astype(jnp.float32)),
       (0, 1, 2)))(q, k, v)
-  ref = jax.grad(lambda q, k, v: jnp.sum(_autodiff_reference(
+  ref = jax.grad(lambda q, k, v: jnp.sum(_naive(
       q, k, v, attention.mask_BTS(T, S, is_causal)).astype(jnp.float32)), (0, 1, 2))(q, k, v)
   for a, b in zip(grads, ref):
     assert a.dtype == jnp.bfloat16
@@ -220,7 +209,7 @@ def test_traced_scale_is_differentiable():
   mask = attention.mask_BTS(8, 8, True)
   f = lambda s, impl: jnp.sum(jnp.sin(impl(q, k, v, s)))
   ours = lambda q, k, v, s: attention.xla_attention(q, k, v, is_causal=True, scale=s)
-  ref = lambda q, k, v, s: _autodiff_reference(q, k, v, mask, scale=s)
+  ref = lambda q, k, v, s: _naive(q, k, v, mask, scale=s)
   a = jax.jit(jax.value_and_grad(lambda s: f(s, ours)))(0.3)
   b = jax.value_and_grad(lambda s: f(s, ref))(0.3)
   np.testing.assert_allclose(a, b, rtol=1e-5)
