@@ -7,7 +7,7 @@ Both paths draw `new_tokens` tokens per row (temperature 1, no early stop)
 after a random prompt, with the experiment's model at random initialization
 (speed does not depend on the weights); model.max_seq_len is raised to the
 next power of two that fits prompt + new tokens in one context. The cached
-path is jaxlm.generate.generate (jitted prefill and `lax.while_loop` of decode
+path is jaxlm.inference.generate.generate (jitted prefill and `lax.while_loop` of decode
 steps). The baseline is the
 previous sampler: a jitted full forward pass over a fixed (B, prompt + new)
 buffer per token. Its steps all cost the same, so it is timed over
@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm import config as config_lib, generate, registry
+from jaxlm import config as config_lib, registry
+from jaxlm.inference import generate
 from jaxlm.models import transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

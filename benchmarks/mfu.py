@@ -23,9 +23,10 @@ import time
 import jax
 import numpy as np
 
-from jaxlm import config as config_lib, metrics, registry, sharding
+from jaxlm import config as config_lib, registry, sharding
+from jaxlm.run import metrics
 from jaxlm.models import transformer
-from jaxlm.train import Trainer
+from jaxlm.train.step import Trainer
 
 
 def synthetic_batch(config, rng: np.random.Generator) -> dict:

@@ -3,7 +3,7 @@
 Mirrors jaxlm.models.transformer with positions="learned", norm="layernorm",
 mlp="gelu", use_bias=True, tie_embeddings=True: the same parameter shapes and
 count, the same init (normal(init_std), residual output projections scaled by
-1/sqrt(2 L), zero biases, unit norm scales), and jaxlm.optim's optimizer
+1/sqrt(2 L), zero biases, unit norm scales), and jaxlm.train.optim's optimizer
 (global-norm clipping, then AdamW with decay on matrices only, linear warmup and
 cosine decay). Used by benchmarks/train_throughput.py as the reference.
 """
@@ -77,7 +77,7 @@ def param_count(model: nn.Module) -> int:
 
 
 def make_optimizer(model: GPT, optim, total_steps: int):
-  """jaxlm.optim.make in PyTorch: AdamW (decay on Linear weights only) and its LR schedule."""
+  """jaxlm.train.optim.make in PyTorch: AdamW (decay on Linear weights only) and its LR schedule."""
   # Decay matches jaxlm's ParamSpec.decay: matrices, not norms, biases or embeddings.
   decay = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim == 2
            and "embed" not in n]

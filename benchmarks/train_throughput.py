@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 import torch_gpt
-from jaxlm import config as config_lib, malloc, metrics, sharding
+from jaxlm import config as config_lib, malloc, sharding
 from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxlm.models import transformer
-from jaxlm.train import Trainer
+from jaxlm.run import metrics
+from jaxlm.train.step import Trainer
 
 
 def make_config(layers: int, width: int, args) -> Config:

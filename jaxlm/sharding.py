@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlm.config import ConfigError, MeshConfig
+from jaxlm.params import is_spec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -78,7 +79,6 @@ def logical_to_spec(axes, rules, shape=None, mesh=None) -> P:
 
 def tree_shardings(specs, mesh, rules):
   """NamedShardings for a tree of ParamSpec (anything with .axes and .shape)."""
-  from jaxlm.models.layers import is_spec
   return jax.tree.map(lambda s: NamedSharding(mesh, logical_to_spec(s.axes, rules, s.shape,
                                                                      mesh)),
                       specs, is_leaf=is_spec)

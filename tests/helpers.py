@@ -1,5 +1,8 @@
 """Tiny configs shared by the tests."""
 
+import jax
+import jax.numpy as jnp
+
 from jaxlm import config as config_lib
 from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
@@ -32,3 +35,16 @@ def tiny_variant(config: Config) -> Config:
                  "model.n_kv_heads": 4 // ratio, "model.d_ff": 0, "model.max_seq_len": 32,
                  "data.seq_len": 32, "train.batch_size": 8, "train.steps": 2,
                  "train.eval_batches": 1, "train.sample_tokens": 0})
+
+
+def qkv(B=2, T=8, S=8, N=4, K=2, H=16, seed=0):
+  """Random queries (B, T, N, H), keys and values (B, S, K, H)."""
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(k1, (B, T, N, H)), jax.random.normal(k2, (B, S, K, H)),
+          jax.random.normal(k3, (B, S, K, H)))
+
+
+def value_and_grads(f, q, k, v, w):
+  """Value and gradients of sum(f(q, k, v) * w), jitted."""
+  return jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * w), (0, 1, 2)))(q, k, v)

@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, config as config_lib, sharding, train
+from jaxlm import config as config_lib, sharding
+from jaxlm.run import checkpoint, files, metrics
+from jaxlm.train import loop
+from jaxlm.train.step import Trainer
+from jaxlm.train.workdir import prepare_workdir
 from jaxlm.config import MeshConfig
 from jaxlm.data import pipeline
 from tests.helpers import tiny_config
@@ -31,9 +35,11 @@ TINY = ["--experiment=shakespeare", "--set=model.d_model=32", "--set=model.n_lay
 # prints "saved AT" and waits for the test to send SIGTERM.
 HOOK = """
 import os, signal, sys, time
-from jaxlm import checkpoint, main
+from jaxlm import main
+from jaxlm.run import checkpoint
+from jaxlm.train import preemption
 action, at = sys.argv[1], int(sys.argv[2])
-save, handle, got = checkpoint.save, checkpoint.Preemption._handle, []
+save, handle, got = checkpoint.save, preemption.Preemption._handle, []
 def hooked_handle(self, signum, frame):
   got.append(signum)
   handle(self, signum, frame)
@@ -46,7 +52,7 @@ def hooked_save(mngr, step, *args, **kwargs):
     deadline = time.time() + 120
     while not got and time.time() < deadline:
       time.sleep(0.01)
-checkpoint.Preemption._handle = hooked_handle
+preemption.Preemption._handle = hooked_handle
 checkpoint.save = hooked_save
 sys.argv = ["jaxlm.main", *sys.argv[3:]]
 main.entry()
@@ -160,9 +166,9 @@ def test_truncated_metrics_give_the_wall_time_to_resume_from(tmp_path):
     for step, wall in ((1, 1.5), (2, 2.5), (3, 9.0)):
       f.write(json.dumps({"step": step, "loss": 1.0, "wall_seconds": wall}) + "\n")
     f.write(json.dumps({"step": 2, "val_loss": 1.0}) + "\n" + '{"step": 4, "lo')  # cut short
-  assert train._truncate_metrics(path, 2) == 2.5
+  assert files.truncate_metrics(path, 2) == 2.5
   assert [json.loads(l)["step"] for l in open(path)] == [1, 2, 2]
-  assert train._truncate_metrics(str(tmp_path / "none.jsonl"), 2) == 0.0
+  assert files.truncate_metrics(str(tmp_path / "none.jsonl"), 2) == 0.0
 
 
 def test_final_checkpoint_is_ranked_on_the_periodic_batches(baseline, tmp_path):
@@ -256,7 +262,7 @@ CONFIG = tiny_config(**{"model.n_layers": 1, "model.n_kv_heads": 2, "optim.warmu
 def _trainer(mesh, devices):
   config = config_lib.replace(CONFIG, mesh=mesh)
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
-  trainer = train.Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
+  trainer = Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
   it = pipeline.train_iterator(pipeline.train_dataset(config.data, tok,
                                                       config.train.batch_size, 0))
   return trainer, it
@@ -308,7 +314,7 @@ def _poisoned_run(tmp_path, monkeypatch, policy, every, bad_step=3):
   monkeypatch.setattr(pipeline, "eval_batches",  # a short final evaluation
                       lambda data, tok, batch, *_, **k: eval_batches(data, tok, batch, 1, **k))
   monkeypatch.setattr(sharding, "make_mesh", lambda c: make_mesh(c, jax.devices()[:1]))
-  r = train.setup(config, str(tmp_path / policy))
+  r = loop.setup(config, str(tmp_path / policy))
 
   def poison(index, batch):
     if index == bad_step - 1:
@@ -321,15 +327,15 @@ def _poisoned_run(tmp_path, monkeypatch, policy, every, bad_step=3):
 
 def test_nonfinite_stop_names_the_last_good_checkpoint(tmp_path, monkeypatch):
   r = _poisoned_run(tmp_path, monkeypatch, "stop", every=2)
-  with pytest.raises(train.NonFiniteError, match=r"at steps 3-4 \(loss nan\); the last good "
+  with pytest.raises(loop.NonFiniteError, match=r"at steps 3-4 \(loss nan\); the last good "
                      r"checkpoint is step 2 in .*checkpoints"):
-    train.run(r)
+    loop.run(r)
   assert r.checkpoints.all_steps() == [2]  # nothing non-finite was saved
 
 
 def test_nonfinite_skip_drops_the_update_and_counts_it(tmp_path, monkeypatch, capsys):
   r = _poisoned_run(tmp_path, monkeypatch, "skip", every=1)
-  summary = train.run(r)
+  summary = loop.run(r)
   assert np.isfinite(summary["final_val_loss"])
   assert "skipped 1 update(s) with non-finite loss or gradients at step 3 " in \
       capsys.readouterr().out
@@ -347,17 +353,17 @@ def test_nonfinite_skip_drops_the_update_and_counts_it(tmp_path, monkeypatch, ca
 
 def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path):
   workdir = str(tmp_path / "run")
-  assert train.prepare_workdir(tiny_config(), workdir) == []
+  assert prepare_workdir(tiny_config(), workdir) == []
   open(os.path.join(workdir, "metrics.jsonl"), "w").write("{}\n")
   # Another mesh is the same run on other hardware; setup rewrites config.json.
-  assert train.prepare_workdir(tiny_config(**{"mesh.fsdp": 2}), workdir) == ["mesh.fsdp"]
+  assert prepare_workdir(tiny_config(**{"mesh.fsdp": 2}), workdir) == ["mesh.fsdp"]
   lower_lr = tiny_config(**{"optim.lr": 1e-4})
   with pytest.raises(config_lib.ConfigError, match="differs in optim.lr; .*--resume to continue"):
-    train.prepare_workdir(lower_lr, workdir)
-  assert train.prepare_workdir(lower_lr, workdir, "resume") == ["optim.lr"]
+    prepare_workdir(lower_lr, workdir)
+  assert prepare_workdir(lower_lr, workdir, "resume") == ["optim.lr"]
   with pytest.raises(config_lib.ConfigError, match="--resume continues only a run of the same"):
-    train.prepare_workdir(tiny_config(**{"model.d_model": 64}), workdir, "resume")
-  assert train.prepare_workdir(tiny_config(**{"model.d_model": 64}), workdir, "overwrite") == []
+    prepare_workdir(tiny_config(**{"model.d_model": 64}), workdir, "resume")
+  assert prepare_workdir(tiny_config(**{"model.d_model": 64}), workdir, "overwrite") == []
   old = [p for p in os.listdir(tmp_path) if p.startswith("run.old-")]
   assert len(old) == 1 and os.path.exists(tmp_path / old[0] / "metrics.jsonl")
   assert os.listdir(workdir) == ["config.json"]
@@ -365,10 +371,9 @@ def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path):
 
 
 def test_loss_spikes_are_logged(tmp_path, capsys):
-  from jaxlm import metrics
   writer, mean = metrics.Writer(str(tmp_path), 10), None
   for step, loss in enumerate([5.0, 4.0, 3.5, 12.0, float("nan"), 3.4], start=1):
-    mean = train._log_spike(writer, step, loss, mean, 2.0)
+    mean = loop._log_spike(writer, step, loss, mean, 2.0)
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [(r["step"], r["spike_loss"]) for r in records] == [(4, 12.0)]
   assert "warning: loss spike at step 4: 12.0000 is over 2x the running mean" in \

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="needs torch (pip install -e '.[test
 transformers = pytest.importorskip("transformers",
                                    reason="needs transformers (pip install -e '.[test]')")
 
-from jaxlm import generate  # noqa: E402
+from jaxlm.run.load import load_run  # noqa: E402
 from jaxlm.config import ConfigError  # noqa: E402
 from jaxlm.convert import hf as convert  # noqa: E402
 from jaxlm.models import transformer  # noqa: E402
@@ -69,7 +69,7 @@ def test_import_and_export_keep_the_logits(case, tmp_path):
   want_BTV = _logits(hf_model, tokens_BT)
 
   convert.from_hf(str(src), str(tmp_path / "run"))
-  config, _, _, params, step = generate.load_run(str(tmp_path / "run"))
+  config, _, _, params, step = load_run(str(tmp_path / "run"))
   assert step == 0 and config.model.param_dtype == "float32"
   got_BTV = np.asarray(transformer.apply(params, tokens_BT, config.model))
   imported = float(np.abs(got_BTV - want_BTV).max())

@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 
 from jaxlm import config as config_lib
-from jaxlm import registry, seq2seq_generate, sharding, train
+from jaxlm import registry, sharding
 from jaxlm.data import corpus, finetune, pipeline
+from jaxlm.inference import generate
+from jaxlm.inference import seq2seq as restoration
 from jaxlm.models import encoder_decoder as ed
-from jaxlm.models import layers
+from jaxlm.params import is_spec, param_count
+from jaxlm.run.load import load_run
 from jaxlm.tasks import seq2seq
+from jaxlm.train import loop
+from jaxlm.train.step import Trainer
 from tests.helpers import tiny_config, tiny_model
 
 TOK = pipeline.tokenizer_for(tiny_config().data, 257)
@@ -51,14 +56,14 @@ def test_param_count_equals_the_spec_tree_and_the_init():
   c = MODELS["llama_gqa"]
   params = ed.init(c, jax.random.key(0))
   leaves = jax.tree.leaves(params)
-  assert ed.param_count(c)["total"] == sum(x.size for x in leaves)
   specs = ed.param_specs(c)
+  assert param_count(specs)["total"] == sum(x.size for x in leaves)
   assert jax.tree.structure(params) == jax.tree.structure(
-      jax.tree.map(lambda s: 0, specs, is_leaf=layers.is_spec))
+      jax.tree.map(lambda s: 0, specs, is_leaf=is_spec))
   assert params["encoder"]["layers"]["attn"]["wq"].shape == (2, 32, 4, 8)
   assert params["decoder"]["layers"]["cross"]["wk"].shape == (3, 32, 2, 8)
   # Embedding shared by encoder, decoder and the tied output projection: counted once.
-  assert ed.param_count(c)["total"] - ed.param_count(c)["non_embedding"] == 64 * 32
+  assert param_count(specs)["total"] - param_count(specs)["non_embedding"] == 64 * 32
   with pytest.raises(ValueError, match="model.encoder_layers=0"):
     ed.param_specs(tiny_model())
 
@@ -146,7 +151,7 @@ def test_config_requires_an_encoder_for_seq2seq_and_none_elsewhere():
 
 
 def _trainer(config):
-  return train.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
+  return Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
                        TOK.token_bytes())
 
 
@@ -158,8 +163,8 @@ def _first_batch(trainer, config):
 def test_one_step_lowers_the_loss_and_counts_the_spec_tree():
   config = s2s_config(**{"optim.warmup_steps": 0, "optim.schedule": "constant"})
   trainer = _trainer(config)
-  specs = jax.tree.leaves(trainer.specs, is_leaf=layers.is_spec)
-  assert sum(s.size for s in specs) == ed.param_count(config.model)["total"]
+  specs = jax.tree.leaves(trainer.specs, is_leaf=is_spec)
+  assert sum(s.size for s in specs) == param_count(ed.param_specs(config.model))["total"]
   batch = _first_batch(trainer, config)
   state = trainer.init(jax.random.key(0))
   before = float(trainer.task.loss(state.params, batch)[0])
@@ -180,14 +185,14 @@ def test_greedy_generation_writes_what_an_overfit_model_learned():
   sums = jax.device_get(trainer.task.eval_sums(params, batch))
   host = jax.device_get(batch)
   sources = [row[seg > 0] for row, seg in zip(host["src"], host["src_segments"])]
-  outs = seq2seq_generate.generate(params, config.model, sources, config.data.seq_len,
-                                   start_id=TOK.eos_id, eos_id=TOK.eos_id, source_len=32)
+  outs = generate.generate(params, config.model, sources, config.data.seq_len, temperature=0.0,
+                           start_id=TOK.eos_id, eos_id=TOK.eos_id, source_len=32)
   targets = [t[w > 0] for t, w in zip(host["tgt_targets"], host["tgt_weights"])]
   hits = [o.tolist() == t.tolist() for o, t in zip(outs, targets)]
   assert sum(hits) == sums["exact"]  # teacher-forced exact match is greedy decoding's
   assert sum(hits) == len(hits), float(m["loss"])  # and the model reproduces its targets
   # The text path: unpunctuate, generate, decode.
-  texts = seq2seq_generate.restore(params, config, TOK, [TOK.decode(s) for s in sources[:2]])
+  texts = restoration.restore(params, config, TOK, [TOK.decode(s) for s in sources[:2]])
   assert texts == [TOK.decode(t[:-1]) for t in targets[:2]]
 
 
@@ -196,22 +201,22 @@ def test_generate_checks_its_inputs():
   params = ed.init(c, jax.random.key(0))
   kw = dict(start_id=1, eos_id=2)
   with pytest.raises(ValueError, match="max_new_tokens=40.*max_seq_len=32"):
-    seq2seq_generate.generate(params, c, [[1, 2]], 40, **kw)
-  with pytest.raises(ValueError, match="source 1 .*token ids"):
-    seq2seq_generate.generate(params, c, [[1, 2], []], 4, **kw)
+    generate.generate(params, c, [[1, 2]], 40, **kw)
+  with pytest.raises(ValueError, match="prompt 1 .*token ids"):
+    generate.generate(params, c, [[1, 2], []], 4, **kw)
   with pytest.raises(ValueError, match="token id 64"):
-    seq2seq_generate.generate(params, c, [[1, 64]], 4, **kw)
+    generate.generate(params, c, [[1, 64]], 4, **kw)
   with pytest.raises(ValueError, match="decoder-only"):
-    seq2seq_generate.generate(params, tiny_model(), [[1]], 4, **kw)
-  out = seq2seq_generate.generate(params, c, [[1, 2, 3], [4]], 5, temperature=1.0, **kw)
+    generate.generate(params, tiny_model(), [[1]], 4, **kw)
+  out = generate.generate(params, c, [[1, 2, 3], [4]], 5, temperature=1.0, **kw)
   assert len(out) == 2 and all(1 <= len(o) <= 5 for o in out)
 
 
 def test_score_counts_edits_against_the_target():
-  assert seq2seq_generate.edit_distance("kitten", "sitting") == 3
-  r = seq2seq_generate.score(["to be", "Not"], ["To be,", "Not"])
+  assert restoration.edit_distance("kitten", "sitting") == 3
+  r = restoration.score(["to be", "Not"], ["To be,", "Not"])
   assert r["exact_match"] == 0.5 and r["char_accuracy"] == pytest.approx(1 - 2 / 9)
-  assert seq2seq_generate.capitalize("i think i am") == "I think I am"
+  assert restoration.capitalize("i think i am") == "I think I am"
 
 
 def test_tiny_experiment_trains_end_to_end(tmp_path):
@@ -220,13 +225,13 @@ def test_tiny_experiment_trains_end_to_end(tmp_path):
                                        "data.seq_len=40",
                                        "model.max_seq_len=40"])
   workdir = str(tmp_path / "run")
-  summary = train.run(train.setup(config, workdir))
+  summary = loop.run(loop.setup(config, workdir))
   with open(os.path.join(workdir, "summary.json")) as f:
     written = json.load(f)
   assert written["final_val_exact_match"] == summary["final_val_exact_match"]
   assert {"final_val_loss", "final_val_token_accuracy"} <= set(written)
-  assert written["params"] == ed.param_count(config.model)["total"]
+  assert written["params"] == param_count(ed.param_specs(config.model))["total"]
   # The run's checkpoint loads and restores a line.
-  loaded, tok, params, step = seq2seq_generate.load_run(workdir)
+  loaded, tok, _, params, step = load_run(workdir)
   assert step == 2 and loaded == config
-  assert isinstance(seq2seq_generate.restore(params, loaded, tok, ["to be"])[0], str)
+  assert isinstance(restoration.restore(params, loaded, tok, ["to be"])[0], str)

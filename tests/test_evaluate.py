@@ -10,7 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, evaluate, generate, train
+from jaxlm.inference import evaluate
+from jaxlm.run import checkpoint
+from jaxlm.run.load import load_run
+from jaxlm.train import loop
 from jaxlm.data import pipeline
 from jaxlm.models import transformer
 from tests.helpers import tiny_config
@@ -24,7 +27,7 @@ def workdir(tmp_path_factory):
   """A run saved at initialization; init_std 0.5 spreads confidences over the bins."""
   path = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(**{"train.batch_size": 64, "model.init_std": 0.5})
-  r = train.setup(config, path)
+  r = loop.setup(config, path)
   state = r.trainer.init(jax.random.key(0))
   mngr = checkpoint.manager(path, 1, async_save=False)
   checkpoint.save(mngr, 0, state, pipeline.train_iterator(r.dataset).get_state(), config)
@@ -58,7 +61,7 @@ def _reference(params, config, tok, batches):
 
 
 def test_metrics_match_a_numpy_reference(workdir):
-  config, tok, mesh, params, _ = generate.load_run(workdir)
+  config, tok, mesh, params, _ = load_run(workdir)
   got = evaluate.evaluate(params, config, tok, mesh, "validation", max_batches=2)
   batches = list(pipeline.eval_batches(config.data, tok, config.train.batch_size, 2))
   want = _reference(params, config, tok, batches)

@@ -10,7 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, config as config_lib, export, sharding, train
+from jaxlm import config as config_lib, sharding
+from jaxlm.inference import export
+from jaxlm.run import checkpoint
+from jaxlm.train.step import Trainer
 from jaxlm.data import pipeline
 from tests.helpers import tiny_config
 from conftest import xla_flags
@@ -24,7 +27,7 @@ def run_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("export") / "run")
   config = tiny_config(**{"mesh.data": 1})
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
-  trainer = train.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
+  trainer = Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
                           tok.token_bytes())
   it = pipeline.train_iterator(pipeline.train_dataset(config.data, tok, 8, 0))
   state = trainer.init(jax.random.key(0))

@@ -7,6 +7,7 @@ import pytest
 
 from jaxlm.config import ModelConfig
 from jaxlm.kernels import flash_attention as fa
+from jaxlm.kernels.reference import reference_attention
 from jaxlm.models import attention, transformer
 
 # Small blocks keep the interpreted grids short on CPU; the GPU defaults are tested
@@ -44,8 +45,7 @@ def _check(B, T, S, N, K, H, causal, segments, dtype, backend=None, scale=None, 
   q, k, v, do, seg = _inputs(B, T, S, N, K, H, segments, dtype)
   ours = functools.partial(fa.flash_attention, is_causal=causal, segment_ids=seg,
                            backend=backend, scale=scale, **tuning)
-  ref = functools.partial(attention.xla_attention, is_causal=causal, segment_ids=seg,
-                          scale=scale)
+  ref = functools.partial(reference_attention, is_causal=causal, segment_ids=seg, scale=scale)
   with jax.default_matmul_precision("highest"):  # TF32 would blur the f32 reference on GPU
     got = _value_and_vjp(ours, q, k, v, do)
     want = _value_and_vjp(ref, q, k, v, do)

@@ -10,7 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, generate, sharding, train
+from jaxlm import sharding
+from jaxlm.data import pipeline
+from jaxlm.inference import generate, sampling
+from jaxlm.run import checkpoint
+from jaxlm.run.load import load_run
+from jaxlm.train import loop
 from jaxlm.config import MeshConfig
 from jaxlm.models import decode, transformer
 from tests.helpers import tiny_config, tiny_model
@@ -41,8 +46,8 @@ def test_cached_logits_equal_full_forward(kw):
   prompt_BT = np.zeros((2, 8), np.int32)
   for b, n in enumerate(lengths_B):
     prompt_BT[b, 8 - n:] = tokens_BT[b, :n]
-  logits_BV, cache = jax.jit(decode.prefill, static_argnames=("config", "cache_len"))(
-      params, prompt_BT, lengths_B, config=cfg, cache_len=20)
+  logits_BV, cache = jax.jit(decode.prefill, static_argnames=("config", "slots"))(
+      params, prompt_BT, lengths_B, config=cfg, slots=20)
   assert cache["k"].shape == (cfg.n_layers, 2, cfg.kv_heads, 20, cfg.head_dim)
   step = jax.jit(decode.decode_step, static_argnames="config")
   got, want = [logits_BV], [full_BTV[[0, 1], lengths_B - 1]]
@@ -107,7 +112,7 @@ def test_temperature_zero_and_top_k_one_equal_greedy(gqa_params):
   greedy = np.argmax(logits_BV, axis=-1)
   key = jax.random.key(1)
   for temperature, top_k in ((0.0, 0), (1.0, 1), (0.0, 5)):
-    got = generate.sample_logits(key, logits_BV, jnp.float32(temperature), jnp.int32(top_k),
+    got = sampling.sample_logits(key, logits_BV, jnp.float32(temperature), jnp.int32(top_k),
                                  jnp.float32(1.0))
     np.testing.assert_array_equal(got, greedy)
   g = generate.generate(gqa_params, GQA, PROMPTS, 20, temperature=0)
@@ -119,17 +124,17 @@ def test_vocab_limit_never_draws_padding_ids():
   logits_BV = jnp.zeros((256, 10)).at[:, 7:].set(5.0)  # padding ids 7..9 most likely
   key = jax.random.key(2)
   for temperature in (0.0, 1.0):
-    got = generate.sample_logits(key, logits_BV, jnp.float32(temperature), jnp.int32(0),
+    got = sampling.sample_logits(key, logits_BV, jnp.float32(temperature), jnp.int32(0),
                                  jnp.float32(1.0), jnp.int32(7))
     assert int(np.max(got)) < 7
   with pytest.raises(ValueError, match="vocab_limit"):
-    generate.Sampling(vocab_limit=-1)
+    sampling.Sampling(vocab_limit=-1)
 
 
 def test_filters_keep_top_k_then_nucleus():
   probs = np.array([[0.5, 0.3, 0.15, 0.05]])
   logits = jnp.log(jnp.asarray(probs))
-  kept = lambda k, p: np.isfinite(generate.filter_logits(logits, k, p))[0].tolist()
+  kept = lambda k, p: np.isfinite(sampling.filter_logits(logits, k, p))[0].tolist()
   assert kept(0, 1.0) == [True] * 4
   assert kept(3, 1.0) == [True, True, True, False]
   assert kept(0, 0.5) == [True, False, False, False]  # the top token alone has 0.5
@@ -204,8 +209,8 @@ def test_bad_input_names_the_setting(gqa_params, kw, message):
 def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("run"))
   config = tiny_config()
-  r = train.setup(config, path)
-  it = train.pipeline.train_iterator(r.dataset)
+  r = loop.setup(config, path)
+  it = pipeline.train_iterator(r.dataset)
   state = r.trainer.init(jax.random.key(0))  # untrained: the CLI's plumbing is under test
   mngr = checkpoint.manager(path, 1, async_save=False)
   checkpoint.save(mngr, 1, state, it.get_state(), config)
@@ -224,7 +229,7 @@ def test_cli_streams_one_prompt_and_batches_a_prompt_file(workdir, tmp_path):
   out = _cli(f"--workdir={workdir}", "--prompt=ROMEO.", "--max_new_tokens=12",
              "--temperature=0")
   assert out.returncode == 0, out.stderr[-2000:]
-  config, tok, mesh, params, _ = generate.load_run(workdir)
+  config, tok, mesh, params, _ = load_run(workdir)
   new = generate.generate(params, config.model, [tok.encode("ROMEO.")], 12, temperature=0,
                           eos_id=tok.eos_id)[0]
   assert out.stdout == "ROMEO." + tok.decode(new) + "\n"
@@ -245,4 +250,4 @@ def test_cli_bad_input_is_one_line_and_exit_2(workdir, tmp_path):
   assert out.returncode == 2 and out.stderr.startswith("error: no checkpoint in"), out.stderr
   assert "Traceback" not in out.stderr
   with pytest.raises(FileNotFoundError, match="has no config.json"):
-    generate.load_run(str(tmp_path / "nonexistent"))
+    load_run(str(tmp_path / "nonexistent"))

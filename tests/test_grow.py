@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.models import grow, layers, transformer
+from jaxlm.models import grow, transformer
+from jaxlm.params import is_spec
 from tests.helpers import tiny_model
 
 # (source overrides, grown overrides, depth). tiny_model: V64 D32 L2 N4 (head dim 8).
@@ -56,7 +57,7 @@ def _trained_like(config, seed=0):
     return (std * r.standard_normal(spec.shape)).astype(np.float32)
 
   specs = transformer.param_specs(config)
-  return jax.tree_util.tree_map_with_path(draw, specs, is_leaf=layers.is_spec)
+  return jax.tree_util.tree_map_with_path(draw, specs, is_leaf=is_spec)
 
 
 def _grow(small, large, depth, zero_new=True, seed=0):

@@ -77,9 +77,10 @@ def test_list_and_dry_run():
 
 
 def test_workdir_of_another_experiment_is_refused_and_left_alone(tmp_path):
-  from jaxlm import registry, train
+  from jaxlm import registry
+  from jaxlm.train.workdir import prepare_workdir
   workdir = tmp_path / "w"
-  train.prepare_workdir(registry.experiment("shakespeare_char"), str(workdir))
+  prepare_workdir(registry.experiment("shakespeare_char"), str(workdir))
   before = (workdir / "config.json").read_text()
   out = _main("--experiment=shakespeare", f"--workdir={workdir}", *TINY)
   assert out.returncode == 2, out.stderr[-2000:]

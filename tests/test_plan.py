@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import plan, sharding
+from jaxlm import sharding
 from jaxlm.config import ConfigError
-from jaxlm.train import Trainer
+from jaxlm.train import plan
+from jaxlm.train.step import Trainer
 from tests.helpers import tiny_config
 
 

@@ -22,7 +22,7 @@ def test_unknown_experiment_suggests():
 def test_every_experiment_builds_and_its_tiny_variant_trains(name):
   from jaxlm import sharding
   from jaxlm.data import pipeline
-  from jaxlm.train import Trainer
+  from jaxlm.train.step import Trainer
   config = registry.experiment(name)
   assert isinstance(config, Config) and config.name == name
   tiny = tiny_variant(config)

@@ -13,8 +13,8 @@ import pytest
 from jaxlm import config as config_lib, registry
 from jaxlm.config import ModelConfig
 from jaxlm.models import transformer
-from jaxlm.scaling import collect, fit, flops, plots, sweeps
-from jaxlm.scaling.__main__ import main as cli
+from jaxlm.cli.scaling import main as cli
+from jaxlm.scaling import collect, fit, flops, plots, sweeps, transfer
 from tests.helpers import tiny_model
 from conftest import xla_flags
 
@@ -333,7 +333,6 @@ def test_lr_transfer_spec_varies_only_width_lr_and_parameterization():
 
 
 def test_transfer_finds_best_lr_per_width(tmp_path, capsys):
-  from jaxlm.scaling import transfer
   # Parabola in log2(lr) with its vertex at lr = 2^-6: found between grid points.
   b = transfer.best_lr([2.0 ** -8, 2.0 ** -7, 2.0 ** -5, 2.0 ** -4],
                        [3 + (x + 6) ** 2 for x in (-8, -7, -5, -4)])

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxlm import config as config_lib, sharding, train
+from jaxlm import config as config_lib, sharding
 from jaxlm.config import MeshConfig
 from jaxlm.data import pipeline
-from jaxlm.models import layers, transformer
+from jaxlm.models import transformer
+from jaxlm.params import is_spec
+from jaxlm.train.step import Trainer
 from tests.helpers import tiny_config
 
 CONFIG = tiny_config(**{"model.n_kv_heads": 2, "model.d_model": 64, "train.steps": 10,
@@ -17,7 +19,7 @@ CONFIG = tiny_config(**{"model.n_kv_heads": 2, "model.d_model": 64, "train.steps
 
 def _losses(config, devices):
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
-  trainer = train.Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
+  trainer = Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
   it = pipeline.train_iterator(pipeline.train_dataset(config.data, tok,
                                                       config.train.batch_size, 0))
   state = trainer.init(jax.random.key(0))
@@ -41,7 +43,7 @@ def test_meshes_match_one_device(shape, single_device_losses):
   losses, state, trainer = _losses(config, jax.devices())
   np.testing.assert_allclose(losses, single_device_losses, rtol=1e-4)
   # Params come out of the compiled step sharded as the rules say.
-  specs = jax.tree.leaves(trainer.specs, is_leaf=layers.is_spec)
+  specs = jax.tree.leaves(trainer.specs, is_leaf=is_spec)
   for spec, leaf in zip(specs, jax.tree.leaves(state.params)):
     expected = sharding.logical_to_spec(spec.axes, config.mesh.rules, spec.shape,
                                         trainer.mesh)
@@ -51,7 +53,7 @@ def test_meshes_match_one_device(shape, single_device_losses):
 def test_fsdp_splits_parameter_bytes():
   config = config_lib.replace(CONFIG, mesh=MeshConfig(data=1, fsdp=8))
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
-  trainer = train.Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())
+  trainer = Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())
   state = trainer.init(jax.random.key(0))
   per_device = sharding.bytes_per_device(state.params)
   total = sum(x.nbytes for x in jax.tree.leaves(state.params))
@@ -65,7 +67,7 @@ def test_rules_cover_every_logical_axis():
   for variant in (dict(), dict(positions="learned", tie_embeddings=False, use_bias=True,
                                norm="layernorm")):
     cfg = config_lib.replace(CONFIG.model, **variant)
-    for spec in jax.tree.leaves(transformer.param_specs(cfg), is_leaf=layers.is_spec):
+    for spec in jax.tree.leaves(transformer.param_specs(cfg), is_leaf=is_spec):
       names.update(spec.axes)
   names |= {"batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp",
             "act_vocab"}

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from jaxlm import config as config_lib
-from jaxlm import generate, sharding, tasks, train
+from jaxlm import sharding, tasks
+from jaxlm.inference import generate
+from jaxlm.models import transformer
+from jaxlm.run import checkpoint
+from jaxlm.train import loop, warm_start
+from jaxlm.train.step import Trainer
 from jaxlm.data import corpus, finetune, pipeline
 from jaxlm.tasks import sft
 from tests.helpers import tiny_config
@@ -18,7 +23,7 @@ TOK = pipeline.tokenizer_for(tiny_config().data, 257)
 
 def _trainer(config):
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
-  return train.Trainer(config, sharding.make_mesh(config.mesh),
+  return Trainer(config, sharding.make_mesh(config.mesh),
                        tok.token_bytes())
 
 
@@ -128,39 +133,36 @@ def test_sft_exact_match_equals_greedy_generation():
 def _pretrain(tmp_path, **dotted):
   config = tiny_config(**{"train.steps": 2, **dotted})
   workdir = str(tmp_path / "pre")
-  train.run(train.setup(config, workdir))
+  loop.run(loop.setup(config, workdir))
   return config, workdir
 
 
 def test_fine_tuning_starts_from_the_pretrained_params(tmp_path):
   pre, pre_dir = _pretrain(tmp_path)
   config = config_lib.replace(pre, **{"task.kind": "classify", "init.from_workdir": pre_dir})
-  r = train.setup(config, str(tmp_path / "ft"))
-  from jaxlm import checkpoint
-  from jaxlm.models import transformer
+  r = loop.setup(config, str(tmp_path / "ft"))
   abstract = jax.eval_shape(lambda: transformer.init(pre.model, jax.random.key(0)))
   src, _ = checkpoint.restore_params(pre_dir, abstract)
   fresh = r.trainer.init(jax.random.key(0)).params
-  from jaxlm import warm_start
   params = warm_start.load(config, r.trainer.mesh, config.mesh.rules, fresh)
   for a, b in zip(jax.tree.leaves(src), jax.tree.leaves({k: params[k] for k in src})):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.any(np.asarray(params["head"]["w"]))
-  summary = train.run(r)
+  summary = loop.run(r)
   assert {"final_val_loss", "final_val_accuracy", "final_val_balanced_accuracy"} <= set(summary)
 
 
 def test_fine_tuning_source_errors_name_the_key(tmp_path):
   pre, pre_dir = _pretrain(tmp_path)
   with pytest.raises(config_lib.ConfigError, match="init.from_workdir.*no config.json"):
-    train.setup(config_lib.replace(pre, **{"init.from_workdir": str(tmp_path / "nope")}),
+    loop.setup(config_lib.replace(pre, **{"init.from_workdir": str(tmp_path / "nope")}),
                 str(tmp_path / "a"))
   wider = config_lib.replace(pre, **{"init.from_workdir": pre_dir, "model.d_model": 64})
   with pytest.raises(config_lib.ConfigError, match="model.d_model=32.*init.grow"):
-    train.setup(wider, str(tmp_path / "b"))
+    loop.setup(wider, str(tmp_path / "b"))
   other_norm = config_lib.replace(pre, **{"init.from_workdir": pre_dir,
                                           "model.norm": "layernorm"})
   with pytest.raises(config_lib.ConfigError, match="model.norm"):
-    train.setup(other_norm, str(tmp_path / "c"))
+    loop.setup(other_norm, str(tmp_path / "c"))
   with pytest.raises(config_lib.ConfigError, match="init.grow"):
     config_lib.replace(pre, **{"init.grow": "stack"})

@@ -4,15 +4,21 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import sharding, train
+from jaxlm import params as params_lib
+from jaxlm import sharding
+from jaxlm.config import ConfigError, OptimConfig
 from jaxlm.data import pipeline
+from jaxlm.models import transformer
 from jaxlm.tasks import lm
+from jaxlm.train import optim
+from jaxlm.train.step import Trainer
+from jaxlm.train.workdir import prepare_workdir
 from tests.helpers import tiny_config
 
 
 def _setup(config):
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
-  trainer = train.Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())
+  trainer = Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())
   batch = next(pipeline.train_iterator(
       pipeline.train_dataset(config.data, tok, config.train.batch_size, 0)))
   return trainer, trainer.device_batch(batch), tok
@@ -73,16 +79,13 @@ def test_eval_bits_per_byte_is_loss_over_bytes():
 
 
 def test_weight_decay_mask_skips_norms_and_embeddings():
-  from jaxlm.models import transformer
-  mask = transformer.decay_mask(tiny_config().model)
+  mask = params_lib.decay_mask(transformer.param_specs(tiny_config().model))
   assert mask["embed"] is False
   assert mask["layers"]["attn_norm"]["scale"] is False
   assert mask["layers"]["mlp"]["w_in"] is True
 
 
 def test_schedule_warmup_and_cosine():
-  from jaxlm import optim
-  from jaxlm.config import OptimConfig
   s = optim.schedule(OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1), 110)
   assert float(s(0)) == 0.0
   assert float(s(10)) == pytest.approx(1.0)
@@ -91,18 +94,15 @@ def test_schedule_warmup_and_cosine():
 
 
 def test_workdir_with_another_config_is_refused(tmp_path):
-  from jaxlm.config import ConfigError
-  train.prepare_workdir(tiny_config(), str(tmp_path))
-  train.prepare_workdir(tiny_config(), str(tmp_path))  # same config: resume is fine
+  prepare_workdir(tiny_config(), str(tmp_path))
+  prepare_workdir(tiny_config(), str(tmp_path))  # same config: resume is fine
   with pytest.raises(ConfigError, match="differs in model.d_model"):
-    train.prepare_workdir(tiny_config(**{"model.d_model": 64}), str(tmp_path))
+    prepare_workdir(tiny_config(**{"model.d_model": 64}), str(tmp_path))
 
 
 def test_lr_scales_multiply_each_update():
   import jax.numpy as jnp
   import numpy as np
-  from jaxlm import optim
-  from jaxlm.config import OptimConfig
   c = OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.1)
   params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
   grads = {"w": jnp.full((3, 3), 0.5), "b": jnp.full(3, -2.0)}

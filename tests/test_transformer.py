@@ -5,8 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.models import transformer
-from tests.helpers import tiny_model
+from jaxlm import params as params_lib
+from jaxlm.config import OptimConfig
+from jaxlm.models import layers, transformer
+from jaxlm.tasks import lm
+from jaxlm.train import optim
+from jaxlm.train.step import TrainState, train_step
+from tests.helpers import tiny_config, tiny_model
 
 VARIANTS = {
     "llama": dict(),
@@ -150,11 +155,10 @@ def test_chunked_loss_equals_full_logits_loss(chunk):
 
 def _adam(model, steps, lr=1e-2, tokens_BT=None):
   """Params after `steps` AdamW steps (lr multipliers from the specs) on one batch, jitted."""
-  from jaxlm import optim
-  from jaxlm.config import OptimConfig
   import optax
   opt = OptimConfig(lr=lr, warmup_steps=0, schedule="constant", weight_decay=0.0, grad_clip=0.0)
-  tx = optim.make(opt, steps, transformer.decay_mask(model), transformer.lr_scales(model))
+  specs = transformer.param_specs(model)
+  tx = optim.make(opt, steps, params_lib.decay_mask(specs), params_lib.lr_scales(specs))
   tokens_BT = _tokens(B=4, T=9, V=model.vocab_size) if tokens_BT is None else tokens_BT
 
   def loss(p):
@@ -176,22 +180,19 @@ def _adam(model, steps, lr=1e-2, tokens_BT=None):
 def test_standard_parameterization_is_unchanged():
   # Recorded before μP existed (3f0a179): the loss of 4 AdamW steps of tiny_config's
   # model, byte vocabulary, on one random batch. Bit-identical on the recording machine.
-  from jaxlm import optim, train
-  from jaxlm.tasks import lm
-  from tests.helpers import tiny_config
   c = tiny_config()
-  tx = optim.make(c.optim, c.train.steps, transformer.decay_mask(c.model),
-                  transformer.lr_scales(c.model))
+  tx = optim.make(c.optim, c.train.steps, params_lib.decay_mask(transformer.param_specs(c.model)),
+                  params_lib.lr_scales(transformer.param_specs(c.model)))
   params = transformer.init(c.model, jax.random.key(0))
   toks = jnp.asarray(np.random.default_rng(0).integers(0, 257, (8, 33)), jnp.int32)
   batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": jnp.ones((8, 32)),
            "segment_ids": jnp.ones((8, 32), jnp.int32),
            "positions": jnp.broadcast_to(jnp.arange(32), (8, 32))}
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), rng=jax.random.key(1),
                            nonfinite=jnp.zeros((), jnp.int32))
   loss_fn = lambda p, b: lm.loss_fn(p, b, c)
-  step = jax.jit(lambda s, b: train.train_step(s, b, loss_fn=loss_fn, tx=tx))
+  step = jax.jit(lambda s, b: train_step(s, b, loss_fn=loss_fn, tx=tx))
   losses = []
   for _ in range(4):
     state, m = step(state, batch)
@@ -220,7 +221,7 @@ def test_mup_scales_hidden_matrices_only():
   cfg = tiny_model(d_model=128, n_heads=4, parameterization="mup", mup_base_width=32,
                    mup_base_head_dim=8, tie_embeddings=False, init_std=std)
   specs = transformer.param_specs(cfg)
-  scales = transformer.lr_scales(cfg)
+  scales = params_lib.lr_scales(transformer.param_specs(cfg))
   assert cfg.width_mult == 4.0 and cfg.readout_mult == 0.25
   assert cfg.attention_scale == pytest.approx(math.sqrt(8) / 32)  # 1/H, equal to 1/sqrt(8) at H=8
   for path in (("layers", "attn", "wq"), ("layers", "attn", "wo"), ("layers", "mlp", "w_in"),
@@ -244,7 +245,6 @@ def test_mup_scales_hidden_matrices_only():
 
 def _coordinates(parameterization, width, base_head_dim):
   """Std of what 4 AdamW steps change in the residual stream, logits and layer 0's scores."""
-  from jaxlm.models import layers
   # Two heads at every width, so the head dim grows (16..128) and the score scale matters.
   model = tiny_model(vocab_size=32, d_model=width, n_layers=1, n_heads=2, mlp="gelu",
                      parameterization=parameterization, mup_base_width=32,

@@ -4,7 +4,7 @@ A Hugging Face directory is what `save_pretrained` writes: config.json and
 model.safetensors, or shards listed in model.safetensors.index.json. It is read
 with the safetensors numpy API (no torch). A jaxlm run is config.json and an
 Orbax checkpoint at step 0 whose `state` holds `step` and `params`, which
-checkpoint.restore_params, generate.load_run and evaluate read. Neither side
+jaxlm.run.load.load_run reads (generate, evaluate, export, --to_hf). Neither side
 is ever overwritten; each is written into a temporary directory beside the
 target and renamed into place when complete.
 """
@@ -17,12 +17,16 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so BF16 tensors load)
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
-from jaxlm import checkpoint, export
 from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError, DataConfig, ModelConfig
 from jaxlm.convert import gpt2, llama
+from jaxlm.run import checkpoint, files
+from jaxlm.run.load import load_run
 
 # model_type -> the module that converts it.
 MODEL_TYPES = {"gpt2": gpt2, "llama": llama, "mistral": llama}
@@ -34,8 +38,6 @@ class Tensors:
   """A save_pretrained directory's tensors by name, read on demand; remembers those taken."""
 
   def __init__(self, hf_dir: str):
-    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so BF16 tensors load)
-    from safetensors import safe_open
     self._open = lambda f: safe_open(os.path.join(hf_dir, f), framework="np")
     if os.path.isfile(os.path.join(hf_dir, _SINGLE)):
       files = [_SINGLE]
@@ -140,8 +142,7 @@ def from_hf(hf_dir: str, workdir: str, dtype: str = "float32") -> Config:
   config, params = read_hf(hf_dir, dtype)
 
   def write(tmp):
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      f.write(config_lib.dumps(config))
+    files.write_config(tmp, config)
     mngr = checkpoint.manager(tmp, keep=1, async_save=False)
     state = {"step": np.zeros((), np.int32), "params": params}
     checkpoint.save(mngr, 0, state, {}, config, wait=True)
@@ -162,17 +163,16 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
   if dtype is not None:
     _check_dtype(dtype)
   config, step = checkpoint.restore_config(workdir, step)
-  c = config.model
+  c = (config or files.read_config(workdir)).model
   hf = hf_model_config(c)  # before reading params: a model with no HF equivalent stops here
   module = MODEL_TYPES[hf["model_type"]]
   dtype = dtype or c.param_dtype
   hf.update(dtype=dtype, bos_token_id=None, eos_token_id=None)  # jaxlm has no HF tokenizer
-  params = export.read_params(workdir, config, step)
+  params = load_run(workdir, step).params
   tensors = {k: np.ascontiguousarray(np.asarray(v).astype(jnp.dtype(dtype)))
              for k, v in module.params_to_hf(params, c).items()}
 
   def write(tmp):
-    from safetensors.numpy import save_file
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf, f, indent=2)
     save_file(tensors, os.path.join(tmp, _SINGLE), metadata={"format": "pt"})

@@ -1,4 +1,4 @@
-"""TPU (Mosaic) variant of the flash attention kernels in flash_attention.py.
+"""TPU (Mosaic) variant of the flash attention kernels (entry point: flash_attention.py).
 
 Same math and conventions (base-2 scores, saved base-2 log-sum-exp, +inf for rows
 that see no key), laid out for the TPU: heads before length (B, N, T, H), the kv
@@ -6,6 +6,10 @@ loop is the innermost grid axis ("arbitrary") with running statistics in VMEM
 scratch, and per-row vectors are replicated across the 128 lanes. Blocks hidden by
 causality are skipped with pl.when, and their index maps repeat the previous block
 so that no copy is issued for them.
+
+Dimension legend (docs/architecture.md): B batch, T query length, S key length,
+N query heads, K kv heads, G = N // K, H head dim, W the 128 lanes a per-row
+vector is replicated over; a trailing `p` marks a padded size.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxlm.kernels import flash_attention as fa
+from jaxlm.kernels import flash_blocks as fb
+from jaxlm.kernels.reference import MASKED
 
 LANES = 128    # per-row vectors (m, l, lse, delta, query segment ids) span the lanes
 SUBLANES = 8   # kv segment ids span the sublanes
@@ -26,7 +31,7 @@ SUBLANES = 8   # kv segment ids span the sublanes
 
 def _scores(q, k, i, j, qseg_ref, kvseg_ref, cfg, positional):
   bq, bk = q.shape[0], k.shape[0]
-  s = fa.dot(q, k, fa.NT) * (cfg.sm_scale * fa.LOG2E)
+  s = fb.dot(q, k, fb.NT) * (cfg.sm_scale * fb.LOG2E)
   mask = None
   if positional:
     row = i * bq + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
@@ -37,7 +42,7 @@ def _scores(q, k, i, j, qseg_ref, kvseg_ref, cfg, positional):
   if qseg_ref is not None:
     same = qseg_ref[:, :1] == kvseg_ref[:1, :]
     mask = same if mask is None else mask & same
-  return s if mask is None else jnp.where(mask, s, fa.MASK)
+  return s if mask is None else jnp.where(mask, s, MASKED)
 
 
 def _dispatch(idx, unmasked, masked, fn):
@@ -52,7 +57,7 @@ def _dispatch(idx, unmasked, masked, fn):
 def _kv_blocks(i, cfg, nk):
   """Unmasked and masked kv-block ranges for query block i (masked None if none)."""
   t = cfg.tuning
-  full, hi = fa.kv_range(i, t.block_q, t.block_k, nk, cfg)
+  full, hi = fb.kv_range(i, t.block_q, t.block_k, nk, cfg)
   if not (cfg.causal or cfg.kv_len % t.block_k):
     return (0, nk), None
   return (0, full), (full, hi)
@@ -77,14 +82,14 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, o_ref, lse_ref, m_sc, 
     m_sc[...] = m_new
     l_sc[...] = alpha * l_sc[...] + p.sum(axis=1, keepdims=True)
     v = v_ref[...]
-    acc_sc[...] = acc_sc[...] * alpha[:, :1] + fa.dot(p.astype(v.dtype), v, fa.NN)
+    acc_sc[...] = acc_sc[...] * alpha[:, :1] + fb.dot(p.astype(v.dtype), v, fb.NN)
 
   _dispatch(j, *_kv_blocks(i, cfg, nk), step)
 
   @pl.when(j == nk - 1)
   def _store():
     m, l = m_sc[...], l_sc[...]
-    empty = m < 0.5 * fa.MASK
+    empty = m < 0.5 * MASKED
     l_safe = jnp.where(empty, 1.0, l)
     o_ref[...] = jnp.where(empty[:, :1], 0.0, acc_sc[...] / l_safe[:, :1]).astype(o_ref.dtype)
     lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log2(l_safe))
@@ -102,8 +107,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_ref, lse_ref, delta_
     k = k_ref[...]
     s = _scores(q_ref[...], k, i, j, qseg_ref, kvseg_ref, cfg, positional)
     p = jnp.exp2(s - lse_ref[:, :1])
-    ds = p * (fa.dot(do_ref[...], v_ref[...], fa.NT) - delta_ref[:, :1])
-    dq_sc[...] += fa.dot(ds.astype(k.dtype), k, fa.NN)
+    ds = p * (fb.dot(do_ref[...], v_ref[...], fb.NT) - delta_ref[:, :1])
+    dq_sc[...] += fb.dot(ds.astype(k.dtype), k, fb.NN)
 
   _dispatch(j, *_kv_blocks(i, cfg, nk), step)
 
@@ -126,12 +131,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_ref, lse_ref, delta
     q, do, k, v = q_ref[...], do_ref[...], k_ref[...], v_ref[...]
     s = _scores(q, k, i, j, qseg_ref, kvseg_ref, cfg, positional)
     p = jnp.exp2(s - lse_ref[:, :1])
-    dv_sc[...] += fa.dot(p.astype(do.dtype), do, fa.TN)
-    ds = p * (fa.dot(do, v, fa.NT) - delta_ref[:, :1])
-    dk_sc[...] += fa.dot(ds.astype(q.dtype), q, fa.TN)
+    dv_sc[...] += fb.dot(p.astype(do.dtype), do, fb.TN)
+    ds = p * (fb.dot(do, v, fb.NT) - delta_ref[:, :1])
+    dk_sc[...] += fb.dot(ds.astype(q.dtype), q, fb.TN)
 
   # As on the GPU, padded keys need no mask here: their dk, dv rows are sliced off.
-  lo, mid = fa.q_range(j, t.block_q_dkv, t.block_k_dkv, nq, cfg)
+  lo, mid = fb.q_range(j, t.block_q_dkv, t.block_k_dkv, nq, cfg)
   _dispatch(i, (mid, nq), (lo, mid) if cfg.causal else None, step)
 
   @pl.when((g == G - 1) & (i == nq - 1))
@@ -172,12 +177,12 @@ def _last_visible_kv(i, cfg, nk, bq, bk):
   """Kv block to fetch at (i, j): j itself, or the last visible one if j is skipped."""
   if not cfg.causal:
     return lambda j: j
-  _, hi = fa.kv_range(i, bq, bk, nk, cfg)
+  _, hi = fb.kv_range(i, bq, bk, nk, cfg)
   return lambda j: jnp.clip(j, 0, jnp.maximum(hi - 1, 0))
 
 
 def forward(q, k, v, segs, cfg):
-  """(o_BTNH, lse_BNT) from padded BTNH inputs, like flash_attention._gpu_forward."""
+  """(o_BTNH, lse_BNT) from padded BTNH inputs, like flash_attention_gpu.forward."""
   B, Tp, N, Hp = q.shape
   Sp, K = k.shape[1], k.shape[2]
   G, bq, bk = N // K, cfg.tuning.block_q, cfg.tuning.block_k
@@ -190,7 +195,7 @@ def forward(q, k, v, segs, cfg):
   row_spec = pl.BlockSpec((None, None, bq, LANES), lambda b, n, i, j: (b, n, i, 0))
   seg_specs = _seg_specs(segs, bq, bk, lambda b, n, i, j: (b, i, 0),
                          lambda b, n, i, j: (b, 0, kv_j(i, j)))
-  o_BNTH, lse_BNTL = pl.pallas_call(
+  o_BNTH, lse_BNTW = pl.pallas_call(
       functools.partial(_fwd_kernel, cfg=cfg, nk=nk),
       grid=(B, N, nq, nk),
       in_specs=[q_spec, kv_spec, kv_spec, *seg_specs],
@@ -203,16 +208,16 @@ def forward(q, k, v, segs, cfg):
       interpret=_interpret(cfg),
       name="flash_attention_fwd_tpu",
   )(q_BNTH, k_BKSH, v_BKSH, *_seg_inputs(segs, Tp, Sp))
-  return o_BNTH.transpose(0, 2, 1, 3), lse_BNTL[..., 0]
+  return o_BNTH.transpose(0, 2, 1, 3), lse_BNTW[..., 0]
 
 
 def backward(q, k, v, segs, do, lse, delta, cfg):
-  """(dq, dk, dv) in padded BTNH/BSKH layout, like flash_attention._gpu_backward."""
+  """(dq, dk, dv) in padded BTNH/BSKH layout, like flash_attention_gpu.backward."""
   B, Tp, N, Hp = q.shape
   Sp, K = k.shape[1], k.shape[2]
   G, t = N // K, cfg.tuning
   q_BNTH, k_BKSH, v_BKSH, do_BNTH = (x.transpose(0, 2, 1, 3) for x in (q, k, v, do))
-  lse_BNTL, delta_BNTL = _lanes(lse), _lanes(delta)
+  lse_BNTW, delta_BNTW = _lanes(lse), _lanes(delta)
   seg_args = _seg_inputs(segs, Tp, Sp)
 
   # dk, dv: grid (B, K, kv block, head in group, query block); the last two reduce.
@@ -222,7 +227,7 @@ def backward(q, k, v, segs, do, lse, delta, cfg):
   def q_i(j, i):  # skipped early query blocks repeat the first visible one
     if not cfg.causal:
       return i
-    return jnp.minimum(jnp.maximum(i, fa.q_range(j, bq, bk, nq, cfg)[0]), nq - 1)
+    return jnp.minimum(jnp.maximum(i, fb.q_range(j, bq, bk, nq, cfg)[0]), nq - 1)
 
   q_spec = pl.BlockSpec((None, None, bq, Hp), lambda b, h, j, g, i: (b, h * G + g, q_i(j, i), 0))
   row_spec = pl.BlockSpec((None, None, bq, LANES),
@@ -240,7 +245,7 @@ def backward(q, k, v, segs, do, lse, delta, cfg):
       compiler_params=_params("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
       interpret=_interpret(cfg),
       name="flash_attention_dkv_tpu",
-  )(q_BNTH, k_BKSH, v_BKSH, *seg_args, do_BNTH, lse_BNTL, delta_BNTL)
+  )(q_BNTH, k_BKSH, v_BKSH, *seg_args, do_BNTH, lse_BNTW, delta_BNTW)
 
   # dq: grid (B, N, query block, kv block), like the forward.
   bq, bk = t.block_q_dq, t.block_k_dq
@@ -262,6 +267,6 @@ def backward(q, k, v, segs, do, lse, delta, cfg):
       compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
       interpret=_interpret(cfg),
       name="flash_attention_dq_tpu",
-  )(q_BNTH, k_BKSH, v_BKSH, *seg_args, do_BNTH, lse_BNTL, delta_BNTL)
+  )(q_BNTH, k_BKSH, v_BKSH, *seg_args, do_BNTH, lse_BNTW, delta_BNTW)
   return (dq_BNTH.transpose(0, 2, 1, 3), dk_BKSH.transpose(0, 2, 1, 3),
           dv_BKSH.transpose(0, 2, 1, 3))

@@ -52,7 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import ConfigError, ModelConfig
-from jaxlm.models import layers, transformer
+from jaxlm.models import transformer
+from jaxlm.params import is_spec
 
 DEPTHS = ("none", "stack", "interleave")
 # Model keys that must be equal: they change what a weight means, not its size.
@@ -185,7 +186,7 @@ def grow_params(params: dict, small: ModelConfig, large: ModelConfig, *, depth: 
   """
   check_growable(small, large)
   s_specs, specs = transformer.param_specs(small), transformer.param_specs(large)
-  if jax.tree.structure(params) != jax.tree.structure(s_specs, is_leaf=layers.is_spec):
+  if jax.tree.structure(params) != jax.tree.structure(s_specs, is_leaf=is_spec):
     raise ConfigError("params do not have the source model's structure; expected "
                       "transformer.init(small)'s tree")
   jax.tree_util.tree_map_with_path(_check_shape, params, s_specs)

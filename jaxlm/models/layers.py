@@ -1,83 +1,19 @@
-"""Pure-function building blocks: parameter specs, norms, rotary embedding, MLPs.
+"""Pure-function building blocks: norms, rotary embedding, 2-D matmuls, MLPs, the loss.
 
-Dimension legend: B batch, T length, D model width, F MLP width, H head dim.
+Dimension legend (docs/architecture.md): B batch, T length, D model width,
+N heads, H head dim, F MLP width, V vocab, R rows of a flattened (B*T) batch,
+J chunks of them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-
-@dataclasses.dataclass(frozen=True)
-class ParamSpec:
-  """What a parameter is: shape, logical axis names, initializer, and its role.
-
-  `init(key, shape, dtype)` draws the initial value. `decay` marks tensors
-  that take weight decay (matrices, not norms, biases or embeddings);
-  `embedding` marks those excluded from the non-embedding parameter count;
-  `lr_scale` multiplies its learning rate (1 except μP's hidden matrices).
-  """
-  shape: tuple[int, ...]
-  axes: tuple[str, ...]
-  init: Callable
-  decay: bool = False
-  embedding: bool = False
-  lr_scale: float = 1.0
-
-  def __post_init__(self):
-    assert len(self.shape) == len(self.axes), (self.shape, self.axes)
-
-  @property
-  def size(self) -> int:
-    return math.prod(self.shape)
-
-
-def init_params(specs: dict, rng: jax.Array, dtype) -> dict:
-  """Draws every parameter of a spec tree, each from its own split of rng."""
-  leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
-  keys = jax.random.split(rng, len(leaves))
-  return treedef.unflatten([s.init(k, s.shape, dtype) for s, k in zip(leaves, keys)])
-
-
-def param_count(specs: dict) -> dict[str, int]:
-  """Total and non-embedding parameter counts of a spec tree."""
-  leaves = jax.tree.leaves(specs, is_leaf=is_spec)
-  total = sum(s.size for s in leaves)
-  embedding = sum(s.size for s in leaves if s.embedding)
-  return {"total": total, "non_embedding": total - embedding}
-
-
-def lr_scales(specs: dict) -> dict:
-  """Tree of floats: each parameter's learning-rate multiplier (μP; all 1 under standard)."""
-  return jax.tree.map(lambda s: s.lr_scale, specs, is_leaf=is_spec)
-
-
-def decay_mask(specs: dict) -> dict:
-  """Tree of bools: True where weight decay applies."""
-  return jax.tree.map(lambda s: s.decay, specs, is_leaf=is_spec)
-
-
-def normal(std: float) -> Callable:
-  return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
-
-
-def zeros(key, shape, dtype):
-  del key
-  return jnp.zeros(shape, dtype)
-
-
-def ones(key, shape, dtype):
-  del key
-  return jnp.ones(shape, dtype)
-
-
-def is_spec(x) -> bool:
-  return isinstance(x, ParamSpec)
+from jaxlm import sharding
+from jaxlm.params import ParamSpec, normal, ones, zeros
 
 
 def norm_specs(kind: str, dim: int, lead: tuple[int, ...] = (), lead_axes=()) -> dict:
@@ -149,7 +85,7 @@ def dense(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arra
   return y.reshape(*lead, *out)
 
 
-def mlp(params: dict, x_BTD: jax.Array, kind: str, constrain: Callable) -> jax.Array:
+def mlp(params: dict, x_BTD: jax.Array, kind: str) -> jax.Array:
   """GELU MLP or SwiGLU (Shazeer 2020)."""
   dtype = x_BTD.dtype
   h_BTF = dense(x_BTD, params["w_in"])
@@ -162,7 +98,7 @@ def mlp(params: dict, x_BTD: jax.Array, kind: str, constrain: Callable) -> jax.A
     h_BTF = jax.nn.silu(g_BTF) * h_BTF
   else:
     h_BTF = jax.nn.gelu(h_BTF, approximate=True)
-  h_BTF = constrain(h_BTF, ("batch", "length", "act_mlp"))
+  h_BTF = sharding.constrain(h_BTF, ("batch", "length", "act_mlp"))
   out_BTD = dense(h_BTF, params["w_out"])
   if "b_out" in params:
     out_BTD = out_BTD + params["b_out"].astype(dtype)
@@ -180,19 +116,19 @@ def cross_entropy(x_BTD: jax.Array, w_DV: jax.Array, targets_BT: jax.Array,
   2048 vocab, forward+backward).
   """
   B, T, D = x_BTD.shape
-  x_ND, t_N = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
+  x_RD, t_R = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
 
-  def nll(x_CD, t_C):
-    logits_CV = jnp.matmul(x_CD, w_DV.astype(x_CD.dtype), preferred_element_type=jnp.float32)
-    picked_C = jnp.take_along_axis(logits_CV, t_C[:, None], axis=-1)[:, 0]
-    return jax.nn.logsumexp(logits_CV, axis=-1) - picked_C
+  def nll(x_RD, t_R):
+    logits_RV = jnp.matmul(x_RD, w_DV.astype(x_RD.dtype), preferred_element_type=jnp.float32)
+    picked_R = jnp.take_along_axis(logits_RV, t_R[:, None], axis=-1)[:, 0]
+    return jax.nn.logsumexp(logits_RV, axis=-1) - picked_R
 
-  N = B * T
-  if chunk <= 0 or chunk >= N:
-    return nll(x_ND, t_N).reshape(B, T)
-  n_chunks = -(-N // chunk)
-  pad = n_chunks * chunk - N
-  x_KCD = jnp.pad(x_ND, ((0, pad), (0, 0))).reshape(n_chunks, chunk, D)
-  t_KC = jnp.pad(t_N, (0, pad)).reshape(n_chunks, chunk)
-  _, nll_KC = jax.lax.scan(lambda _, xt: (None, jax.checkpoint(nll)(*xt)), None, (x_KCD, t_KC))
-  return nll_KC.reshape(-1)[:N].reshape(B, T)
+  R = B * T
+  if chunk <= 0 or chunk >= R:
+    return nll(x_RD, t_R).reshape(B, T)
+  J = -(-R // chunk)
+  pad = J * chunk - R
+  x_JRD = jnp.pad(x_RD, ((0, pad), (0, 0))).reshape(J, chunk, D)
+  t_JR = jnp.pad(t_R, (0, pad)).reshape(J, chunk)
+  _, nll_JR = jax.lax.scan(lambda _, xt: (None, jax.checkpoint(nll)(*xt)), None, (x_JRD, t_JR))
+  return nll_JR.reshape(-1)[:R].reshape(B, T)

@@ -1,10 +1,12 @@
 """Decoder-only Transformer (GPT-2 / LLaMA family) as pure functions of params.
 
-Dimension legend: B batch, T length, D model width, N query heads, K kv heads,
-H head dim, F MLP width, V vocab, L layers.
+Dimension legend (docs/architecture.md): B batch, T length, S key length, D
+model width, N query heads, K kv heads, H head dim, F MLP width, V vocab,
+L layers.
 
 `param_specs(config)` is the single description of the parameters; `init`,
-the shardings, the weight-decay mask and `param_count` all derive from it.
+the shardings, the weight-decay mask and `param_count` all derive from it
+(jaxlm.params).
 The layer stack runs over params stacked on a leading L axis (layer_stack).
 """
 
@@ -15,11 +17,12 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxlm import params as params_lib
 from jaxlm import sharding
 from jaxlm.config import ModelConfig
 from jaxlm.models import layers
 from jaxlm.models.attention import dot_product_attention
-from jaxlm.models.layers import ParamSpec, normal
+from jaxlm.params import ParamSpec, normal
 
 
 # What a layer keeps for the backward pass: "full" keeps only its input (and
@@ -54,10 +57,10 @@ def param_specs(config: ModelConfig) -> dict:
       "wo": matrix((L, N, H, D), ("heads", "head_dim", "embed"), out_std),
   }
   if c.use_bias:
-    attn["bq"] = ParamSpec((L, N, H), lead_axes + ("heads", "head_dim"), layers.zeros)
-    attn["bk"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), layers.zeros)
-    attn["bv"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), layers.zeros)
-    attn["bo"] = ParamSpec((L, D), lead_axes + ("embed",), layers.zeros)
+    attn["bq"] = ParamSpec((L, N, H), lead_axes + ("heads", "head_dim"), params_lib.zeros)
+    attn["bk"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), params_lib.zeros)
+    attn["bv"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), params_lib.zeros)
+    attn["bo"] = ParamSpec((L, D), lead_axes + ("embed",), params_lib.zeros)
   specs = {
       "embed": ParamSpec((V, D), ("vocab", "embed"), normal(emb_std), embedding=True),
       "layers": {
@@ -82,70 +85,86 @@ def param_specs(config: ModelConfig) -> dict:
 
 def init(config: ModelConfig, rng: jax.Array) -> dict:
   """Draws initial params (a nested dict of arrays) from the spec tree."""
-  return layers.init_params(param_specs(config), rng, jnp.dtype(config.param_dtype))
+  return params_lib.init_params(param_specs(config), rng, jnp.dtype(config.param_dtype))
 
 
 def param_count(config: ModelConfig) -> dict[str, int]:
   """Total and non-embedding parameter counts, from the config alone."""
-  return layers.param_count(param_specs(config))
+  return params_lib.param_count(param_specs(config))
 
 
-def decay_mask(config: ModelConfig) -> dict:
-  """Tree of bools: True where weight decay applies."""
-  return layers.decay_mask(param_specs(config))
+def default_positions(tokens_BT: jax.Array) -> jax.Array:
+  """Positions 0..T-1 in every row: each row one document."""
+  B, T = tokens_BT.shape[:2]
+  return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
 
 
-def lr_scales(config: ModelConfig) -> dict:
-  """Tree of floats: each parameter's learning-rate multiplier (μP; all 1 under standard)."""
-  return layers.lr_scales(param_specs(config))
-
-
-def self_attention(segment_ids_BT, config: ModelConfig):
-  """The training-time `attend`: causal self-attention within documents; no aux output."""
+def self_attention(segment_ids_BT, config: ModelConfig, causal: bool = True):
+  """The training-time `attend`: attention within documents (causal, or not for an
+  encoder); no aux output."""
   impl = None if config.attention == "auto" else config.attention
 
   def attend(q_BTNH, k_BTKH, v_BTKH):
-    return dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True,
+    return dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=causal,
                                  segment_ids=segment_ids_BT, implementation=impl,
                                  scale=config.attention_scale), None
 
   return attend
 
 
-def attention_sublayer(p, x_BTD, positions_BT, config, constrain, attend):
-  """Q/K/V projections (+ biases, rotary), `attend`, output projection: (out_BTD, aux)."""
-  # `attend(q, k, v) -> (o, aux)` is plugged in, so a key/value cache
-  # (jaxlm.models.decode) reuses these projections instead of copying them.
-  c = config
-  dtype = x_BTD.dtype
+# An attention sublayer in three pieces, so that a key/value cache (models/decode.py)
+# and cross-attention (models/encoder_decoder.py) reuse them instead of copying them.
+def project_queries(p: dict, x_BTD: jax.Array, positions_BT: jax.Array,
+                    config: ModelConfig) -> jax.Array:
+  """Queries (B, T, N, H) of attention params p: projection, bias, rotary embedding."""
   q_BTNH = layers.dense(x_BTD, p["wq"])
-  k_BTKH = layers.dense(x_BTD, p["wk"])
-  v_BTKH = layers.dense(x_BTD, p["wv"])
   if "bq" in p:
-    q_BTNH, k_BTKH, v_BTKH = (q_BTNH + p["bq"].astype(dtype), k_BTKH + p["bk"].astype(dtype),
-                              v_BTKH + p["bv"].astype(dtype))
-  if c.positions == "rope":
-    q_BTNH = layers.rope(q_BTNH, positions_BT, c.rope_theta)
-    k_BTKH = layers.rope(k_BTKH, positions_BT, c.rope_theta)
-  q_BTNH = constrain(q_BTNH, ("batch", "length", "act_heads", "head_dim"))
-  k_BTKH = constrain(k_BTKH, ("batch", "length", "act_kv_heads", "head_dim"))
-  o_BTNH, aux = attend(q_BTNH, k_BTKH, v_BTKH)
+    q_BTNH = q_BTNH + p["bq"].astype(x_BTD.dtype)
+  if config.positions == "rope":
+    q_BTNH = layers.rope(q_BTNH, positions_BT, config.rope_theta)
+  return sharding.constrain(q_BTNH, ("batch", "length", "act_heads", "head_dim"))
+
+
+def project_keys_values(p: dict, x_BSD: jax.Array, positions_BS: jax.Array,
+                        config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+  """Keys (rotated by position) and values (B, S, K, H) of attention params p."""
+  k_BSKH = layers.dense(x_BSD, p["wk"])
+  v_BSKH = layers.dense(x_BSD, p["wv"])
+  if "bk" in p:
+    k_BSKH, v_BSKH = k_BSKH + p["bk"].astype(x_BSD.dtype), v_BSKH + p["bv"].astype(x_BSD.dtype)
+  if config.positions == "rope":
+    k_BSKH = layers.rope(k_BSKH, positions_BS, config.rope_theta)
+  return sharding.constrain(k_BSKH, ("batch", "length", "act_kv_heads", "head_dim")), v_BSKH
+
+
+def project_out(p: dict, o_BTNH: jax.Array) -> jax.Array:
+  """The output projection (B, T, D) of attention params p."""
   out_BTD = layers.dense(o_BTNH, p["wo"], n_in=2)
-  if "bo" in p:
-    out_BTD = out_BTD + p["bo"].astype(dtype)
-  return out_BTD, aux
+  return out_BTD + p["bo"].astype(out_BTD.dtype) if "bo" in p else out_BTD
+
+
+def attention_sublayer(p, x_BTD, positions_BT, config, attend):
+  """Q/K/V projections (+ biases, rotary), `attend(q, k, v) -> (o, aux)`, output
+  projection: (out_BTD, aux)."""
+  q_BTNH = project_queries(p, x_BTD, positions_BT, config)
+  k_BTKH, v_BTKH = project_keys_values(p, x_BTD, positions_BT, config)
+  o_BTNH, aux = attend(q_BTNH, k_BTKH, v_BTKH)
+  return project_out(p, o_BTNH), aux
 
 
 def block(x_BTD, p, positions_BT, config, attend):
   """One pre-norm layer with `attend(q, k, v) -> (o, aux)`; returns (x_BTD, aux)."""
   c = config
-  constrain = sharding.constrain
   h_BTD = layers.norm(p["attn_norm"], x_BTD, c.norm, c.norm_eps)
-  a_BTD, aux = attention_sublayer(p["attn"], h_BTD, positions_BT, c, constrain, attend)
-  x_BTD = x_BTD + a_BTD
-  h_BTD = layers.norm(p["mlp_norm"], x_BTD, c.norm, c.norm_eps)
-  x_BTD = x_BTD + layers.mlp(p["mlp"], h_BTD, c.mlp, constrain)
-  return constrain(x_BTD, ("batch", "length", "act_embed")), aux
+  a_BTD, aux = attention_sublayer(p["attn"], h_BTD, positions_BT, c, attend)
+  return mlp_sublayer(p, x_BTD + a_BTD, c), aux
+
+
+def mlp_sublayer(p, x_BTD, config):
+  """The residual MLP sublayer of a layer's params p: x + mlp(norm(x)), constrained."""
+  h_BTD = layers.norm(p["mlp_norm"], x_BTD, config.norm, config.norm_eps)
+  x_BTD = x_BTD + layers.mlp(p["mlp"], h_BTD, config.mlp)
+  return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
 
 
 def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
@@ -197,9 +216,8 @@ def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
           segment_ids_BT=None) -> jax.Array:
   """Embedding and the layer stack: the residual stream (B, T, D) before the final norm."""
   c = config
-  B, T = tokens_BT.shape
   if positions_BT is None:
-    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    positions_BT = default_positions(tokens_BT)
   x_BTD = embed(params, tokens_BT, positions_BT, c)
   attend = self_attention(segment_ids_BT, c)
 

@@ -12,7 +12,7 @@ import subprocess
 
 import numpy as np
 
-from jaxlm import config as config_lib
+from jaxlm.run import files
 from jaxlm.scaling import flops as flops_lib
 
 COLUMNS = ("name", "status", "params", "non_embedding_params", "tokens", "flops",
@@ -74,9 +74,9 @@ def _slurm_job_queued(job: str | None) -> bool:
 def _row(sweep_dir: str, name: str, convention: str) -> dict:
   workdir = os.path.join(sweep_dir, name)
   row = {"name": name}
-  summary_path = os.path.join(workdir, "summary.json")
+  summary_path = os.path.join(workdir, files.SUMMARY)
   status_path = os.path.join(workdir, "status.json")
-  config_path = os.path.join(workdir, "config.json")
+  config_path = os.path.join(workdir, files.CONFIG)
   if os.path.exists(summary_path):
     row["status"] = "ok"
   elif os.path.exists(status_path):
@@ -87,8 +87,7 @@ def _row(sweep_dir: str, name: str, convention: str) -> dict:
   else:
     row["status"] = "incomplete" if os.path.exists(config_path) else "pending"
   if os.path.exists(config_path):
-    with open(config_path) as f:
-      config = config_lib.loads(f.read())
+    config = files.read_config(workdir)
     tokens = config.train.steps * config.train.batch_size * config.data.seq_len
     acc = flops_lib.training_flops(config.model, config.data.seq_len, tokens, convention)
     row.update(params=acc["params"], non_embedding_params=acc["non_embedding_params"],

@@ -17,6 +17,7 @@ import math
 import os
 
 import numpy as np
+import scipy
 from scipy import optimize, special
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, section 3.3
@@ -34,7 +35,6 @@ def _serial_blas():
   L-BFGS-B calls BLAS on 5-vectors; OpenBLAS threads for them and, on a busy
   machine, made a fit ~40x slower (measured: 37 s vs 0.8 s for a test fit).
   """
-  import scipy
   libs = glob.glob(os.path.join(os.path.dirname(scipy.__file__) + ".libs", "libscipy_openblas*"))
   try:
     lib = ctypes.CDLL(libs[0])
@@ -167,7 +167,7 @@ def _interval(samples, level=0.95):
 
 def fit(data: dict, n_boot: int = 200, seed: int = 0, group_tolerance_dex: float = 0.15,
         delta: float = HUBER_DELTA) -> dict:
-  """Both approaches with bootstrap intervals; the fit.json layout of DESIGN.md.
+  """Both approaches with bootstrap intervals; the fit.json layout of docs/interfaces.md.
 
   Bootstrap: runs are resampled with replacement (within each budget for
   Approach 2, so every budget keeps its profile) and both fits are redone.

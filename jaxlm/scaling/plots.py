@@ -10,6 +10,7 @@ from jaxlm.scaling import fit as fit_lib
 
 
 def _pyplot():
+  # matplotlib is optional (the plot extra) and slow to import: only plots need it.
   import matplotlib
   matplotlib.use("Agg")  # files only; no display needed
   import matplotlib.pyplot as plt

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from jaxlm import config as config_lib
+from jaxlm import registry
 from jaxlm.config import Config, ModelConfig
 from jaxlm.scaling import flops as flops_lib
 
@@ -128,7 +129,6 @@ def _log_space(lo: float, hi: float, count: int) -> list[float]:
 
 def _base(spec) -> Config:
   """The base experiment with the spec's shared overrides applied."""
-  from jaxlm import registry  # registry imports experiments, which import this module
   return config_lib.apply_overrides(registry.experiment(spec.base), list(spec.extra))
 
 

@@ -3,7 +3,7 @@
 A task supplies the parameter specs (the model's plus any head), the loss, the
 per-batch evaluation sums and their summary, and the data: an infinite batched
 training dataset and the evaluation batches. The Trainer and the loop in
-jaxlm.train call only these, so a new task is a new module here, not another
+jaxlm/train call only these, so a new task is a new module here, not another
 branch in the step.
 
 Every batch is a dict of numpy arrays whose leading axis is the batch; a
@@ -50,8 +50,13 @@ class Task(Protocol):
     """This process's share of each evaluation batch (max_batches 0: the whole split)."""
 
 
+# The task modules implement Task; they import nothing from this package's __init__.
+from jaxlm.tasks import classify, lm, seq2seq, sft  # noqa: E402  (after Task, which they follow)
+
+KINDS = {"lm": lm.LanguageModeling, "classify": classify.Classification,
+         "sft": sft.SupervisedFineTuning, "seq2seq": seq2seq.Seq2Seq}
+
+
 def get(config: Config) -> Task:
   """The task a config names (task.kind)."""
-  from jaxlm.tasks import classify, lm, seq2seq, sft  # pylint: disable=import-outside-toplevel
-  return {"lm": lm.LanguageModeling, "classify": classify.Classification,
-          "sft": sft.SupervisedFineTuning, "seq2seq": seq2seq.Seq2Seq}[config.task.kind](config)
+  return KINDS[config.task.kind](config)

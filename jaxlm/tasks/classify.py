@@ -1,6 +1,6 @@
 """Passage classification: the decoder's residual stream, pooled, into a linear head.
 
-Dimension legend: B batch, T length, D model width, C classes.
+Dimension legend (docs/architecture.md): B batch, T length, D model width, Y classes.
 
 The head reads the final-normed residual stream at the last real token
 (`task.pooling=last`, what a causal model has seen all of the passage at) or
@@ -20,18 +20,18 @@ import numpy as np
 from jaxlm.config import Config
 from jaxlm.data import finetune, pipeline
 from jaxlm.models import layers, transformer
-from jaxlm.models.layers import ParamSpec
+from jaxlm.params import ParamSpec, zeros
 
 BATCH_KEYS = ("inputs", "segment_ids", "positions", "labels", "weights")
 
 
 def head_specs(d_model: int, n_classes: int) -> dict:
-  return {"w": ParamSpec((d_model, n_classes), ("embed", "classes"), layers.zeros, decay=True),
-          "b": ParamSpec((n_classes,), ("classes",), layers.zeros)}
+  return {"w": ParamSpec((d_model, n_classes), ("embed", "classes"), zeros, decay=True),
+          "b": ParamSpec((n_classes,), ("classes",), zeros)}
 
 
 def class_logits(params, batch: dict, config: Config, pooling: str) -> jax.Array:
-  """Float32 logits (B, C) of each row's passage."""
+  """Float32 logits (B, Y) of each row's passage."""
   m = config.model
   mask_BT = batch["segment_ids"] > 0
   x_BTD = transformer.trunk(params, batch["inputs"], m, positions_BT=batch["positions"],
@@ -71,10 +71,10 @@ class Classification:
     return shapes
 
   def _nll(self, params, batch):
-    logits_BC = class_logits(params, batch, self.config, self.config.task.pooling)
-    nll_B = jax.nn.logsumexp(logits_BC, -1) - jnp.take_along_axis(
-        logits_BC, batch["labels"][:, None], -1)[:, 0]
-    return nll_B, logits_BC
+    logits_BY = class_logits(params, batch, self.config, self.config.task.pooling)
+    nll_B = jax.nn.logsumexp(logits_BY, -1) - jnp.take_along_axis(
+        logits_BY, batch["labels"][:, None], -1)[:, 0]
+    return nll_B, logits_BY
 
   def loss(self, params, batch: dict):
     nll_B, _ = self._nll(params, batch)
@@ -83,14 +83,14 @@ class Classification:
 
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
     del token_bytes
-    nll_B, logits_BC = self._nll(params, batch)
+    nll_B, logits_BY = self._nll(params, batch)
     w_B = batch["weights"]
-    correct_B = (jnp.argmax(logits_BC, -1) == batch["labels"]).astype(jnp.float32) * w_B
-    onehot_BC = jax.nn.one_hot(batch["labels"], self.n_classes) * w_B[:, None]
+    correct_B = (jnp.argmax(logits_BY, -1) == batch["labels"]).astype(jnp.float32) * w_B
+    onehot_BY = jax.nn.one_hot(batch["labels"], self.n_classes) * w_B[:, None]
     return {"nll": jnp.sum(nll_B * w_B), "examples": jnp.sum(w_B),
             "correct": jnp.sum(correct_B),
-            "class_correct": jnp.sum(onehot_BC * correct_B[:, None], 0),
-            "class_examples": jnp.sum(onehot_BC, 0)}
+            "class_correct": jnp.sum(onehot_BY * correct_B[:, None], 0),
+            "class_examples": jnp.sum(onehot_BY, 0)}
 
   def summarize(self, sums: dict) -> dict:
     n = max(float(sums["examples"]), 1.0)

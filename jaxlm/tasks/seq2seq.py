@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import Config
+from jaxlm import params as params_lib
 from jaxlm.data import finetune, pipeline
-from jaxlm.models import encoder_decoder, layers, transformer
+from jaxlm.models import encoder_decoder, transformer
 
 BATCH_KEYS = ("src", "src_segments", "tgt_inputs", "tgt_targets", "tgt_weights")
 
@@ -89,8 +90,8 @@ class Seq2Seq:
     attention 6*L*T*D causal, 12*L*S*D over the whole source)."""
     m, S, T = self.config.model, source_len(self.config), self.config.data.seq_len
     specs = self.param_specs()
-    enc = layers.param_count(specs["encoder"])["total"]
-    dec = layers.param_count(specs["decoder"])["total"]
+    enc = params_lib.param_count(specs["encoder"])["total"]
+    dec = params_lib.param_count(specs["decoder"])["total"]
     decoder = 6.0 * (dec + m.vocab_size * m.d_model) + 6.0 * m.n_layers * T * m.d_model \
         + 12.0 * m.n_layers * S * m.d_model
     encoder = (6.0 * enc + 12.0 * m.encoder_layers * S * m.d_model) * S / T

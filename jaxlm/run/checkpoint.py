@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state, the data iterator and the config; preemption.
+"""Orbax checkpoints of the train state, the data iterator and the config.
 
 Each checkpoint step holds `state` (step, params, optimizer state, RNG key,
 non-finite step count), `data` (the grain iterator state, JSON), `config` (the
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -52,7 +50,7 @@ def manager(workdir: str, keep: int, async_save: bool = True,
       preservation_policy=preserve, cleanup_tmp_directories=not read_only,
       # best_fn only makes the manager write each step's metrics and answer best_step().
       best_fn=_best_metric, best_mode="min")
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+  return ocp.CheckpointManager(_directory(workdir),
                                options=options, item_names=("state", "data", "config"))
 
 
@@ -171,11 +169,9 @@ def _quarantine(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
 
 
 def restore_params(workdir: str, abstract_params, step: int | None = None):
-  """Params alone (no optimizer state) from a run's latest or given checkpoint."""
-  mngr = manager(workdir, keep=1, async_save=False, read_only=True)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+  """(params, step): params alone (no optimizer state) of a run's latest or given checkpoint."""
+  mngr = _read_only(workdir)
+  step = _existing_step(mngr, step)
   out = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
           item={"params": abstract_params},
@@ -184,13 +180,15 @@ def restore_params(workdir: str, abstract_params, step: int | None = None):
   return out["state"]["params"], step
 
 
-def restore_config(workdir: str, step: int | None = None) -> tuple[config_lib.Config, int]:
-  """The resolved config saved with a run's latest or given checkpoint, and that step."""
-  mngr = manager(workdir, keep=1, async_save=False, read_only=True)
-  step = mngr.latest_step() if step is None else step
-  if step is None or step not in mngr.all_steps():
-    raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in "
-                            f"{mngr.directory}; expected one of steps {list(mngr.all_steps())}")
+def restore_config(workdir: str, step: int | None = None):
+  """(config, step): the resolved config saved with a run's latest or given checkpoint.
+
+  The config is None where that checkpoint was written without one.
+  """
+  mngr = _read_only(workdir)
+  step = _existing_step(mngr, step)
+  if not os.path.isdir(os.path.join(str(mngr.directory), str(step), "config")):
+    return None, step
   out = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   try:
     return config_lib.from_dict(config_lib.Config, out["config"]), step
@@ -199,46 +197,32 @@ def restore_config(workdir: str, step: int | None = None) -> tuple[config_lib.Co
                                  f"not load in this version of jaxlm ({e})") from None
 
 
-class Preemption:
-  """Turns SIGTERM and SIGINT into a request to save and stop after the current step.
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of a run's complete checkpoints, oldest first ([] if it has none)."""
+  if not os.path.isdir(_directory(workdir)):
+    return []
+  return sorted(_read_only(workdir).all_steps())
 
-  Use around the training loop and ask `reached(step)` after every step. One
-  process: the signal sets a flag. Several: JAX's preemption service, which
-  listens for SIGTERM, tells every process and picks one step for all of them
-  (`reached_preemption_sync_point`), so SIGTERM is left to it and SIGINT is passed
-  on to it as SIGTERM. A second signal before the save stops the old way.
-  """
 
-  def __init__(self):
-    self.signal: str | None = None
-    self._previous: dict = {}
-    self._shared = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+def _directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
 
-  def __enter__(self) -> Preemption:
-    if threading.current_thread() is threading.main_thread():  # signal.signal requires it
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        if not (self._shared and sig == signal.SIGTERM):
-          self._previous[sig] = signal.signal(sig, self._handle)
-    return self
 
-  def __exit__(self, *exc) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
+def _read_only(workdir: str) -> ocp.CheckpointManager:
+  if not os.path.isdir(_directory(workdir)):
+    raise FileNotFoundError(f"no checkpoint in {_directory(workdir)}; expected a run that has "
+                            "saved at least one step")
+  return manager(workdir, keep=1, async_save=False, read_only=True)
 
-  def _handle(self, signum, frame) -> None:
-    if self.signal is not None:
-      self.__exit__()
-      signal.raise_signal(signum)
-      return
-    self.signal = signal.Signals(signum).name
-    _warn(f"{self.signal} received: finishing this step, then saving a checkpoint and "
-          "stopping (send it again to stop at once)")
-    if self._shared:
-      signal.raise_signal(signal.SIGTERM)
 
-  def reached(self, step: int) -> bool:
-    """Whether to save and stop after `step` (every process gets the same answer)."""
-    if self._shared:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.signal is not None
+def _existing_step(mngr: ocp.CheckpointManager, step: int | None) -> int:
+  """`step`, or the latest one if None; FileNotFoundError if there is no such checkpoint."""
+  steps = list(mngr.all_steps())
+  if step is None and steps:
+    return mngr.latest_step()
+  if step is None or step not in steps:
+    raise FileNotFoundError(
+        f"no checkpoint{'' if step is None else f' at step {step}'} in {mngr.directory}; "
+        + (f"expected one of steps {steps}" if steps else
+           "expected a run that has saved at least one step"))
+  return step

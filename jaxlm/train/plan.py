@@ -11,9 +11,10 @@ import math
 import jax
 import numpy as np
 
+from jaxlm import params as params_lib
 from jaxlm import sharding
 from jaxlm.config import Config, ConfigError
-from jaxlm.models import layers
+from jaxlm.train.step import Trainer
 
 
 def _device_bytes(abstract_tree) -> int:
@@ -54,11 +55,10 @@ def check_fits(compiled, config: Config) -> None:
 
 def describe(config: Config) -> str:
   """A human-readable plan: sizes, per-device bytes, FLOPs and XLA's memory analysis."""
-  from jaxlm.train import Trainer  # deferred: train imports plan
   c = config
   mesh = sharding.make_mesh(c.mesh)
   trainer = Trainer(c, mesh, np.ones(c.model.vocab_size, np.int32))
-  counts = layers.param_count(trainer.specs)
+  counts = params_lib.param_count(trainer.specs)
   state = trainer.abstract_state()
   tokens = c.train.batch_size * c.data.seq_len
   per_token = trainer.task.flops_per_token()

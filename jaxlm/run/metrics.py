@@ -1,13 +1,14 @@
-"""Progress lines on stdout, WORKDIR/metrics.jsonl, and model FLOPs utilization."""
+"""Progress lines on stdout, WORKDIR/metrics.jsonl records, and model FLOPs utilization."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
+
+from jaxlm.run import files
 
 # Dense bf16 peak FLOP/s per chip, for MFU (vendor datasheets, without sparsity).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
@@ -36,7 +37,7 @@ class Writer:
   def __init__(self, workdir: str, total_steps: int):
     self.enabled = jax.process_index() == 0
     self.total = total_steps
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, files.METRICS)
     self.start = time.time()
 
   def log(self, record: dict) -> None:
@@ -60,7 +61,3 @@ class Writer:
     """One line of evaluation metrics (val_loss, val_bpb, val_accuracy, ...)."""
     values = " | ".join(f"{k} {v:.4f}" for k, v in result.items())
     self.print(f"eval {step:>{len(str(self.total))}}/{self.total} | {values}")
-
-
-def stderr(text: str) -> None:
-  print(text, file=sys.stderr, flush=True)

@@ -10,15 +10,14 @@ start loads: a run resuming its own checkpoint ignores init.*.
 
 from __future__ import annotations
 
-import os
-
 import jax
-import jax.numpy as jnp
 
-from jaxlm import checkpoint, sharding
 from jaxlm import config as config_lib
+from jaxlm import sharding
 from jaxlm.config import Config
-from jaxlm.models import grow, layers, transformer
+from jaxlm.models import encoder_decoder, grow, transformer
+from jaxlm.run import checkpoint, files
+from jaxlm.run.load import load_run
 
 # Model keys that only say how the model runs, not what it computes.
 _RUNTIME_KEYS = ("attention", "remat", "layer_loop", "compute_dtype", "param_dtype", "init_std")
@@ -28,13 +27,10 @@ _DATA_KEYS = ("tokenizer", "tokenizer_path", "vocab_size")
 
 def source_config(config: Config) -> Config:
   """The config of the run init.from_workdir names (its config.json)."""
-  path = os.path.join(config.init.from_workdir, "config.json")
-  if not os.path.isfile(path):
-    raise config_lib.ConfigError(
-        f"init.from_workdir={config.init.from_workdir!r} has no config.json; expected the "
-        "workdir of a trained jaxlm run")
-  with open(path) as f:
-    return config_lib.loads(f.read())
+  try:
+    return files.read_config(config.init.from_workdir, "init.from_workdir")
+  except FileNotFoundError as e:
+    raise config_lib.ConfigError(str(e)) from None
 
 
 def check_source(config: Config) -> Config:
@@ -62,8 +58,7 @@ def check_source(config: Config) -> Config:
       grow.check_growable(src.model, config.model)
     except ValueError as e:
       raise config_lib.ConfigError(f"init.grow={config.init.grow!r}: {e}") from None
-  mngr = checkpoint.manager(config.init.from_workdir, keep=1, async_save=False, read_only=True)
-  if mngr.latest_step() is None:
+  if not checkpoint.saved_steps(config.init.from_workdir):
     raise config_lib.ConfigError(f"{key}={config.init.from_workdir!r} holds no checkpoint; "
                                  "expected a run that has saved at least one step")
   return src
@@ -73,15 +68,13 @@ def load(config: Config, mesh, rules, fresh_params: dict) -> dict:
   """This run's initial params: fresh_params with the source run's params put in.
 
   Params the source has (the whole model) replace the fresh ones, cast to this
-  run's dtype; the rest (a task's head) keep their fresh values.
+  run's dtype and placed as the fresh ones are; the rest (a task's head) keep
+  their fresh values.
   """
   src = check_source(config)
-  specs = transformer.param_specs(src.model)
-  dtype = jnp.dtype(src.model.param_dtype)
-  shardings = sharding.tree_shardings(specs, mesh, rules)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
-                          specs, shardings, is_leaf=layers.is_spec)
-  params, _ = checkpoint.restore_params(config.init.from_workdir, abstract)
+  loaded = load_run(config.init.from_workdir, mesh=mesh, what="init.from_workdir").params
+  model = (encoder_decoder if src.model.encoder_layers else transformer).param_specs(src.model)
+  params = {k: v for k, v in loaded.items() if k in model}  # not a source task's head
   if config.init.grow != "none":
     target = sharding.tree_shardings(transformer.param_specs(config.model), mesh, rules)
     grown = jax.jit(lambda p, key: grow.grow_params(
@@ -91,7 +84,8 @@ def load(config: Config, mesh, rules, fresh_params: dict) -> dict:
   out = dict(fresh_params)
   for name, fresh in fresh_params.items():
     if name in params:
-      out[name] = jax.tree.map(lambda new, old: new.astype(old.dtype), params[name], fresh)
+      out[name] = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
+                               params[name], fresh)
   return out
 
 

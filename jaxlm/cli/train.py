@@ -1,0 +1,77 @@
+"""Command line of training (`python -m jaxlm.main`): train a registered experiment.
+
+  python -m jaxlm.main --experiment=shakespeare [--workdir=DIR] [--set key=value]...
+      [--resume | --overwrite]
+  python -m jaxlm.main --list
+
+Rerunning a command with the same --workdir resumes it from its latest complete
+checkpoint; SIGTERM or SIGINT saves one and exits 0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+from absl import app, flags
+
+from jaxlm import cli, distributed, registry
+from jaxlm import config as config_lib
+from jaxlm.cli import fail
+from jaxlm.train import loop, plan
+
+flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --list).")
+flags.DEFINE_multi_string("set", [], "Config override key=value, e.g. model.d_model=256.")
+flags.DEFINE_string("workdir", None, "Run directory; default runs/<experiment>/<timestamp>. "
+                    "An existing run directory is resumed.")
+flags.DEFINE_bool("resume", False, "Continue the run in --workdir although the config differs "
+                  "(not in model.*), e.g. a lower optim.lr after a non-finite loss.")
+flags.DEFINE_bool("overwrite", False, "Start over in --workdir, moving a run there to "
+                  "WORKDIR.old-<time>.")
+flags.DEFINE_bool("list", False, "List registered experiments and exit.")
+flags.DEFINE_bool("dry_run", False, "Print the plan (params, memory, FLOPs) and exit.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a multi-process "
+                    "run (automatic under SLURM and on TPU VMs).")
+flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  cli.start(argv, "use --set key=value for config overrides", verbosity="warning")
+  if FLAGS.list:
+    for name, line in registry.names().items():
+      print(f"{name:24s} {line}")
+    return
+  if not FLAGS.experiment:
+    fail("--experiment is required (--list shows the registered ones)")
+  try:
+    if distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                              FLAGS.process_id) and not FLAGS.workdir:
+      fail("a multi-process run needs an explicit --workdir shared by all processes")
+    config = config_lib.apply_overrides(registry.experiment(FLAGS.experiment), FLAGS.set)
+    if FLAGS.dry_run:
+      print(plan.describe(config))
+      return
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    workdir = FLAGS.workdir or os.path.join("runs", FLAGS.experiment, stamp)
+    if FLAGS.resume and FLAGS.overwrite:
+      fail("--resume and --overwrite exclude each other; expected at most one")
+    mode = "resume" if FLAGS.resume else "overwrite" if FLAGS.overwrite else "auto"
+    run = loop.setup(config, workdir, mode)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    fail(str(e))
+  try:
+    loop.run(run)
+  except loop.NonFiniteError as e:  # not bad input: exit 1, but one readable line
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def entry():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  entry()

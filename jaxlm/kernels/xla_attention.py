@@ -1,0 +1,160 @@
+"""Attention in plain XLA ops, with a hand-written gradient laid out for XLA's CPU backend.
+
+Dimension legend (docs/architecture.md): B batch, T query length, S key length,
+N query heads, K key/value heads (N divisible by K), G = N // K query heads per
+kv head, H head dim, R rows of one block's product (its G * t stacked queries).
+
+Grouped-query products without repeating K/V, a float32 softmax, causal
+attention by query blocks that skip the fully masked key blocks, and a
+custom VJP (_attend_blocks) whose every product contracts the last axis of its
+left operand and the first of its right one: the only layout XLA's CPU backend
+runs in YNNPACK rather than in Eigen at about half the speed. Its jnp
+reference is kernels/reference.py.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.kernels.reference import MASKED, mask_BTS, split_segments
+
+
+def causal_query_blocks(T: int, S: int) -> list[tuple[int, int]]:
+  """[start, end) query ranges for causal attention that skips fully masked key blocks.
+
+  Query t sees keys s <= t + (S - T), so the block [a, b) needs only the keys
+  before b + S - T: with 4 blocks about 5/8 of the score matrix is computed.
+  Blocks are a quarter of T, at least 16 and at most 128 rows (so more than 4
+  blocks beyond 512 queries; one block below 32). Measured on
+  the 2-core CPU, fwd+bwd at B x 256 x 4 heads: 4 blocks 17 ms against 32 ms
+  whole, 2 blocks 23, 8 blocks 21 (docs/benchmarks.md, CPU section).
+  """
+  if T < 32 or T > S:
+    return [(0, T)]
+  size = min(128, max(16, -(-T // 4)))
+  return [(a, min(a + size, T)) for a in range(0, T, size)]
+
+
+def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, scale=None):
+  """Reference attention in plain XLA ops: grouped-query products, float32 softmax.
+
+  Causal attention runs over query blocks, each against only the keys it can
+  see (causal_query_blocks), so most of the masked upper triangle is never
+  computed; each row's softmax is the same as over all keys, where the masked
+  ones add exact zeros. The gradient is written by hand (_attend_blocks) so
+  that every product, forward and backward, has the layout XLA's CPU backend
+  runs fastest; being a jax.custom_vjp, it has no forward-mode derivative
+  (jax.jvp, jacfwd), while reverse mode of any order works.
+  """
+  B, T, N, H = q_BTNH.shape
+  S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+  G = N // K
+  scale = H ** -0.5 if scale is None else scale
+  try:
+    scale = float(scale)  # a static argument of the hand-written gradient
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    # A traced scale (jitted or differentiated): scale the queries instead.
+    q_BTNH, scale = q_BTNH * jnp.asarray(scale, q_BTNH.dtype), 1.0
+  q_seg, kv_seg = split_segments(segment_ids, T, S)
+  spans, masks = [], []
+  for a, b in causal_query_blocks(T, S) if is_causal else [(0, T)]:
+    end = b + S - T if is_causal else S  # this block's queries see keys [0, end)
+    spans.append((a, b, end))
+    mask = None
+    if is_causal or q_seg is not None:
+      # (B or 1, 1, G * t, end): the G query heads of a kv head are stacked on the rows.
+      m = mask_BTS(b - a, end, is_causal, None if q_seg is None else q_seg[:, a:b],
+                   None if kv_seg is None else kv_seg[:, :end])
+      mask = jnp.broadcast_to(m[:, None], (m.shape[0], G, b - a, end)).reshape(
+          m.shape[0], 1, G * (b - a), end)
+    masks.append(mask)
+  # Heads-major layout, so that a query block is a slice of T.
+  q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  o_BKGTH = _attend_blocks(q_BKGTH, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3),
+                           tuple(masks), tuple(spans), scale)
+  return o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
+def _bmm(a, b, dtype=None):
+  """(B, K, M, C) @ (B, K, C, N): the contraction last in a and first in b.
+
+  XLA's CPU backend hands products in this layout to YNNPACK; with a
+  transposed operand it falls back to Eigen, and the attention's forward and
+  backward ran 15-27% slower (docs/benchmarks.md, CPU section).
+  """
+  return jax.lax.dot_general(a, b, (((3,), (2,)), ((0, 1), (0, 1))),
+                             preferred_element_type=dtype)
+
+
+def _transposed_copy(x):
+  """x with its last two axes swapped, as a copy XLA may not fold into the product reading it."""
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+def _query_block(x_BKGTH, a, b):
+  """Rows a:b of each head, its G query heads stacked: (B, K, G * (b - a), H)."""
+  B, K, G, _, H = x_BKGTH.shape
+  return x_BKGTH[:, :, :, a:b].reshape(B, K, G * (b - a), H)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attend_blocks(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
+  """Attention of each query block (a, b) over keys [0, end), spans = ((a, b, end), ...)."""
+  return _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale)[0]
+
+
+def _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
+  B, K, G, _, H = q_BKGTH.shape
+  k_BKHS = _transposed_copy(k_BKSH)
+  outs, probs = [], []
+  for (a, b, end), mask in zip(spans, masks):
+    s_BKRS = _bmm(_query_block(q_BKGTH, a, b), k_BKHS[..., :end], jnp.float32) * scale
+    if mask is not None:
+      s_BKRS = jnp.where(mask, s_BKRS, MASKED)
+    p_BKRS = jax.nn.softmax(s_BKRS, axis=-1)
+    probs.append(p_BKRS)
+    o_BKRH = _bmm(p_BKRS.astype(v_BKSH.dtype), v_BKSH[:, :, :end])
+    outs.append(o_BKRH.reshape(B, K, G, b - a, H))
+  o_BKGTH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+  return o_BKGTH, (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs))
+
+
+def _attend_blocks_bwd(spans, scale, residuals, do_BKGTH):
+  q_BKGTH, k_BKSH, v_BKSH, masks, probs = residuals
+  B, K, G, _, H = q_BKGTH.shape
+  S = k_BKSH.shape[2]
+  # dS times K and Q: in the inputs' dtype, as the forward's products, but not in
+  # float16, where small score gradients would underflow (no loss scaling here).
+  ds_dtype = jnp.promote_types(q_BKGTH.dtype, k_BKSH.dtype)
+  ds_dtype = jnp.float32 if ds_dtype == jnp.float16 else ds_dtype
+  v_BKHS = _transposed_copy(v_BKSH)
+  dq_blocks, dk_parts, dv_parts = [], [], []  # dK, dV transposed: each product is canonical
+  for (a, b, end), mask, p_BKRS in zip(spans, masks, probs):
+    do_BKRH = _query_block(do_BKGTH, a, b)
+    dv_parts.append(
+        _bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BKSH.dtype), jnp.float32))
+    dp_BKRS = _bmm(do_BKRH, v_BKHS[..., :end], jnp.float32)
+    ds_BKRS = p_BKRS * (dp_BKRS - jnp.sum(dp_BKRS * p_BKRS, axis=-1, keepdims=True))
+    if mask is not None:  # as autodiff of the where: no gradient into masked scores
+      ds_BKRS = jnp.where(mask, ds_BKRS, 0.0)
+    ds_BKRS = (ds_BKRS * scale).astype(ds_dtype)
+    dq_blocks.append(_bmm(ds_BKRS, k_BKSH[:, :, :end].astype(ds_dtype),
+                          jnp.float32).reshape(B, K, G, b - a, H))
+    q_BKHR = _transposed_copy(_query_block(q_BKGTH, a, b)).astype(ds_dtype)
+    dk_parts.append(_bmm(q_BKHR, ds_BKRS, jnp.float32))
+  dq_BKGTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=3)
+  # Each block's keys are a prefix [0, end): pad to S and add (no zeros of an
+  # unsharded shape to scatter into, which a mesh with explicit axes rejects).
+  pad = lambda x: jnp.pad(x, ((0, 0),) * 3 + ((0, S - x.shape[3]),))
+  dk_BKHS, dv_BKHS = sum(map(pad, dk_parts)), sum(map(pad, dv_parts))
+  # The barrier keeps XLA from folding the transposes below into the products,
+  # which would leave them in a layout (and, for bfloat16, a type) only Eigen takes.
+  dk_BKHS, dv_BKHS = jax.lax.optimization_barrier((dk_BKHS, dv_BKHS))
+  return (dq_BKGTH.astype(q_BKGTH.dtype), jnp.swapaxes(dk_BKHS, -1, -2).astype(k_BKSH.dtype),
+          jnp.swapaxes(dv_BKHS, -1, -2).astype(v_BKSH.dtype), None)
+
+
+_attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)

@@ -1,0 +1,76 @@
+"""The plain files of a run's workdir: config.json, summary.json, metrics.jsonl.
+
+Every file is written whole into a temporary name and renamed into place, so
+a reader (a resumed run, collect, a crash) never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from jaxlm import config as config_lib
+
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes text to path through a temporary file renamed into place."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def has_config(workdir: str) -> bool:
+  return os.path.isfile(os.path.join(workdir, CONFIG))
+
+
+def read_config(workdir: str, what: str = "--workdir") -> config_lib.Config:
+  """The config.json of the run in workdir.
+
+  Raises FileNotFoundError if there is none, ConfigError if it does not load
+  in this version of jaxlm; `what` names the flag or key that gave workdir.
+  """
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what}={workdir} has no {CONFIG}; expected the directory of a "
+                            "run made by `python -m jaxlm.main`")
+  with open(path) as f:
+    try:
+      return config_lib.loads(f.read())
+    except (ValueError, TypeError) as e:
+      raise config_lib.ConfigError(f"{path} is not a jaxlm config ({e}); expected one "
+                                   "written by `python -m jaxlm.main`") from None
+
+
+def write_config(workdir: str, config: config_lib.Config) -> None:
+  write_atomic(os.path.join(workdir, CONFIG), config_lib.dumps(config))
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+  write_atomic(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2))
+
+
+def truncate_metrics(path: str, step: int) -> float:
+  """Drops metrics.jsonl records past `step`, and any line a crash cut short.
+
+  Returns the wall time the kept records reached (0 if none): the earlier
+  segments' share of the run, which a resumed run adds to its own.
+  """
+  if not os.path.exists(path):
+    return 0.0
+  kept, wall = [], 0.0
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if record.get("step", 0) <= step:
+        kept.append(json.dumps(record) + "\n")
+        wall = max(wall, float(record.get("wall_seconds", 0.0)))
+  write_atomic(path, "".join(kept))
+  return wall

@@ -1,0 +1,246 @@
+"""The training loop: build a run from its config (setup), then train, evaluate and save (run).
+
+`setup()` is the boundary where input is checked: tokenizer, corpus, mesh,
+warm-start source, memory on accelerators, the workdir and its checkpoints,
+all before anything in the workdir is written. `run()` resumes from the
+checkpoint setup restored, steps the Trainer's jitted step, logs, evaluates,
+saves, and writes summary.json and an end-of-run sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+
+from jaxlm import params as params_lib
+from jaxlm import sharding
+from jaxlm.config import Config
+from jaxlm.data import pipeline
+from jaxlm.inference.generate import generate
+from jaxlm.run import checkpoint, files, metrics
+from jaxlm.train import optim, plan, warm_start
+from jaxlm.train.preemption import Preemption
+from jaxlm.train.step import Trainer
+from jaxlm.train.workdir import prepare_workdir
+
+
+class NonFiniteError(RuntimeError):
+  """Training met a non-finite loss or gradient under train.nonfinite=stop."""
+
+
+@dataclasses.dataclass
+class Run:
+  """A prepared run: everything built from the config before the first step."""
+  config: Config
+  workdir: str
+  tokenizer: Any
+  trainer: Trainer
+  dataset: Any
+  checkpoints: Any = None  # the Orbax CheckpointManager of workdir
+  restored: Any = None     # (state, data iterator state) of the checkpoint resumed from
+
+
+def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
+  """Checks inputs (tokenizer, corpus, mesh, workdir, checkpoints) and builds the run.
+
+  Raises on bad input, before anything in workdir is written; `mode` is as in
+  prepare_workdir.
+  """
+  tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
+  mesh = sharding.make_mesh(config.mesh)
+  trainer = Trainer(config, mesh, tok.token_bytes())
+  dataset = trainer.task.train_dataset(tok, config.seed, jax.process_index(),
+                                       jax.process_count())
+  next(iter(trainer.task.eval_batches(tok, 1)))  # the evaluation data is there and readable
+  if config.init.from_workdir:
+    warm_start.check_source(config)
+  if plan.device_memory_limit() is not None:  # accelerators: compile ahead, stop if too big
+    compiled = plan.compile_step(trainer)
+    plan.check_fits(compiled, config)
+    trainer.step = compiled
+  changed = prepare_workdir(config, workdir, mode)
+  mngr = checkpoint.manager(workdir, config.checkpoint.keep)
+  restored = None
+  if mngr.latest_step() is not None:
+    restored = checkpoint.restore(mngr, trainer.abstract_state())
+  if changed and jax.process_index() == 0:
+    print(f"continuing the run in {workdir} with new {', '.join(changed[:6])}", flush=True)
+    files.write_config(workdir, config)
+  return Run(config, workdir, tok, trainer, dataset, mngr, restored)
+
+
+def run(r: Run) -> dict:
+  """Trains (or resumes) to train.steps; writes metrics, checkpoints and summary.json.
+
+  SIGTERM or SIGINT ends the current step, saves a checkpoint and returns
+  {"preempted_at": step} (main exits 0); rerunning the same command resumes.
+  """
+  c, trainer, tok = r.config, r.trainer, r.tokenizer
+  wall_start = time.time()
+  writer = metrics.Writer(r.workdir, c.train.steps)
+  mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep)
+  it = pipeline.train_iterator(r.dataset)
+  earlier_seconds = 0.0  # wall time of the segments before a resume
+  counts = params_lib.param_count(trainer.specs)  # the task's head included
+  if r.restored is not None:
+    (state, data_state), r.restored = r.restored, None  # the first step donates it
+    it.set_state(data_state)
+    if writer.enabled:  # the steps after the checkpoint are logged again
+      earlier_seconds = files.truncate_metrics(writer.path, int(state.step))
+    # Exact where the checkpoint kept it; else (older checkpoints) the last logged step's.
+    saved = checkpoint.saved_wall_seconds(mngr, int(state.step))
+    earlier_seconds = earlier_seconds if saved is None else saved
+    writer.print(f"resumed from step {int(state.step)} in {r.workdir}")
+  else:
+    state = trainer.init(jax.random.key(c.seed))
+    if c.init.from_workdir:
+      state = state.replace(params=warm_start.load(c, trainer.mesh, c.mesh.rules, state.params))
+      writer.print(warm_start.describe(c))
+  tokens_per_step = c.train.batch_size * c.data.seq_len
+  flops_per_token = trainer.task.flops_per_token()
+  peak = metrics.peak_flops()
+  writer.print(f"{c.name}: {counts['total']:,} params ({counts['non_embedding']:,} "
+               f"non-embedding) | {tokens_per_step:,} tokens/step | mesh "
+               f"{dict(trainer.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
+               f" | workdir {r.workdir}")
+  schedule = optim.schedule(c.optim, c.train.steps)
+  start_step = int(state.step)
+  last_time, last_step = None, start_step
+  val, loss_mean = {}, None
+  checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
+
+  def wall_seconds() -> float:
+    """The run's wall time so far, earlier segments of a resumed run included."""
+    return earlier_seconds + time.time() - wall_start
+
+  def evaluate_batches(n_batches: int) -> dict:
+    """The current params over the first n_batches validation batches (0: all)."""
+    batches = trainer.task.eval_batches(tok, n_batches, jax.process_index(),
+                                        jax.process_count())
+    return trainer.run_eval(state.params, batches)
+
+  def evaluate(step: int, final: bool) -> dict:
+    result = evaluate_batches(0 if final else c.train.eval_batches)
+    writer.eval_line(step, result)
+    writer.log({"step": step, **result})
+    return result
+
+  def ranked_like_periodic(full: dict) -> dict:
+    """The final checkpoint's metrics: ranked on the periodic evaluations' batches.
+
+    The final evaluation covers the whole validation split, the periodic ones
+    its first train.eval_batches batches; keep-best must compare like with
+    like, so the final step is ranked on those batches too (one more short
+    evaluation) and carries the whole split's result as full_<metric>.
+    """
+    return {**evaluate_batches(c.train.eval_batches),
+            **{f"{_FULL}{k}": v for k, v in full.items()}}
+
+  def check_finite(step: int, m: dict) -> None:
+    """Stops (train.nonfinite=stop) or reports skipped updates since the last check."""
+    count, first = int(m["nonfinite_steps"]), checked["step"] + 1
+    if count > checked["nonfinite"]:
+      where = f"step {step}" if first == step else f"steps {first}-{step}"
+      if c.train.nonfinite == "stop":
+        mngr.wait_until_finished()
+        good = mngr.latest_step()  # only finite states are ever saved
+        last = ("no checkpoint was saved yet" if good is None else
+                f"the last good checkpoint is step {good} in {mngr.directory}")
+        raise NonFiniteError(
+            f"non-finite loss or gradients at {where} (loss {float(m['loss'])}); {last}; "
+            "lower optim.lr or raise optim.warmup_steps and rerun with --resume to go on "
+            "from it, or set train.nonfinite=skip to drop such updates")
+      writer.print(f"warning: skipped {count - checked['nonfinite']} update(s) with "
+                   f"non-finite loss or gradients at {where} ({count} in this run)")
+    checked.update(step=step, nonfinite=count)
+
+  with Preemption() as preemption:
+    for step in range(start_step + 1, c.train.steps + 1):
+      state, step_metrics = trainer.step(state, trainer.device_batch(next(it)))
+      if last_time is None:  # the first step includes compilation
+        jax.block_until_ready(step_metrics)
+        writer.print(f"compiled and ran step {step} in {time.time() - wall_start:.1f}s")
+        last_time, last_step = time.perf_counter(), step
+      final = step == c.train.steps
+      if step % c.train.log_every == 0 or final:
+        m = jax.device_get(step_metrics)
+        check_finite(step, m)
+        now = time.perf_counter()
+        seconds = (now - last_time) / max(step - last_step, 1)
+        tps = tokens_per_step / seconds if step > last_step else 0.0
+        mfu = tps * flops_per_token / (peak * jax.device_count()) if peak and tps else None
+        loss, lr = float(m["loss"]), float(schedule(step - 1))
+        writer.train_line(step, loss, lr, tps, seconds, mfu)
+        writer.log({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
+                    "wall_seconds": wall_seconds(),
+                    "grad_norm": float(m["grad_norm"]),
+                    "nonfinite_steps": int(m["nonfinite_steps"])})
+        loss_mean = _log_spike(writer, step, loss, loss_mean, c.train.spike_factor)
+        last_time, last_step = now, step
+      # Every process calls this every step: in multi-process runs it is how they agree.
+      preempted = preemption.reached(step) and not final
+      evaluated = None
+      if ((c.train.eval_every and step % c.train.eval_every == 0) or final) and not preempted:
+        eval_start = time.perf_counter()
+        val = evaluated = evaluate(step, final)
+        if last_time is not None:  # keep evaluation time out of the training throughput
+          last_time += time.perf_counter() - eval_start
+      if (c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted:
+        check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
+        if final and evaluated is not None and c.train.eval_every:
+          evaluated = ranked_like_periodic(evaluated)
+        checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
+                        wait=preempted, wall_seconds=wall_seconds())
+      if preempted:
+        by = f" by {preemption.signal}" if preemption.signal else ""
+        writer.print(f"preempted{by} at step {step}; checkpoint saved in {mngr.directory}; "
+                     "rerun the same command to resume")
+        mngr.close()
+        return {"preempted_at": step}
+  if not val:  # resumed a finished run: its final evaluation was saved with the checkpoint
+    saved = checkpoint.saved_metrics(mngr, c.train.steps) or {}
+    full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
+    val = full or saved or evaluate(c.train.steps, True)
+  mngr.wait_until_finished()
+  mngr.close()
+  tokens = c.train.steps * tokens_per_step
+  summary = {"steps": c.train.steps, **{f"final_{k}": v for k, v in val.items()},
+             "params": counts["total"],
+             "non_embedding_params": counts["non_embedding"], "tokens": tokens,
+             "flops": flops_per_token * tokens, "flops_6nd": 6.0 * counts["total"] * tokens,
+             # Over all segments of a resumed run, each up to the checkpoint the
+             # next one resumed from.
+             "wall_seconds": wall_seconds()}
+  if jax.process_index() == 0:
+    files.write_summary(r.workdir, summary)
+  if c.train.sample_tokens and trainer.task.samples_text:
+    writer.print("sample:\n" + sample_text(state.params, c, tok, c.train.sample_prompt,
+                                           c.train.sample_tokens))
+  return summary
+
+
+def _log_spike(writer, step: int, loss: float, mean: float | None, factor: float):
+  """Reports a loss over `factor` x the running mean of logged losses; returns the new mean."""
+  if not math.isfinite(loss):
+    return mean
+  if factor and mean is not None and loss > factor * mean:
+    writer.print(f"warning: loss spike at step {step}: {loss:.4f} is over {factor:g}x the "
+                 f"running mean {mean:.4f}")
+    writer.log({"step": step, "spike_loss": loss, "running_mean_loss": mean})
+  return loss if mean is None else 0.9 * mean + 0.1 * loss
+
+
+_FULL = "full_"  # the final checkpoint's whole-split metrics, next to its ranking ones
+
+
+def sample_text(params, config: Config, tok, prompt: str, n_tokens: int) -> str:
+  """The prompt followed by n_tokens sampled at train.sample_temperature."""
+  ids = tok.encode(prompt)
+  new = generate(params, config.model, [ids], n_tokens,
+                          temperature=config.train.sample_temperature, seed=config.seed,
+                          eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
+  return prompt + tok.decode(new)

@@ -1,0 +1,139 @@
+"""Train state, the pure train step, and the one place that jits and shards it.
+
+`train_step(state, batch) -> (state, metrics)` is pure; what it minimizes and
+how a batch is evaluated come from the config's task (jaxlm.tasks); `Trainer`
+applies jit, shardings and donation to them for one config on one mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxlm import params as params_lib
+from jaxlm import sharding, tasks
+from jaxlm.config import Config
+from jaxlm.train import optim
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training (the step counter included)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array          # split every step, so randomness after a resume matches
+  nonfinite: jax.Array    # steps so far whose loss or gradients were not finite
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = "stop") -> tuple:
+  """One optimizer step on a batch; returns the new state and scalar metrics.
+
+  A step whose loss or gradients are not finite is counted in `nonfinite`; with
+  nonfinite="skip" (train.nonfinite) its update is dropped (params and optimizer moments stay
+  as they were), decided on device so that no step waits for the host.
+  """
+  rng, _ = jax.random.split(state.rng)  # the other half is this step's (dropout has none yet)
+  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if nonfinite == "skip":
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
+  nonfinite = state.nonfinite + jnp.logical_not(finite).astype(jnp.int32)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite_steps": nonfinite}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+                    nonfinite=nonfinite), metrics
+
+
+@dataclasses.dataclass
+class Trainer:
+  """The jitted, sharded init/train/eval functions of one config's task on one mesh."""
+  config: Config
+  mesh: jax.sharding.Mesh
+  token_bytes: np.ndarray
+
+  def __post_init__(self):
+    c = self.config
+    rules = c.mesh.rules
+    self.task = tasks.get(c)
+    self.specs = self.task.param_specs()
+    self.tx = optim.make(c.optim, c.train.steps, params_lib.decay_mask(self.specs),
+                         params_lib.lr_scales(self.specs))
+    self.param_shardings = sharding.tree_shardings(self.specs, self.mesh, rules)
+    replicated = NamedSharding(self.mesh, P())
+    dtype = jnp.dtype(c.model.param_dtype)
+    abstract_opt = jax.eval_shape(self.tx.init, params_lib.abstract_params(self.specs, dtype))
+    opt_shardings = optax.tree_map_params(
+        self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, NamedSharding))
+    self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
+                                      opt_state=opt_shardings, rng=replicated,
+                                      nonfinite=replicated)
+    # Each batch array is split over its leading (batch) axis only.
+    self.batch_shardings = {k: sharding.batch_sharding(self.mesh, rules, len(shape))
+                            for k, (shape, _) in self.task.batch_shapes(1).items()}
+
+    def init_state(rng):
+      params = params_lib.init_params(self.specs, rng, dtype)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
+                        nonfinite=jnp.zeros((), jnp.int32))
+
+    def step(state, batch):
+      with sharding.activation_rules(self.mesh, rules):
+        return train_step(state, batch, loss_fn=self.task.loss, tx=self.tx,
+                          nonfinite=c.train.nonfinite)
+
+    def evaluate(params, batch):
+      with sharding.activation_rules(self.mesh, rules):
+        return self.task.eval_sums(params, batch, jnp.asarray(self.token_bytes))
+
+    batch_shardings = self.batch_shardings
+    self.init = jax.jit(init_state, out_shardings=self.state_shardings)
+    self.step = jax.jit(step, in_shardings=(self.state_shardings, batch_shardings),
+                        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    self.evaluate = jax.jit(evaluate, in_shardings=(self.param_shardings, batch_shardings),
+                            out_shardings=replicated)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the state, without allocating it."""
+    shapes = jax.eval_shape(self.init, jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.state_shardings)
+
+  def abstract_batch(self) -> dict:
+    shapes = self.task.batch_shapes(self.config.train.batch_size)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_shardings[k])
+            for k, (shape, dtype) in shapes.items()}
+
+  def device_batch(self, local_batch: dict) -> dict:
+    """Assembles the global batch from this process's rows."""
+    return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], v)
+            for k, v in local_batch.items()}
+
+  def run_eval(self, params, batches) -> dict:
+    """Evaluates params over an iterable of host batches.
+
+    At most two batches are in flight: queuing a whole split's evaluations at
+    once holds every batch on device and, on the multi-device CPU backend,
+    was seen to abort the process intermittently under load.
+    """
+    outs, pending = [], []
+    for b in batches:
+      pending.append(self.evaluate(params, self.device_batch(b)))
+      if len(pending) > 2:
+        outs.append(jax.device_get(pending.pop(0)))
+    outs += jax.device_get(pending)
+    sums = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), 0), *outs)
+    return {k: float(v) for k, v in self.task.summarize(sums).items()}
