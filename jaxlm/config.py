@@ -374,20 +374,9 @@ def to_dict(config) -> dict:
   return dataclasses.asdict(config)
 
 
-def _from_value(kind, value):
-  if dataclasses.is_dataclass(kind):
-    return from_dict(kind, value)
-  if typing.get_origin(kind) is tuple or kind is tuple:
-    return tuple(_from_value(arg, v) for arg, v in
-                 zip(_tuple_args(kind, len(value)), value))
-  return value
-
-
-def _tuple_args(kind, n):
-  args = typing.get_args(kind)
-  if len(args) == 2 and args[1] is Ellipsis:
-    return [args[0]] * n
-  return list(args) if args else [Any] * n
+def _tuples(value):
+  """JSON lists back to the tuples a config holds (mesh.rules is a tuple of tuples)."""
+  return tuple(map(_tuples, value)) if isinstance(value, list) else value
 
 
 def from_dict(cls, data: dict):
@@ -397,7 +386,8 @@ def from_dict(cls, data: dict):
   unknown = set(data) - names
   if unknown:
     raise ConfigError(f"unknown keys {sorted(unknown)} for {cls.__name__}")
-  return cls(**{k: _from_value(hints[k], v) for k, v in data.items()})
+  return cls(**{k: from_dict(hints[k], v) if dataclasses.is_dataclass(hints[k]) else _tuples(v)
+                for k, v in data.items()})
 
 
 def dumps(config: Config) -> str:

@@ -16,13 +16,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.nn.initializers import normal, ones, zeros  # noqa: F401  (init(key, shape, dtype))
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
   """What a parameter is: shape, logical axis names, initializer, and its role.
 
-  `init(key, shape, dtype)` draws the initial value. `decay` marks tensors
+  `init(key, shape, dtype)` draws the initial value (a jax.nn.initializers one). `decay` marks tensors
   that take weight decay (matrices, not norms, biases or embeddings);
   `embedding` marks those excluded from the non-embedding parameter count;
   `lr_scale` multiplies its learning rate (1 except μP's hidden matrices).
@@ -46,21 +47,6 @@ class ParamSpec:
 
 def is_spec(x) -> bool:
   return isinstance(x, ParamSpec)
-
-
-def normal(std: float) -> Callable:
-  """Initializer: normal with standard deviation `std`."""
-  return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
-
-
-def zeros(key, shape, dtype):
-  del key
-  return jnp.zeros(shape, dtype)
-
-
-def ones(key, shape, dtype):
-  del key
-  return jnp.ones(shape, dtype)
 
 
 def init_params(specs: dict, rng: jax.Array, dtype) -> dict:

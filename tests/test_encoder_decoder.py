@@ -212,6 +212,18 @@ def test_generate_checks_its_inputs():
   assert len(out) == 2 and all(1 <= len(o) <= 5 for o in out)
 
 
+def test_stream_and_generate_share_one_loop_for_both_model_kinds():
+  # The encoder-decoder goes through the decoder-only model's loop: streaming one
+  # jitted step at a time draws what the one-call while_loop draws.
+  c = MODELS["llama_gqa"]
+  params = _params(c)
+  kw = dict(start_id=1, eos_id=2, temperature=0.7, seed=3)
+  whole = generate.generate(params, c, [[5, 6, 7], [8]], 6, **kw)
+  steps = np.stack(list(generate.stream(params, c, [[5, 6, 7], [8]], 6, **kw)), 1)
+  for row, want in zip(steps, whole):
+    np.testing.assert_array_equal(row[row >= 0], want)
+
+
 def test_score_counts_edits_against_the_target():
   assert restoration.edit_distance("kitten", "sitting") == 3
   r = restoration.score(["to be", "Not"], ["To be,", "Not"])

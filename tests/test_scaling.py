@@ -14,7 +14,7 @@ from jaxlm import config as config_lib, registry
 from jaxlm.config import ModelConfig
 from jaxlm.models import transformer
 from jaxlm.cli.scaling import main as cli
-from jaxlm.scaling import collect, fit, flops, plots, sweeps, transfer
+from jaxlm.scaling import collect, fit, flops, sweeps, transfer
 from tests.helpers import tiny_model
 from conftest import xla_flags
 

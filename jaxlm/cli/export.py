@@ -37,6 +37,3 @@ def main(argv):
 def entry():
   app.run(main)
 
-
-if __name__ == "__main__":
-  entry()

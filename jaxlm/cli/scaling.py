@@ -132,6 +132,3 @@ def main(argv=None):
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
 
-
-if __name__ == "__main__":
-  main()

@@ -1,7 +1,7 @@
 """GPT-2 (transformers' GPT2LMHeadModel) and jaxlm: config keys and parameter layouts.
 
-Dimension legend: V vocab, P positions, D model width, N heads, H head dim,
-F MLP width, L layers.
+Dimension legend (docs/architecture.md): V vocab, P positions, D model
+width, N heads, H head dim, F MLP width, L layers.
 
 GPT-2 keeps its projections as Conv1D, whose weights are (in, out) like
 jaxlm's: `c_attn` is (D, 3D) with q, k and v side by side along the output,

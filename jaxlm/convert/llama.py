@@ -1,7 +1,7 @@
 """Llama-family models (LlamaForCausalLM, MistralForCausalLM) and jaxlm: configs and layouts.
 
-Dimension legend: V vocab, D model width, N query heads, K kv heads, H head
-dim, F MLP width, L layers.
+Dimension legend (docs/architecture.md): V vocab, D model width, N query
+heads, K kv heads, H head dim, F MLP width, L layers.
 
 transformers keeps nn.Linear weights as (out, in), the transpose of jaxlm's
 (in, out). Its rotary embedding rotates halves of each head (rotate_half), as

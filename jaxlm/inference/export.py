@@ -20,7 +20,7 @@ import struct
 import jax
 import ml_dtypes
 import numpy as np
-from flax import serialization
+from flax import serialization, traverse_util
 
 from jaxlm import config as config_lib
 from jaxlm.run.load import load_run
@@ -43,8 +43,12 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   tmp = f"{out}.tmp{os.getpid()}"  # written whole, then renamed: never a half file at `out`
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if out.endswith(".safetensors"):
-    save_safetensors(tmp, _flatten(params), {"format": FORMAT, "step": str(run.step),
-                                             "config": text})
+    flat = traverse_util.flatten_dict(params)
+    dotted = [".".join(path) for path in flat if any("." in key for key in path)]
+    if dotted:
+      raise ValueError(f"param name {dotted[0]!r} contains '.', the path separator")
+    save_safetensors(tmp, traverse_util.flatten_dict(params, sep="."),
+                     {"format": FORMAT, "step": str(run.step), "config": text})
   else:
     with open(tmp, "wb") as f:
       f.write(serialization.msgpack_serialize(
@@ -57,7 +61,8 @@ def load(path: str) -> tuple[dict, dict, int]:
   """(params as a nested dict of numpy arrays, config dict, step) from an exported file."""
   if path.endswith(".safetensors"):
     tensors, meta = load_safetensors(path)
-    return _unflatten(tensors), json.loads(meta["config"]), int(meta["step"])
+    params = traverse_util.unflatten_dict(tensors, sep=".")
+    return params, json.loads(meta["config"]), int(meta["step"])
   with open(path, "rb") as f:
     tree = serialization.msgpack_restore(f.read())
   return tree["params"], json.loads(tree["config"]), int(tree["step"])
@@ -96,26 +101,3 @@ def load_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     begin, end = info["data_offsets"]
     tensors[name] = np.frombuffer(data[begin:end], names[info["dtype"]]).reshape(info["shape"])
   return tensors, meta
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-  out = {}
-  for key, value in tree.items():
-    if "." in key:
-      raise ValueError(f"param name {prefix + key!r} contains '.', the path separator")
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = value
-  return out
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split(".")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree

@@ -3,20 +3,13 @@
 Dimension legend (docs/architecture.md): B batch (prompts x samples), T prompt
 (context) length, S source length, M new tokens, V vocab.
 
-A model kind supplies two functions: `start`, which reads the inputs (left-
-padded prompts; or sources and a start token) and returns the first new
-token's logits and a cache with room for the rest (decode.prefill,
-encoder_decoder.start), and `step`, which feeds one token and returns the next
-logits (decode.decode_step, encoder_decoder.decode_step). The loop around them
-is the same for both: `generate()` runs start and a `lax.while_loop` of steps
-in one jitted call; `stream()` runs the same start and step, jitted, from
-Python and yields each token as it is drawn. Step i draws with
-fold_in(key(seed), i), so the two agree for a seed.
-
-A decoder-only model sees at most model.max_seq_len tokens: when a row's
-context is full, the rows go on from their last max_seq_len // 2 tokens
-(started again), so any number of tokens can be generated. An encoder-decoder
-writes at most model.max_seq_len tokens per source.
+A model kind's `start` (decode.prefill, encoder_decoder.start) reads the inputs
+and returns the first token's logits and a cache; its `step` feeds one token.
+`generate()` runs start and a `lax.while_loop` of steps in one jitted call;
+`stream()` the same start and step from Python, yielding each token as drawn.
+Step i draws with fold_in(key(seed), i), so the two agree. A decoder-only
+model's context slides when full (to its last max_seq_len // 2 tokens), so any
+number of tokens can be drawn; an encoder-decoder writes at most max_seq_len.
 """
 
 from __future__ import annotations

@@ -6,10 +6,7 @@ a padded size (Tp, Sp, Hp).
 
 Each program owns one block and loops over the other axis with lax.fori_loop;
 K and V (or Q and dO) of one head stay in HBM as whole sequences and are sliced
-per iteration. The forward keeps a running max and sum per query row
-(FlashAttention-2, Dao 2023) and saves the base-2 log-sum-exp; the backward
-recomputes the probabilities from it, with one kernel for dk and dv (looping
-over the G query heads that share a kv head) and one for dq.
+per iteration.
 """
 
 from __future__ import annotations

@@ -1,25 +1,17 @@
 """Key/value-cache decoding, one token a step: one cache layout for both model kinds.
 
 Dimension legend (docs/architecture.md): B batch, T prompt length, C cache
-slots, D model width, N query heads, K kv heads, G = N // K query heads per kv
-head, H head dim, V vocab, L layers.
+slots, D model width, N query heads, K kv heads, G = N // K, H head dim, V
+vocab, L layers.
 
-The cache is a dict: `k` and `v` of shape (L, B, K, C, H), `pad` (B,) and
-`index` (the next free slot), plus whatever else a model kind's layers read at
-every step (an encoder-decoder's cross-attention keys and values). K and V are
-grouped-query (K kv heads, not N), with C next to H so the step's attention
-contracts each (b, k) block in place; a (L, B, C, K, H) cache made XLA:CPU
-transpose all of it on every step (10x slower at batch 32, measured). Every
-row writes its next token to the same slot `index` (one `dynamic_update_slice`
-for all layers, after the layer scan); each row's positions count from its
-first real token (`index - pad`), and slots before `pad` or from `index` on
-are masked off, so each row of a batch computes exactly what it would alone.
-
-A decoder-only model starts with `prefill` of its left-padded prompts; an
-encoder-decoder with an empty cache (models/encoder_decoder.py). Both then run
-`step` with their own layer (transformer.block, or the decoder block) and a
-cache-aware `attend` plugged in: the same params, norms, projections, rotary
-embedding and MLP as in training.
+The cache holds `k`, `v` (L, B, K, C, H), `pad` (B,) and `index` (the next
+slot), plus what a model kind's layers read at every step. C next to H lets the
+step contract each (b, k) block in place (a (L, B, C, K, H) cache made XLA:CPU
+transpose all of it every step: 10x slower at batch 32). Every row writes slot
+`index` (one `dynamic_update_slice` after the layer scan); positions count from
+a row's first real token, and slots before `pad` or from `index` on are masked,
+so each row computes what it would alone. `step` runs a kind's own layer with a
+cache-aware `attend` plugged in: the params, projections and MLP of training.
 """
 
 from __future__ import annotations

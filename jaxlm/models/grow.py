@@ -1,7 +1,8 @@
 """Growing a trained model into a deeper and wider one that starts where it left off.
 
-Dimension legend: D model width, N query heads, K kv heads, H head dim (fixed),
-F MLP width, L layers; suffix s the source (small) model, l the grown (large) one.
+Dimension legend (docs/architecture.md): D model width, N query heads, K kv
+heads, H head dim (fixed), F MLP width, L layers; suffix s the source (small)
+model, l the grown (large) one.
 
 Depth (`depth`): "stack" gives layer i the weights of source layer i mod Ls
 (Gong et al. 2019, "Efficient training of BERT by progressively stacking");

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,6 +32,20 @@ def summarize_eval(sums: dict) -> dict:
   """val_loss (nats per token) and val_bpb (bits per UTF-8 byte) from summed eval sums."""
   return {"val_loss": sums["nll"] / max(sums["tokens"], 1.0),
           "val_bpb": sums["nll"] / math.log(2) / max(sums["bytes"], 1.0)}
+
+
+def teacher_forced_sums(logits_BTV, targets_BT, w_BT) -> dict:
+  """Sums of teacher-forced logits against weighted targets: nll, tokens, correct (argmax
+  hits), examples (rows with a target) and exact (rows whose every target is its logits'
+  argmax: under teacher forcing, exactly the rows greedy decoding writes right)."""
+  nll_BT = jax.nn.logsumexp(logits_BTV, -1) - jnp.take_along_axis(
+      logits_BTV, targets_BT[..., None], -1)[..., 0]
+  right_BT = jnp.argmax(logits_BTV, -1) == targets_BT
+  has_B = jnp.any(w_BT > 0, -1)
+  exact_B = has_B & ~jnp.any(~right_BT & (w_BT > 0), -1)
+  return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
+          "correct": jnp.sum(right_BT * w_BT), "exact": jnp.sum(exact_B.astype(jnp.float32)),
+          "examples": jnp.sum(has_B.astype(jnp.float32))}
 
 
 def token_batch_shapes(batch_size: int, seq_len: int) -> dict:

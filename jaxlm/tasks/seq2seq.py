@@ -1,7 +1,7 @@
 """Sequence to sequence: restore a line's punctuation and capitals with an encoder-decoder.
 
-Dimension legend: B batch, S source length (data.source_len), T target length
-(data.seq_len), V vocab.
+Dimension legend (docs/architecture.md): B batch, S source length
+(data.source_len), T target length (data.seq_len), V vocab.
 
 A row is one (source, target) pair of jaxlm.data.finetune.restore_pairs: the
 source's tokens, right-padded to S (src_segments 1 on tokens, 0 on padding),
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,6 +26,7 @@ from jaxlm.config import Config
 from jaxlm import params as params_lib
 from jaxlm.data import finetune, pipeline
 from jaxlm.models import encoder_decoder, transformer
+from jaxlm.tasks import lm
 
 BATCH_KEYS = ("src", "src_segments", "tgt_inputs", "tgt_targets", "tgt_weights")
 
@@ -113,16 +113,7 @@ class Seq2Seq:
     del token_bytes
     logits_BTV = encoder_decoder.apply(params, batch["src"], batch["tgt_inputs"],
                                        self.config.model, src_segments_BS=batch["src_segments"])
-    targets_BT, w_BT = batch["tgt_targets"], batch["tgt_weights"]
-    nll_BT = jax.nn.logsumexp(logits_BTV, -1) - jnp.take_along_axis(
-        logits_BTV, targets_BT[..., None], -1)[..., 0]
-    right_BT = jnp.argmax(logits_BTV, -1) == targets_BT
-    has_B = jnp.any(w_BT > 0, -1)
-    exact_B = has_B & ~jnp.any(~right_BT & (w_BT > 0), -1)
-    return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
-            "correct": jnp.sum(right_BT * w_BT),
-            "exact": jnp.sum(exact_B.astype(jnp.float32)),
-            "examples": jnp.sum(has_B.astype(jnp.float32))}
+    return lm.teacher_forced_sums(logits_BTV, batch["tgt_targets"], batch["tgt_weights"])
 
   def summarize(self, sums: dict) -> dict:
     tokens, examples = max(float(sums["tokens"]), 1.0), max(float(sums["examples"]), 1.0)

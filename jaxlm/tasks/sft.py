@@ -1,6 +1,6 @@
 """Supervised fine-tuning: next-token loss on the response only, exact-match accuracy.
 
-Dimension legend: B batch, T length, V vocab.
+Dimension legend (docs/architecture.md): B batch, T length, V vocab.
 
 Each row is one (prompt, response) pair: the prompt's tokens (cut from the
 left when too long), the response's and end-of-sequence, padded to
@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import Config
@@ -68,16 +66,7 @@ class SupervisedFineTuning(lm.LanguageModeling):
     logits_BTV = transformer.apply(params, batch["inputs"], self.config.model,
                                    positions_BT=batch["positions"],
                                    segment_ids_BT=batch["segment_ids"])
-    w_BT = batch["weights"]
-    targets_BT = batch["targets"]
-    nll_BT = jax.nn.logsumexp(logits_BTV, -1) - jnp.take_along_axis(
-        logits_BTV, targets_BT[..., None], -1)[..., 0]
-    wrong_BT = (jnp.argmax(logits_BTV, -1) != targets_BT) & (w_BT > 0)
-    has_B = jnp.any(w_BT > 0, -1)
-    exact_B = has_B & ~jnp.any(wrong_BT, -1)
-    return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
-            "exact": jnp.sum(exact_B.astype(jnp.float32)),
-            "examples": jnp.sum(has_B.astype(jnp.float32))}
+    return lm.teacher_forced_sums(logits_BTV, batch["targets"], batch["weights"])
 
   def summarize(self, sums: dict) -> dict:
     return {"val_loss": float(sums["nll"]) / max(float(sums["tokens"]), 1.0),

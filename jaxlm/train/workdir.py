@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from jaxlm import config as config_lib
@@ -43,7 +44,8 @@ def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[st
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"{e}; use --overwrite to move it aside, or a new "
                                    "--workdir") from None
-    old, new = _flatten(config_lib.to_dict(existing)), _flatten(config_lib.to_dict(config))
+    old, new = (traverse_util.flatten_dict(config_lib.to_dict(c), sep=".")
+                for c in (existing, config))
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if mode == "resume":
       blocking = [k for k in diff if k.startswith("model.")]
@@ -79,13 +81,3 @@ def _move_aside(workdir: str) -> None:
     target, n = f"{base}-{n}", n + 1
   os.rename(workdir, target)
   print(f"--overwrite: moved the previous run in {workdir} to {target}", flush=True)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
