@@ -22,7 +22,6 @@ Goals on an H100 (issue: Pallas kernels): pallas forward+backward >= 0.7x cuDNN 
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import os
@@ -32,6 +31,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+
+import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -219,16 +220,11 @@ def main():
           % args.tune_length)
     for row in tuned:
       print(f"| {json.dumps(row['tuning'])} | {_fmt(row['fwd'])} | {_fmt(row['fwd+bwd'])} |")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(dict(
-        benchmark="attention", date=datetime.datetime.now().isoformat(timespec="seconds"),
-        device_kind=device.device_kind, backend=jax.default_backend(),
-        jax_version=jax.__version__, quick=args.quick, dtype=args.dtype.name, causal=True,
-        tokens=args.tokens, tuning=args.tuning,
-        flops_convention="fwd 4*B*T*S*N*H (/2 causal); fwd+bwd 3.5x fwd (FlashAttention-2)",
-        results=results, tune=tuned), f, indent=1)
-  print(f"\nwrote {args.out}", file=sys.stderr)
+  report.write(args.out, dict(
+      benchmark="attention", quick=args.quick, dtype=args.dtype.name, causal=True,
+      tokens=args.tokens, tuning=args.tuning,
+      flops_convention="fwd 4*B*T*S*N*H (/2 causal); fwd+bwd 3.5x fwd (FlashAttention-2)",
+      results=results, tune=tuned))
 
 
 if __name__ == "__main__":

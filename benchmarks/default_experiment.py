@@ -12,14 +12,14 @@ Goal (issue 3): at most 300 s on a 2-core CPU and val_bpb <= 2.3.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,22 +42,17 @@ def main():
       sys.exit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.load(open(os.path.join(workdir, "summary.json")))
   result = {
-      "experiment": args.experiment, "overrides": args.set,
-      "date": datetime.date.today().isoformat(), "machine": platform.processor() or
-      platform.machine(), "cpus": os.cpu_count(), "wall_seconds_total": wall,
+      "experiment": args.experiment, "overrides": args.set, "wall_seconds_total": wall,
       "wall_seconds_in_run": summary["wall_seconds"], "final_val_bpb": summary["final_val_bpb"],
       "final_val_loss": summary["final_val_loss"], "params": summary["params"],
       "tokens": summary["tokens"], "goal_seconds": 300, "goal_bpb": 2.3,
   }
   result["meets_goal"] = wall <= 300 and summary["final_val_bpb"] <= 2.3
-  print(f"| experiment | params | tokens | wall s (process) | val bpb | goal met |")
-  print(f"| --- | --- | --- | --- | --- | --- |")
-  print(f"| {args.experiment} | {result['params']:,} | {result['tokens']:,} | {wall:.0f} | "
-        f"{result['final_val_bpb']:.3f} | {result['meets_goal']} |")
+  print(report.table(["experiment", "params", "tokens", "wall s (process)", "val bpb", "goal met"],
+                     [[args.experiment, f"{result['params']:,}", f"{result['tokens']:,}",
+                       f"{wall:.0f}", f"{result['final_val_bpb']:.3f}", result["meets_goal"]]]))
   print("sample and log tail:\n" + proc.stdout[-1200:])
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  report.write(args.out, result)
 
 
 if __name__ == "__main__":

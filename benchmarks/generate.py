@@ -19,17 +19,15 @@ least 10x the baseline.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import json
 import math
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import report
 
 from jaxlm import config as config_lib, registry
 from jaxlm.inference import generate
@@ -107,23 +105,16 @@ def main():
                  "cached": cached, "recompute": recompute,
                  "speedup": cached["tokens_per_sec"] / recompute["tokens_per_sec"]})
   counts = transformer.param_count(config)
-  device = jax.devices()[0].device_kind
   print(f"{args.experiment}: {counts['total']:,} params, {args.new_tokens} new tokens after "
-        f"{args.prompt_len}, on {jax.device_count()} x {device} ({os.cpu_count()} CPUs)")
-  print("| batch | cached tokens/s | recompute tokens/s | speedup | cached compile s |")
-  print("| --- | --- | --- | --- | --- |")
-  for r in rows:
-    print(f"| {r['batch']} | {r['cached']['tokens_per_sec']:,.0f} | "
-          f"{r['recompute']['tokens_per_sec']:,.1f} | {r['speedup']:.1f}x | "
-          f"{r['cached']['warmup_seconds']:.1f} |")
-  result = {"experiment": args.experiment, "overrides": args.set, "device": device,
-            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-            "params": counts, "goal_speedup": 10.0,
-            "meets_goal": all(r["speedup"] >= 10 for r in rows), "rows": rows}
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+        f"{args.prompt_len}")
+  print(report.table(
+      ["batch", "cached tokens/s", "recompute tokens/s", "speedup", "cached compile s"],
+      [[r["batch"], f"{r['cached']['tokens_per_sec']:,.0f}",
+        f"{r['recompute']['tokens_per_sec']:,.1f}", f"{r['speedup']:.1f}x",
+        f"{r['cached']['warmup_seconds']:.1f}"] for r in rows]))
+  report.write(args.out, {"experiment": args.experiment, "overrides": args.set,
+                          "params": counts, "goal_speedup": 10.0,
+                          "meets_goal": all(r["speedup"] >= 10 for r in rows), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,13 +15,11 @@ omitted; use --set overrides to shrink the model there.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import time
 
 import jax
 import numpy as np
+import report
 
 from jaxlm import config as config_lib, registry, sharding
 from jaxlm.run import metrics
@@ -90,24 +88,14 @@ def main():
       rows.append(measure(config, args.steps, args.warmup))
     except Exception as e:  # one failing path (e.g. OOM, unsupported) must not hide the rest
       rows.append({"attention": impl, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-  device = jax.devices()[0].device_kind
   counts = transformer.param_count(base.model)
-  print(f"{args.experiment}: {counts['total']:,} params on {jax.device_count()} x {device}")
-  print("| attention | batch | length | step ms | tokens/s | MFU |")
-  print("| --- | --- | --- | --- | --- | --- |")
-  for r in rows:
-    if "error" in r:
-      print(f"| {r['attention']} | | | {r['error'][:80]} | | |")
-      continue
-    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-    print(f"| {r['attention']} | {r['batch_size']} | {r['seq_len']} | {r['step_ms']:.1f} | "
-          f"{r['tokens_per_sec']:,.0f} | {mfu} |")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"experiment": args.experiment, "device": device,
-               "devices": jax.device_count(), "params": counts,
-               "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-               "rows": rows}, f, indent=2)
+  print(f"{args.experiment}: {counts['total']:,} params")
+  print(report.table(["attention", "batch", "length", "step ms", "tokens/s", "MFU"], [
+      [r["attention"], "", "", r["error"][:80], "", ""] if "error" in r else
+      [r["attention"], r["batch_size"], r["seq_len"], f"{r['step_ms']:.1f}",
+       f"{r['tokens_per_sec']:,.0f}", "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"]
+      for r in rows]))
+  report.write(args.out, {"experiment": args.experiment, "params": counts, "rows": rows})
 
 
 if __name__ == "__main__":

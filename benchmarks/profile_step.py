@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 
+import report  # noqa: E402
 import train_throughput as tt  # noqa: E402
 from jaxlm import config as config_lib, malloc  # noqa: E402
 
@@ -76,6 +77,7 @@ def main():
     count[e["name"]] += 1
     per_thread[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e["dur"]
     kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"]
+  print(report.describe(report.machine()))
   print(f"trace: {path}")
   print("op time per thread (ms/step): " + ", ".join(
       f"{name}: {us / args.steps / 1e3:.0f}" for name, us in per_thread.most_common()))

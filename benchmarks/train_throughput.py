@@ -18,16 +18,14 @@ On a GPU it also reports MFU (see benchmarks/mfu.py).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import time
 
 import jax
 import numpy as np
 import torch
 
+import report
 import torch_gpt
 from jaxlm import config as config_lib, malloc, sharding
 from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -230,33 +228,26 @@ def main():
           f"load {row['load_before']:.2f} -> {row['load_after']:.2f}", flush=True)
     rows.append(row)
 
-  device = jax.devices()[0].device_kind
   print(f"\nbatch {args.batch_size} x length {args.seq_len}, vocab {args.vocab}, float32, "
         f"AdamW; median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up; "
-        f"{device}, "
-        f"{os.cpu_count()} CPU threads")
-  mfu_cols = " jaxlm MFU | PyTorch MFU |" if peak else ""
-  print("| model | params | jaxlm variant | jaxlm tokens/s | PyTorch tokens/s | jaxlm / PyTorch |"
-        + mfu_cols)
-  print("| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if peak else ""))
+        f"{torch.get_num_threads()} PyTorch threads")
+  header = ["model", "params", "jaxlm variant", "jaxlm tokens/s", "PyTorch tokens/s",
+            "jaxlm / PyTorch"] + (["jaxlm MFU", "PyTorch MFU"] if peak else [])
+  table = []
   for row in rows:
     t = row["torch"]
     for variant in args.variants:
       j = row[f"jaxlm {variant}"]
-      mfu = f" {j['mfu']:.1%} | {t['mfu']:.1%} |" if peak else ""
-      print(f"| {row['layers']} x {row['width']} | {row['params_jaxlm'] / 1e6:.2f}M | {variant} | "
-            f"{j['tokens_per_sec']:,.0f} | {t['tokens_per_sec']:,.0f} | "
-            f"{j['tokens_per_sec'] / t['tokens_per_sec']:.2f} |" + mfu)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"),
-               "device": device, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-               "jax": jax.__version__, "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-               "seq_len": args.seq_len, "vocab": args.vocab, "steps": args.steps,
-               "warmup": args.warmup, "rounds": args.rounds, "loadavg_end": os.getloadavg(),
-               "rows": rows},
-              f, indent=2)
+      table.append([f"{row['layers']} x {row['width']}", f"{row['params_jaxlm'] / 1e6:.2f}M",
+                    variant, f"{j['tokens_per_sec']:,.0f}", f"{t['tokens_per_sec']:,.0f}",
+                    f"{j['tokens_per_sec'] / t['tokens_per_sec']:.2f}"]
+                   + ([f"{j['mfu']:.1%}", f"{t['mfu']:.1%}"] if peak else []))
+  print(report.table(header, table))
+  report.write(args.out, {
+      "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
+      "seq_len": args.seq_len, "vocab": args.vocab, "steps": args.steps,
+      "warmup": args.warmup, "rounds": args.rounds, "loadavg_end": os.getloadavg(),
+      "rows": rows})
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ def main(argv):
   cli.start(argv)
   if not F.workdir:
     fail("--workdir is required: the directory of a trained run")
+  if F.split not in evaluate.SPLITS:
+    fail(f"--split={F.split!r} is invalid: expected one of {', '.join(evaluate.SPLITS)}")
   if importlib.util.find_spec("matplotlib") is None:  # before an evaluation of minutes
     fail("the reliability diagram needs matplotlib; install it with "
          "`pip install 'jaxlm[plot]'`")

@@ -49,6 +49,12 @@ def _pick(logits_BV, done_B, key, i, sampling, eos_id):
   return tok_B, done_B | (tok_B == eos_id)
 
 
+def _step_pick(params, cache, tok_B, done_B, key, i, sampling, eos_id, config):
+  """Feeds each row's last token (an ended row's -1 as 0) and draws the next."""
+  logits_BV, cache = _step(params, cache, jnp.maximum(tok_B, 0), config)
+  return (*_pick(logits_BV, done_B, key, i, sampling, eos_id), cache)
+
+
 def _scope(shard):
   """Activation sharding rules of shard = (mesh, rules) while tracing; none for None."""
   return sharding.activation_rules(*shard) if shard else contextlib.nullcontext()
@@ -67,8 +73,7 @@ def _first(params, inputs, done_B, key, i, sampling, eos_id, *, config: ModelCon
 def _next(params, cache, tok_B, done_B, key, i, sampling, eos_id, *, config: ModelConfig,
           shard):
   with _scope(shard):
-    logits_BV, cache = _step(params, cache, jnp.maximum(tok_B, 0), config)
-    return (*_pick(logits_BV, done_B, key, i, sampling, eos_id), cache)
+    return _step_pick(params, cache, tok_B, done_B, key, i, sampling, eos_id, config)
 
 
 # The batch path: start and the whole decode loop in one jitted call.
@@ -87,8 +92,8 @@ def _window(params, inputs, done_B, key, i0, n, sampling, eos_id, *, config: Mod
 
     def body(carry):
       i, tok_B, done_B, cache, out_BM = carry
-      logits_BV, cache = _step(params, cache, jnp.maximum(tok_B, 0), config)
-      tok_B, done_B = _pick(logits_BV, done_B, key, i0 + i, sampling, eos_id)
+      tok_B, done_B, cache = _step_pick(params, cache, tok_B, done_B, key, i0 + i, sampling,
+                                        eos_id, config)
       out_BM = jax.lax.dynamic_update_slice(out_BM, tok_B[:, None], (0, i))
       return i + 1, tok_B, done_B, cache, out_BM
 

@@ -56,16 +56,6 @@ def unsupported(q, k, v=None, backend: str | None = None) -> str:
   return ""
 
 
-def _segments(segment_ids, B, T, S):
-  if segment_ids is None:
-    return None
-  q_seg, kv_seg = split_segments(segment_ids, T, S)
-  for name, seg, L in (("query", q_seg, T), ("kv", kv_seg, S)):
-    if seg.shape != (B, L):
-      raise ValueError(f"{name} segment ids must be (B, {L}) = {(B, L)}, got {seg.shape}")
-  return q_seg.astype(jnp.int32), kv_seg.astype(jnp.int32)
-
-
 def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None,
                     scale=None, backend=None, interpret=None, **tuning):
   """Pallas flash attention, numerically the same as reference.reference_attention.
@@ -98,7 +88,9 @@ def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None
   if interpret is None:
     interpret = jax.default_backend() != variant
   t = _resolve_tuning(default_tuning(variant, q_BTNH.dtype), tuning, T, S)
-  segs = _segments(segment_ids, B, T, S)
+  segs = None
+  if segment_ids is not None:
+    segs = tuple(x.astype(jnp.int32) for x in split_segments(segment_ids, T, S))
   sm_scale = H ** -0.5 if scale is None else float(scale)
   cfg = Config(bool(is_causal), sm_scale, T, S, t, variant, bool(interpret))
 

@@ -20,15 +20,18 @@ MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def split_segments(segment_ids, T: int, S: int):
-  """(query segment ids, kv segment ids) from one (B, T) array or a (query, kv) pair."""
+  """(query segment ids (B, T), kv segment ids (B, S)) from one array or a (query, kv) pair."""
   if segment_ids is None:
     return None, None
-  if isinstance(segment_ids, (tuple, list)):
-    return tuple(segment_ids)
-  if T != S:
-    raise ValueError(f"segment_ids as one array needs equal query and key lengths, got "
-                     f"T={T}, S={S}; pass (query_segment_ids, kv_segment_ids)")
-  return segment_ids, segment_ids
+  if not isinstance(segment_ids, (tuple, list)):
+    if T != S:
+      raise ValueError(f"segment_ids as one array needs equal query and key lengths, got "
+                       f"T={T}, S={S}; pass (query_segment_ids, kv_segment_ids)")
+    segment_ids = (segment_ids, segment_ids)
+  for name, seg, n in (("query", segment_ids[0], T), ("kv", segment_ids[1], S)):
+    if seg.ndim != 2 or seg.shape[1] != n:
+      raise ValueError(f"{name} segment ids must be (B, {n}), got {seg.shape}")
+  return tuple(segment_ids)
 
 
 def mask_BTS(T: int, S: int, is_causal: bool, q_seg_BT=None, kv_seg_BS=None):

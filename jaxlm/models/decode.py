@@ -121,9 +121,7 @@ def prefill(params: dict, tokens_BT: jax.Array, lengths_B: jax.Array, config: Mo
   Returns:
     (logits_BV, cache): float32 next-token logits after each prompt, and the cache.
   """
-  B, T = tokens_BT.shape
-  if slots < T:
-    raise ValueError(f"slots={slots} is shorter than the prompts ({T} tokens)")
+  T = tokens_BT.shape[1]
   pad_B = (T - lengths_B).astype(jnp.int32)
   t_BT = jnp.arange(T, dtype=jnp.int32)[None, :]
   positions_BT = jnp.maximum(t_BT - pad_B[:, None], 0)

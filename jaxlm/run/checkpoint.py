@@ -50,7 +50,7 @@ def manager(workdir: str, keep: int, async_save: bool = True,
       preservation_policy=preserve, cleanup_tmp_directories=not read_only,
       # best_fn only makes the manager write each step's metrics and answer best_step().
       best_fn=_best_metric, best_mode="min")
-  return ocp.CheckpointManager(_directory(workdir),
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options, item_names=("state", "data", "config"))
 
 
@@ -170,8 +170,7 @@ def _quarantine(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
 
 def restore_params(workdir: str, abstract_params, step: int | None = None):
   """(params, step): params alone (no optimizer state) of a run's latest or given checkpoint."""
-  mngr = _read_only(workdir)
-  step = _existing_step(mngr, step)
+  mngr, step = _open_step(workdir, step)
   out = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
           item={"params": abstract_params},
@@ -185,8 +184,7 @@ def restore_config(workdir: str, step: int | None = None):
 
   The config is None where that checkpoint was written without one.
   """
-  mngr = _read_only(workdir)
-  step = _existing_step(mngr, step)
+  mngr, step = _open_step(workdir, step)
   if not os.path.isdir(os.path.join(str(mngr.directory), str(step), "config")):
     return None, step
   out = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -199,30 +197,21 @@ def restore_config(workdir: str, step: int | None = None):
 
 def saved_steps(workdir: str) -> list[int]:
   """The steps of a run's complete checkpoints, oldest first ([] if it has none)."""
-  if not os.path.isdir(_directory(workdir)):
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
     return []
-  return sorted(_read_only(workdir).all_steps())
+  return sorted(manager(workdir, keep=1, async_save=False, read_only=True).all_steps())
 
 
-def _directory(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def _read_only(workdir: str) -> ocp.CheckpointManager:
-  if not os.path.isdir(_directory(workdir)):
-    raise FileNotFoundError(f"no checkpoint in {_directory(workdir)}; expected a run that has "
-                            "saved at least one step")
-  return manager(workdir, keep=1, async_save=False, read_only=True)
-
-
-def _existing_step(mngr: ocp.CheckpointManager, step: int | None) -> int:
-  """`step`, or the latest one if None; FileNotFoundError if there is no such checkpoint."""
-  steps = list(mngr.all_steps())
+def _open_step(workdir: str, step: int | None) -> tuple[ocp.CheckpointManager, int]:
+  """A read-only manager of the run and `step` (the latest if None), which must exist."""
+  steps = saved_steps(workdir)
   if step is None and steps:
-    return mngr.latest_step()
+    step = steps[-1]
   if step is None or step not in steps:
+    where = os.path.join(os.path.abspath(workdir), "checkpoints")
     raise FileNotFoundError(
-        f"no checkpoint{'' if step is None else f' at step {step}'} in {mngr.directory}; "
+        f"no checkpoint{'' if step is None else f' at step {step}'} in {where}; "
         + (f"expected one of steps {steps}" if steps else
            "expected a run that has saved at least one step"))
-  return step
+  return manager(workdir, keep=1, async_save=False, read_only=True), step
