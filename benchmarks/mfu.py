@@ -22,7 +22,7 @@ import numpy as np
 import report
 
 from jaxlm import config as config_lib, registry, sharding
-from jaxlm.run import metrics
+from jaxlm.run import loggers
 from jaxlm.models import transformer
 from jaxlm.train.step import Trainer
 
@@ -57,7 +57,7 @@ def measure(config, steps: int, warmup: int) -> dict:
   step_s = float(np.median(times))
   tokens = config.train.batch_size * config.data.seq_len
   per_token = transformer.flops_per_token(config.model, config.data.seq_len)
-  peak = metrics.peak_flops()
+  peak = loggers.peak_flops()
   tps = tokens / step_s
   mfu = tps * per_token["total"] / (peak * jax.device_count()) if peak else None
   return {"attention": config.model.attention, "batch_size": config.train.batch_size,

@@ -30,7 +30,7 @@ import torch_gpt
 from jaxlm import config as config_lib, malloc, sharding
 from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxlm.models import transformer
-from jaxlm.run import metrics
+from jaxlm.run import loggers
 from jaxlm.train.step import Trainer
 
 
@@ -200,7 +200,7 @@ def main():
           "the ratio compares different devices")
   if not args.gpu:
     torch_gpt.set_threads()
-  peak = metrics.peak_flops() if args.gpu else None
+  peak = loggers.peak_flops() if args.gpu else None
   tokens_per_step = args.batch_size * args.seq_len
   rows = []
   for size in args.sizes:

@@ -15,6 +15,7 @@ import typing
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
+LOGGERS = ("stdout", "jsonl", "tensorboard", "wandb")
 
 
 class ConfigError(ValueError):
@@ -183,6 +184,11 @@ class TrainConfig:
   sample_temperature: float = 0.8  # temperature of the end-of-run sample
   nonfinite: str = "stop"     # non-finite loss or grads: stop (error) | skip (drop the update)
   spike_factor: float = 3.0   # log a spike when loss > factor * running mean; 0: never
+  loggers: str = "stdout,jsonl"  # comma-separated: stdout, jsonl, tensorboard, wandb
+  wandb_project: str = "jaxlm"   # W&B project of train.loggers=...,wandb
+  wandb_mode: str = "online"     # online | offline (no network; `wandb sync` later) | disabled
+  layer_stats: bool = True    # per-layer norms, update ratios, largest attention scores
+  profile: str = ""           # START:STOP: a jax.profiler trace of those steps ("": none)
 
   def __post_init__(self):
     for key in ("steps", "batch_size", "log_every", "eval_batches"):
@@ -195,6 +201,28 @@ class TrainConfig:
     _check(self.loss_chunk >= 0, "train.loss_chunk", self.loss_chunk, ">= 0 (0: no chunks)")
     _check(self.sample_temperature >= 0, "train.sample_temperature", self.sample_temperature,
            ">= 0")
+    names = self.logger_names
+    _check(len(set(names)) == len(names) and set(names) <= set(LOGGERS), "train.loggers",
+           self.loggers, f"distinct names among {', '.join(LOGGERS)}, comma-separated")
+    _choice("train.wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
+    start, stop = self.profile_steps or (1, 2)
+    _check(0 < start < stop, "train.profile", self.profile,
+           "START:STOP, two step numbers with 0 < START < STOP (e.g. 10:15), or empty")
+
+  @property
+  def logger_names(self) -> tuple[str, ...]:
+    return tuple(n.strip() for n in self.loggers.split(",") if n.strip())
+
+  @property
+  def profile_steps(self) -> tuple[int, int] | None:
+    """(first, last) step of train.profile, None if empty; (0, 0) if malformed."""
+    if not self.profile:
+      return None
+    start, sep, stop = self.profile.partition(":")
+    try:
+      return (int(start), int(stop)) if sep else (0, 0)
+    except ValueError:
+      return 0, 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""`python -m jaxlm.export`: the command line in jaxlm/cli/export.py."""
-from jaxlm.cli.export import entry
+"""`python -m jaxlm.export`: runs the command line in jaxlm/cli/export.py (importing
+this module does nothing, so any of them can be imported beside another)."""
 
 if __name__ == "__main__":
+  from jaxlm.cli.export import entry
   entry()

@@ -85,3 +85,22 @@ def decay_mask(specs: dict) -> dict:
 def lr_scales(specs: dict) -> dict:
   """Tree of floats: each parameter's learning-rate multiplier (μP; all 1 under standard)."""
   return jax.tree.map(lambda s: s.lr_scale, specs, is_leaf=is_spec)
+
+
+def update_stats(specs: dict, params: dict, grads: dict, updates: dict) -> dict:
+  """Per parameter ("layers.attn.wq", ...): the norms of its value and gradient, and the
+  ratio of its update's norm to its value's, each a vector over the layers for a stacked
+  parameter (leading "layers" axis) and a scalar otherwise. float32, jittable."""
+  def norm(spec, x):
+    axes = tuple(range(1, x.ndim)) if spec.axes[:1] == ("layers",) else None
+    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes))
+
+  out = {}
+  flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0]
+  for (path, spec), p, g, u in zip(flat, *(jax.tree.leaves(t) for t in (params, grads,
+                                                                      updates))):
+    name = ".".join(str(getattr(k, "key", k)) for k in path)
+    p_norm = norm(spec, p)
+    out[name] = {"param_norm": p_norm, "grad_norm": norm(spec, g),
+                 "update_ratio": norm(spec, u) / jnp.maximum(p_norm, 1e-30)}
+  return out

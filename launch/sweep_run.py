@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+import tqdm
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
@@ -117,6 +119,17 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
   save a checkpoint and exit (status `interrupted`); a rerun resumes them.
   """
   todo, running, counts, stop = list(runs), [], {}, []
+  # On a terminal, a bar of points done with the running and failed ones; plain lines
+  # elsewhere (a log file, SLURM).
+  bar = tqdm.tqdm(total=len(todo), unit="point", dynamic_ncols=True) \
+      if sys.stdout.isatty() else None
+
+  def say(text):
+    if bar is None:
+      print(text, flush=True)
+      return
+    bar.write(text)
+    bar.set_postfix_str(f"{len(running)} running, {counts.get('failed', 0)} failed")
 
   def terminate(*_):
     if not stop:
@@ -126,6 +139,8 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
 
   def count(status):
     counts[status] = counts.get(status, 0) + 1
+    if bar is not None:
+      bar.update()
 
   previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
@@ -133,7 +148,7 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
       while todo and not stop and len(running) < parallel:
         r = todo.pop(0)
         if done(sweep_dir, r.name):
-          print(f"skip        {r.name} (summary.json exists)", flush=True)
+          say(f"skip        {r.name} (summary.json exists)")
           count("skipped")
           continue
         workdir = os.path.join(sweep_dir, r.name)
@@ -141,7 +156,7 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
         running.append((proc, workdir, cmd, log))
         if stop:  # the signal came while it started
           proc.send_signal(signal.SIGTERM)
-        print(f"start       {r.name}", flush=True)
+        say(f"start       {r.name}")
       time.sleep(0.2)
       for item in [x for x in running if x[0].poll() is not None]:
         proc, workdir, cmd, log = item
@@ -149,8 +164,10 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
         running.remove(item)
         status = finish(workdir, proc.returncode, cmd)
         count(status)
-        print(f"{status:11s} {os.path.basename(workdir)}", flush=True)
+        say(f"{status:11s} {os.path.basename(workdir)}")
   finally:
+    if bar is not None:
+      bar.close()
     for sig, handler in previous.items():
       signal.signal(sig, handler)
   return counts

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxlm import config as config_lib, sharding
-from jaxlm.run import checkpoint, files, metrics
+from jaxlm.run import checkpoint, files, loggers
 from jaxlm.train import loop
 from jaxlm.train.step import Trainer
 from jaxlm.train.workdir import prepare_workdir
@@ -35,7 +35,7 @@ TINY = ["--experiment=shakespeare", "--set=model.d_model=32", "--set=model.n_lay
 # prints "saved AT" and waits for the test to send SIGTERM.
 HOOK = """
 import os, signal, sys, time
-from jaxlm import main
+from jaxlm.cli.train import entry
 from jaxlm.run import checkpoint
 from jaxlm.train import preemption
 action, at = sys.argv[1], int(sys.argv[2])
@@ -55,7 +55,7 @@ def hooked_save(mngr, step, *args, **kwargs):
 preemption.Preemption._handle = hooked_handle
 checkpoint.save = hooked_save
 sys.argv = ["jaxlm.main", *sys.argv[3:]]
-main.entry()
+entry()
 """
 
 
@@ -371,10 +371,11 @@ def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path):
 
 
 def test_loss_spikes_are_logged(tmp_path, capsys):
-  writer, mean = metrics.Writer(str(tmp_path), 10), None
+  report, mean = loggers.Reporter(tiny_config(), str(tmp_path)), None
   for step, loss in enumerate([5.0, 4.0, 3.5, 12.0, float("nan"), 3.4], start=1):
-    mean = loop._log_spike(writer, step, loss, mean, 2.0)
+    mean = loop._log_spike(report, step, loss, mean, 2.0, np.array([7 * step, 9 * step]))
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  assert [(r["step"], r["spike_loss"]) for r in records] == [(4, 12.0)]
+  assert [(r["step"], r["spike_loss"], r["batch_indices"]) for r in records] == [
+      (4, 12.0, [28, 36])]
   assert "warning: loss spike at step 4: 12.0000 is over 2x the running mean" in \
       capsys.readouterr().out

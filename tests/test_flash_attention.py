@@ -159,6 +159,11 @@ def test_unsupported_calls_say_why():
     fa.flash_attention(q, q, q, block_m=32)
   with pytest.raises(ValueError, match="block_q=48: expected a power of two"):
     fa.flash_attention(q, q, q, block_q=48)
+  q = jnp.zeros((2, 8, 2, 32))
+  for seg, message in ((jnp.ones((1, 8), jnp.int32), "batch size 2"),
+                       (jnp.ones((2, 9), jnp.int32), r"query segment ids must be \(B, 8\)")):
+    with pytest.raises(ValueError, match=message):
+      fa.flash_attention(q, q, q, segment_ids=seg)
 
 
 def test_choose_prefers_cudnn_then_pallas_for_segments_on_gpu():

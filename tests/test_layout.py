@@ -7,6 +7,8 @@ broken anywhere fails here with the module and line that break it.
 import ast
 import os
 import pathlib
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "jaxlm"
@@ -189,6 +191,10 @@ def test_aliases_only_forward_to_the_command_lines():
   for name in ALIASES:
     targets = {t for _, t, _, _ in _imports(name)}
     assert targets and all(t.startswith("jaxlm.cli.") for t in targets), (name, targets)
+  # Importing them defines no flags, so they can be imported together.
+  code = "import " + ", ".join(ALIASES)
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_params_module_is_a_leaf():

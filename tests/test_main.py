@@ -92,7 +92,7 @@ def test_workdir_of_another_experiment_is_refused_and_left_alone(tmp_path):
 def test_missing_corpus_file_is_one_line_and_exit_2(tmp_path):
   # As if the packaged asset were gone: point the corpus loader at a missing file.
   code = ("import sys; from jaxlm.data import corpus; corpus.DEFAULT_PATH = sys.argv[1]; "
-          "from jaxlm import main; sys.argv = ['jaxlm.main', *sys.argv[2:]]; main.entry()")
+          "from jaxlm.cli.train import entry; sys.argv = ['jaxlm.main', *sys.argv[2:]]; entry()")
   env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "gone.jsonl.xz"),
                         "--experiment=shakespeare", f"--workdir={tmp_path / 'w'}", *TINY],

@@ -35,9 +35,13 @@ def test_iterator_state_resumes_exactly():
 
 def test_batch_layout_and_targets_shift():
   batch = next(pipeline.train_iterator(pipeline.train_dataset(CFG, TOK, 4, seed=0)))
+  index = batch.pop("index")  # each row's start in the split's token stream
   assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "weights"}
   assert all(v.shape == (4, 64) for v in batch.values())
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+  tokens, _ = pipeline.token_stream(CFG, "train", TOK)
+  for row, start in zip(batch["inputs"], index):
+    np.testing.assert_array_equal(row, tokens[start:start + 64])
 
 
 def test_packing_keeps_document_boundaries():

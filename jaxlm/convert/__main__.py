@@ -1,5 +1,5 @@
-"""`python -m jaxlm.convert`: the command line in jaxlm/cli/convert.py."""
-from jaxlm.cli.convert import entry
+"""`python -m jaxlm.convert`: runs the command line in jaxlm/cli/convert.py."""
 
 if __name__ == "__main__":
+  from jaxlm.cli.convert import entry
   entry()

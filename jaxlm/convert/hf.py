@@ -25,7 +25,7 @@ from safetensors.numpy import save_file
 from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError, DataConfig, ModelConfig
 from jaxlm.convert import gpt2, llama
-from jaxlm.run import checkpoint, files
+from jaxlm.run import checkpoint, files, loggers
 from jaxlm.run.load import load_run
 
 # model_type -> the module that converts it.
@@ -58,6 +58,7 @@ class Tensors:
         self.where.update({k: name for k in f.keys()})
     self.taken: set[str] = set()
     self.dir = hf_dir
+    self.progress = loggers.progress(total=len(self.where), desc=f"reading {hf_dir}")
 
   def has(self, name: str) -> bool:
     return name in self.where
@@ -73,6 +74,7 @@ class Tensors:
       raise ValueError(f"{os.path.join(self.dir, self.where[name])}: tensor {name!r} has shape "
                        f"{tuple(a.shape)}; expected {tuple(shape)} from config.json")
     self.taken.add(name)
+    self.progress.update()
     return a
 
 
@@ -123,6 +125,7 @@ def read_hf(hf_dir: str, dtype: str = "float32") -> tuple[Config, dict]:
   module = MODEL_TYPES[hf["model_type"]]
   t = Tensors(hf_dir)
   params = module.params_from_hf(t, model, hf)
+  t.progress.close()
   if model.tie_embeddings and t.has(LM_HEAD):  # a tied model that saved its head anyway
     if not np.array_equal(t.take(LM_HEAD, params["embed"].shape), params["embed"]):
       raise ValueError(f"{hf_dir}: {LM_HEAD} differs from the token embedding although "

@@ -93,7 +93,9 @@ def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_i
 
   def example(index, window):
     start = window * T + int(offsets[(index // n) % len(offsets)])
-    return make_example(tokens, docs, start, T, tok.eos_id)
+    # "index": where the row starts in the split's token stream (the loop records it
+    # with a loss spike, then drops it before the step).
+    return {**make_example(tokens, docs, start, T, tok.eos_id), "index": np.int64(start)}
 
   ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None).map_with_index(example)
   if process_count > 1:
@@ -149,7 +151,8 @@ def rows_dataset(row, n_rows: int, batch_size: int, seed: int, process_index: in
   if n_rows < batch_size:
     raise ValueError(f"train.batch_size={batch_size} is larger than the {n_rows} training "
                      "examples")
-  ds = grain.MapDataset.range(n_rows).shuffle(seed=seed).repeat(None).map(row)
+  ds = grain.MapDataset.range(n_rows).shuffle(seed=seed).repeat(None).map(
+      lambda i: {**row(i), "index": np.int64(i)})  # the row's number, as in train_dataset
   if process_count > 1:
     ds = ds[process_index::process_count]
   return ds.batch(batch_size // process_count, drop_remainder=True)

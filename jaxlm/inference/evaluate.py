@@ -30,6 +30,7 @@ from jaxlm import sharding
 from jaxlm.config import Config
 from jaxlm.data import pipeline
 from jaxlm.models import transformer
+from jaxlm.run import files, loggers
 from jaxlm.run.load import load_run
 from jaxlm.tasks import lm
 
@@ -97,19 +98,31 @@ def evaluate(params, config: Config, tok, mesh, split: str = "validation",
 
   batches = pipeline.eval_batches(config.data, tok, config.train.batch_size, max_batches,
                                   split=split)
-  sums: dict = {}
-  for out in jax.device_get([step(params, jax.device_put(b, batch_sharding)) for b in batches]):
-    for k, v in out.items():
-      sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+  sums = sum_batches(lambda b: step(params, jax.device_put(b, batch_sharding)),
+                     loggers.progress(batches, desc=f"evaluating {split}"))
   return summarize({k: (float(v) if np.ndim(v) == 0 else v) for k, v in sums.items()})
 
 
-def reliability_diagram(result: dict, path: str) -> None:
-  """Writes a PNG: accuracy against confidence per bin, and the share of tokens per bin."""
+def sum_batches(evaluate_batch, batches) -> dict:
+  """The float64 sums over batches of evaluate_batch(batch), a jitted function's dict.
+
+  At most two batches are in flight: queuing a whole split's evaluations at
+  once holds every batch on device and, on the multi-device CPU backend,
+  was seen to abort the process intermittently under load.
+  """
+  outs, pending = [], []
+  for batch in batches:
+    pending.append(evaluate_batch(batch))
+    if len(pending) > 2:
+      outs.append(jax.device_get(pending.pop(0)))
+  outs += jax.device_get(pending)
+  return jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), 0), *outs)
+
+
+def reliability_diagram(result: dict):
+  """A matplotlib figure: accuracy against confidence per bin, and the share of tokens per bin."""
   try:  # matplotlib is optional (the plot extra), and slow to import
-    import matplotlib
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot's: no display, nothing to close
   except ImportError:
     raise ImportError("the reliability diagram needs matplotlib; install it with "
                       "`pip install 'jaxlm[plot]'`") from None
@@ -117,8 +130,8 @@ def reliability_diagram(result: dict, path: str) -> None:
   centers = [(b["low"] + b["high"]) / 2 for b in bins]
   width = bins[0]["high"] - bins[0]["low"]
   total = max(sum(b["count"] for b in bins), 1)
-  fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
-                                    gridspec_kw={"height_ratios": [3, 1]})
+  fig = Figure(figsize=(5, 6))
+  top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
   top.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width,
           edgecolor="black", label="accuracy")
   top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
@@ -130,16 +143,21 @@ def reliability_diagram(result: dict, path: str) -> None:
   bottom.set_ylabel("share of tokens")
   bottom.set_xlim(0, 1)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def run(workdir: str, split: str = "validation") -> dict:
-  """Evaluates a run's latest checkpoint; writes eval_<split>.json and reliability_<split>.png."""
+  """Evaluates a run's latest checkpoint; writes eval_<split>.json and reliability_<split>.png,
+  and adds the diagram to the run's TensorBoard and W&B runs where it logs to them."""
   config, tok, mesh, params, step = load_run(workdir)
+  if config.model.encoder_layers:
+    raise ValueError(f"--workdir={workdir} is an encoder-decoder run; this evaluation is of "
+                     "language models (score it with python -m jaxlm.seq2seq_generate "
+                     "--eval_lines=0)")
   result = {"split": split, "step": step, "tokenizer": tok.name,
             **evaluate(params, config, tok, mesh, split)}
-  with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  reliability_diagram(result, os.path.join(workdir, f"reliability_{split}.png"))
+  files.write_atomic(os.path.join(workdir, f"eval_{split}.json"), json.dumps(result, indent=2))
+  fig = reliability_diagram(result)
+  fig.savefig(os.path.join(workdir, f"reliability_{split}.png"), dpi=100)
+  loggers.figure_to_run(config, workdir, step, f"reliability/{split}", fig)
   return result

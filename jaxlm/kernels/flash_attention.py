@@ -91,6 +91,9 @@ def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None
   segs = None
   if segment_ids is not None:
     segs = tuple(x.astype(jnp.int32) for x in split_segments(segment_ids, T, S))
+    if any(x.shape[0] != B for x in segs):
+      raise ValueError(f"segment ids must have the batch size {B} of q, got "
+                       f"{[x.shape for x in segs]}")
   sm_scale = H ** -0.5 if scale is None else float(scale)
   cfg = Config(bool(is_causal), sm_scale, T, S, t, variant, bool(interpret))
 

@@ -38,8 +38,9 @@ def causal_query_blocks(T: int, S: int) -> list[tuple[int, int]]:
   return [(a, min(a + size, T)) for a in range(0, T, size)]
 
 
-def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, scale=None):
-  """Reference attention in plain XLA ops: grouped-query products, float32 softmax.
+def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, scale=None,
+                  return_max_logit=False):
+  """Attention in plain XLA ops: grouped-query products, float32 softmax.
 
   Causal attention runs over query blocks, each against only the keys it can
   see (causal_query_blocks), so most of the masked upper triangle is never
@@ -47,7 +48,9 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, 
   ones add exact zeros. The gradient is written by hand (_attend_blocks) so
   that every product, forward and backward, has the layout XLA's CPU backend
   runs fastest; being a jax.custom_vjp, it has no forward-mode derivative
-  (jax.jvp, jacfwd), while reverse mode of any order works.
+  (jax.jvp, jacfwd), while reverse mode of any order works. With
+  return_max_logit it returns (out, the largest score q·k·scale any query gives
+  a key it may see, float32): the softmax's own row maxima, so nearly free.
   """
   B, T, N, H = q_BTNH.shape
   S, K = k_BSKH.shape[1], k_BSKH.shape[2]
@@ -73,9 +76,11 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, 
     masks.append(mask)
   # Heads-major layout, so that a query block is a slice of T.
   q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
-  o_BKGTH = _attend_blocks(q_BKGTH, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3),
-                           tuple(masks), tuple(spans), scale)
-  return o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+  o_BKGTH, max_logit = _attend_blocks(q_BKGTH, k_BSKH.transpose(0, 2, 1, 3),
+                                      v_BSKH.transpose(0, 2, 1, 3), tuple(masks), tuple(spans),
+                                      scale)
+  o_BTNH = o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+  return (o_BTNH, max_logit) if return_max_logit else o_BTNH
 
 
 def _bmm(a, b, dtype=None):
@@ -102,27 +107,33 @@ def _query_block(x_BKGTH, a, b):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _attend_blocks(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
-  """Attention of each query block (a, b) over keys [0, end), spans = ((a, b, end), ...)."""
+  """(Attention of each query block (a, b) over keys [0, end), the largest unmasked score);
+  spans = ((a, b, end), ...)."""
   return _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale)[0]
 
 
 def _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
   B, K, G, _, H = q_BKGTH.shape
   k_BKHS = _transposed_copy(k_BKSH)
-  outs, probs = [], []
+  outs, probs, maxes = [], [], []
   for (a, b, end), mask in zip(spans, masks):
     s_BKRS = _bmm(_query_block(q_BKGTH, a, b), k_BKHS[..., :end], jnp.float32) * scale
     if mask is not None:
       s_BKRS = jnp.where(mask, s_BKRS, MASKED)
-    p_BKRS = jax.nn.softmax(s_BKRS, axis=-1)
+    # jax.nn.softmax's own steps, keeping its row maxima (a fully masked row's is MASKED).
+    m_BKR1 = jnp.max(s_BKRS, axis=-1, keepdims=True)
+    e_BKRS = jnp.exp(s_BKRS - m_BKR1)
+    p_BKRS = e_BKRS / jnp.sum(e_BKRS, axis=-1, keepdims=True)
+    maxes.append(jnp.max(m_BKR1))
     probs.append(p_BKRS)
     o_BKRH = _bmm(p_BKRS.astype(v_BKSH.dtype), v_BKSH[:, :, :end])
     outs.append(o_BKRH.reshape(B, K, G, b - a, H))
   o_BKGTH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-  return o_BKGTH, (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs))
+  return (o_BKGTH, jnp.max(jnp.stack(maxes))), (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs))
 
 
-def _attend_blocks_bwd(spans, scale, residuals, do_BKGTH):
+def _attend_blocks_bwd(spans, scale, residuals, cotangents):
+  do_BKGTH, _ = cotangents  # the largest score is a statistic: no gradient flows from it
   q_BKGTH, k_BKSH, v_BKSH, masks, probs = residuals
   B, K, G, _, H = q_BKGTH.shape
   S = k_BKSH.shape[2]

@@ -76,7 +76,7 @@ def choose(q, k, segment_ids=None) -> str:
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None,
-                          implementation=None, scale=None):
+                          implementation=None, scale=None, return_max_logit=False):
   """Scaled dot-product attention, shaped like jax.nn.dot_product_attention.
 
   Args:
@@ -88,8 +88,12 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_id
     implementation: None or "auto" (best available), "xla", "cudnn", "pallas".
     scale: multiplier of the scores q·k before the softmax; None: 1/sqrt(H)
       (μP uses ∝ 1/H: ModelConfig.attention_scale).
+    return_max_logit: also return the largest score a query gives a key it may
+      see (float32; training statistics); the xla implementation has it for
+      free, the others give None.
   Returns:
-    (B, T, N, H) attention output in the dtype of v.
+    (B, T, N, H) attention output in the dtype of v; with return_max_logit,
+    (output, largest score or None).
   """
   if q_BTNH.ndim != 4 or k_BSKH.ndim != 4 or v_BSKH.shape != k_BSKH.shape:
     raise ValueError(f"expected q (B,T,N,H) and k, v (B,S,K,H), got {q_BTNH.shape}, "
@@ -102,5 +106,8 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_id
   if implementation not in _IMPLS:
     raise ValueError(f"implementation={implementation!r}: expected None, 'auto' or one of "
                      f"{', '.join(IMPLEMENTATIONS)}")
-  return _IMPLS[implementation](q_BTNH, k_BSKH, v_BSKH, is_causal=is_causal,
-                                segment_ids=segment_ids, scale=scale)
+  kw = dict(is_causal=is_causal, segment_ids=segment_ids, scale=scale)
+  if implementation == "xla":
+    return xla_attention(q_BTNH, k_BSKH, v_BSKH, return_max_logit=return_max_logit, **kw)
+  out_BTNH = _IMPLS[implementation](q_BTNH, k_BSKH, v_BSKH, **kw)
+  return (out_BTNH, None) if return_max_logit else out_BTNH

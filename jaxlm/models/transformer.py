@@ -101,13 +101,14 @@ def default_positions(tokens_BT: jax.Array) -> jax.Array:
 
 def self_attention(segment_ids_BT, config: ModelConfig, causal: bool = True):
   """The training-time `attend`: attention within documents (causal, or not for an
-  encoder); no aux output."""
+  encoder); its aux output is the largest attention score (None where the attention
+  implementation does not give it), which costs nothing when unused."""
   impl = None if config.attention == "auto" else config.attention
 
   def attend(q_BTNH, k_BTKH, v_BTKH):
     return dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=causal,
                                  segment_ids=segment_ids_BT, implementation=impl,
-                                 scale=config.attention_scale), None
+                                 scale=config.attention_scale, return_max_logit=True)
 
   return attend
 
@@ -213,8 +214,12 @@ def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
 
 
 def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_BT=None,
-          segment_ids_BT=None) -> jax.Array:
-  """Embedding and the layer stack: the residual stream (B, T, D) before the final norm."""
+          segment_ids_BT=None, with_stats: bool = False):
+  """Embedding and the layer stack: the residual stream (B, T, D) before the final norm.
+
+  with_stats: return (x_BTD, {"max_attention_logit": (L,)}) instead, each layer's
+  largest attention score (empty where the attention implementation lacks it).
+  """
   c = config
   if positions_BT is None:
     positions_BT = default_positions(tokens_BT)
@@ -224,8 +229,10 @@ def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
   def body(x_BTD, p):
     return block(x_BTD, p, positions_BT, c, attend)
 
-  x_BTD, _ = layer_stack(body, x_BTD, params["layers"], c)
-  return x_BTD
+  x_BTD, max_logit_L = layer_stack(body, x_BTD, params["layers"], c)
+  if not with_stats:
+    return x_BTD
+  return x_BTD, ({} if max_logit_L is None else {"max_attention_logit": max_logit_L})
 
 
 def layer_stack(body, x, stacked, config: ModelConfig):
@@ -269,6 +276,19 @@ def next_token_nll(params: dict, x_BTD: jax.Array, targets_BT: jax.Array,
   x_BTD = _readout_input(params, x_BTD, c)
   unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
   return layers.cross_entropy(x_BTD, unembed_DV, targets_BT, chunk)
+
+
+def logits_rms(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
+  """The root mean square of the output logits (float32), without computing them.
+
+  sum over rows of |x W|^2 = sum((X^T X) * (W W^T)): two (D, D) Gram matrices,
+  V/D times cheaper than the (B*T, V) logits (a growing logit scale is an early
+  sign of instability; Wortsman et al. 2023, "Small-scale proxies").
+  """
+  x_RD = _readout_input(params, x_BTD, config).reshape(-1, x_BTD.shape[-1]).astype(jnp.float32)
+  w_DV = (params["embed"].T if config.tie_embeddings else params["unembed"]).astype(jnp.float32)
+  total = jnp.sum((x_RD.T @ x_RD) * (w_DV @ w_DV.T))
+  return jnp.sqrt(jnp.maximum(total, 0.0) / (x_RD.shape[0] * w_DV.shape[1]))
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> dict[str, float]:

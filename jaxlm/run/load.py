@@ -65,20 +65,15 @@ def load_run(workdir: str, step: int | None = None, *, mesh=None, what: str = "-
     FileNotFoundError if workdir is not a run or has no such checkpoint;
     ValueError (ConfigError) if the run's config does not load or is not of task_kind.
   """
-  config = None  # config.json's; a checkpoint that has one overrides it below
-  if files.has_config(workdir):
-    config = files.read_config(workdir, what)
-  elif not checkpoint.saved_steps(workdir):
+  if not files.has_config(workdir) and not checkpoint.saved_steps(workdir):
     raise FileNotFoundError(f"{what}={workdir} has no config.json and no checkpoint; expected "
                             "the directory of a run made by `python -m jaxlm.main`")
-  if task_kind is not None and config is not None and config.task.kind != task_kind:
+  # The config these params were saved with; config.json only for checkpoints without one.
+  config, step = checkpoint.restore_config(workdir, step)
+  config = config or files.read_config(workdir, what)
+  if task_kind is not None and config.task.kind != task_kind:
     raise config_lib.ConfigError(f"{what}={workdir} is a task.kind={config.task.kind!r} run; "
                                  f"expected a {task_kind} run")
-  saved, step = checkpoint.restore_config(workdir, step)
-  config = saved or config
-  if config is None:
-    raise FileNotFoundError(f"{what}={workdir} has no config.json, and its checkpoint {step} "
-                            "was saved without a config; expected a run made by jaxlm")
   mesh = run_mesh(config) if mesh is None else mesh
   specs = tasks.get(config).param_specs()
   shardings = sharding.tree_shardings(specs, mesh, config.mesh.rules)

@@ -1,5 +1,5 @@
-"""`python -m jaxlm.scaling`: the command line in jaxlm/cli/scaling.py."""
-from jaxlm.cli.scaling import main
+"""`python -m jaxlm.scaling`: runs the command line in jaxlm/cli/scaling.py."""
 
 if __name__ == "__main__":
+  from jaxlm.cli.scaling import main
   main()

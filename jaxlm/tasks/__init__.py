@@ -32,8 +32,9 @@ class Task(Protocol):
   def batch_shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of each batch array for a global batch of `batch_size`."""
 
-  def loss(self, params, batch: dict) -> tuple[Any, Any]:
-    """(scalar mean loss, auxiliary per-example output) of a batch; pure and jittable."""
+  def loss(self, params, batch: dict) -> tuple[Any, dict]:
+    """(scalar mean loss, statistics) of a batch, pure and jittable; the statistics (a
+    dict of arrays, maybe empty) are logged at log steps (train.layer_stats)."""
 
   def eval_sums(self, params, batch: dict, token_bytes) -> dict:
     """Sums over a batch (jittable) that summarize() turns into metrics; token_bytes[i] is

@@ -79,7 +79,7 @@ class Classification:
   def loss(self, params, batch: dict):
     nll_B, _ = self._nll(params, batch)
     w_B = batch["weights"]
-    return jnp.sum(nll_B * w_B) / jnp.maximum(jnp.sum(w_B), 1.0), nll_B
+    return jnp.sum(nll_B * w_B) / jnp.maximum(jnp.sum(w_B), 1.0), {}
 
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
     del token_bytes

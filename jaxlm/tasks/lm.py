@@ -16,16 +16,22 @@ from jaxlm.models import transformer
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 
 
-def loss_fn(params, batch: dict, config: Config):
-  """Mean next-token cross-entropy over weighted targets; also returns per-token nll."""
+def token_nll(params, batch: dict, config: Config):
+  """Per-token next-token cross-entropy (B, T), and the model's statistics (the layers'
+  largest attention scores, the output logits' RMS)."""
   segments = batch["segment_ids"] if config.data.mask_documents else None
-  x_BTD = transformer.trunk(params, batch["inputs"], config.model,
-                           positions_BT=batch["positions"], segment_ids_BT=segments)
+  x_BTD, stats = transformer.trunk(params, batch["inputs"], config.model, with_stats=True,
+                                   positions_BT=batch["positions"], segment_ids_BT=segments)
   nll_BT = transformer.next_token_nll(params, x_BTD, batch["targets"], config.model,
                                       config.train.loss_chunk)
+  return nll_BT, {**stats, "logits_rms": transformer.logits_rms(params, x_BTD, config.model)}
+
+
+def loss_fn(params, batch: dict, config: Config):
+  """Mean next-token cross-entropy over weighted targets, and the model's statistics."""
+  nll_BT, stats = token_nll(params, batch, config)
   weights_BT = batch["weights"]
-  loss = jnp.sum(nll_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
-  return loss, nll_BT
+  return jnp.sum(nll_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0), stats
 
 
 def summarize_eval(sums: dict) -> dict:
@@ -72,7 +78,7 @@ class LanguageModeling:
     return loss_fn(params, batch, self.config)
 
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
-    _, nll_BT = loss_fn(params, batch, self.config)
+    nll_BT, _ = token_nll(params, batch, self.config)
     w_BT = batch["weights"]
     return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
             "bytes": jnp.sum(token_bytes[batch["targets"]] * w_BT)}

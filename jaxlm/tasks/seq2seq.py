@@ -107,7 +107,7 @@ class Seq2Seq:
   def loss(self, params, batch: dict):
     nll_BT = target_nll(params, batch, self.config)
     w_BT = batch["tgt_weights"]
-    return jnp.sum(nll_BT * w_BT) / jnp.maximum(jnp.sum(w_BT), 1.0), nll_BT
+    return jnp.sum(nll_BT * w_BT) / jnp.maximum(jnp.sum(w_BT), 1.0), {}
 
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
     del token_bytes

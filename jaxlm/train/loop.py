@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxlm import params as params_lib
 from jaxlm import sharding
 from jaxlm.config import Config
 from jaxlm.data import pipeline
 from jaxlm.inference.generate import generate
-from jaxlm.run import checkpoint, files, metrics
+from jaxlm.run import checkpoint, files, loggers
 from jaxlm.train import optim, plan, warm_start
 from jaxlm.train.preemption import Preemption
 from jaxlm.train.step import Trainer
@@ -79,31 +82,47 @@ def run(r: Run) -> dict:
   SIGTERM or SIGINT ends the current step, saves a checkpoint and returns
   {"preempted_at": step} (main exits 0); rerunning the same command resumes.
   """
-  c, trainer, tok = r.config, r.trainer, r.tokenizer
+  c, trainer = r.config, r.trainer
   wall_start = time.time()
-  writer = metrics.Writer(r.workdir, c.train.steps)
   mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep)
   it = pipeline.train_iterator(r.dataset)
   earlier_seconds = 0.0  # wall time of the segments before a resume
   counts = params_lib.param_count(trainer.specs)  # the task's head included
-  if r.restored is not None:
+  resumed = r.restored is not None
+  if resumed:
     (state, data_state), r.restored = r.restored, None  # the first step donates it
     it.set_state(data_state)
-    if writer.enabled:  # the steps after the checkpoint are logged again
-      earlier_seconds = files.truncate_metrics(writer.path, int(state.step))
+    if jax.process_index() == 0:  # the steps after the checkpoint are logged again
+      earlier_seconds = files.truncate_metrics(os.path.join(r.workdir, files.METRICS),
+                                               int(state.step))
     # Exact where the checkpoint kept it; else (older checkpoints) the last logged step's.
     saved = checkpoint.saved_wall_seconds(mngr, int(state.step))
     earlier_seconds = earlier_seconds if saved is None else saved
-    writer.print(f"resumed from step {int(state.step)} in {r.workdir}")
   else:
     state = trainer.init(jax.random.key(c.seed))
-    if c.init.from_workdir:
+  start_step = int(state.step)
+  report = loggers.Reporter(c, r.workdir, start_step, resumed)
+  try:
+    if resumed:
+      report.print(f"resumed from step {start_step} in {r.workdir}")
+    elif c.init.from_workdir:
       state = state.replace(params=warm_start.load(c, trainer.mesh, c.mesh.rules, state.params))
-      writer.print(warm_start.describe(c))
+      report.print(warm_start.describe(c))
+    summary = _train(r, state, it, mngr, report, counts,
+                     lambda: earlier_seconds + time.time() - wall_start)
+  finally:
+    report.close()
+  return summary
+
+
+def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall_seconds):
+  """The loop of run(), from `state` to train.steps; `wall_seconds()` is the run's wall
+  time so far, earlier segments of a resumed run included."""
+  c, trainer, tok = r.config, r.trainer, r.tokenizer
   tokens_per_step = c.train.batch_size * c.data.seq_len
   flops_per_token = trainer.task.flops_per_token()
-  peak = metrics.peak_flops()
-  writer.print(f"{c.name}: {counts['total']:,} params ({counts['non_embedding']:,} "
+  peak = loggers.peak_flops()
+  report.print(f"{c.name}: {counts['total']:,} params ({counts['non_embedding']:,} "
                f"non-embedding) | {tokens_per_step:,} tokens/step | mesh "
                f"{dict(trainer.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
                f" | workdir {r.workdir}")
@@ -112,10 +131,8 @@ def run(r: Run) -> dict:
   last_time, last_step = None, start_step
   val, loss_mean = {}, None
   checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
-
-  def wall_seconds() -> float:
-    """The run's wall time so far, earlier segments of a resumed run included."""
-    return earlier_seconds + time.time() - wall_start
+  waiting = loggers.Timer()  # time spent waiting for the next batch
+  profile = Profile(c.train.profile_steps, os.path.join(r.workdir, "tensorboard"), report)
 
   def evaluate_batches(n_batches: int) -> dict:
     """The current params over the first n_batches validation batches (0: all)."""
@@ -125,8 +142,7 @@ def run(r: Run) -> dict:
 
   def evaluate(step: int, final: bool) -> dict:
     result = evaluate_batches(0 if final else c.train.eval_batches)
-    writer.eval_line(step, result)
-    writer.log({"step": step, **result})
+    report.eval(step, result)
     return result
 
   def ranked_like_periodic(full: dict) -> dict:
@@ -154,32 +170,42 @@ def run(r: Run) -> dict:
             f"non-finite loss or gradients at {where} (loss {float(m['loss'])}); {last}; "
             "lower optim.lr or raise optim.warmup_steps and rerun with --resume to go on "
             "from it, or set train.nonfinite=skip to drop such updates")
-      writer.print(f"warning: skipped {count - checked['nonfinite']} update(s) with "
+      report.print(f"warning: skipped {count - checked['nonfinite']} update(s) with "
                    f"non-finite loss or gradients at {where} ({count} in this run)")
     checked.update(step=step, nonfinite=count)
 
   with Preemption() as preemption:
     for step in range(start_step + 1, c.train.steps + 1):
-      state, step_metrics = trainer.step(state, trainer.device_batch(next(it)))
+      profile.before(step)
+      with waiting:
+        host_batch = next(it)
+      indices = host_batch.pop("index", None)  # where each row came from, for spike records
+      state, step_metrics = trainer.step(state, trainer.device_batch(host_batch))
+      profile.after(step, step_metrics)
+      report.advance(step)
       if last_time is None:  # the first step includes compilation
         jax.block_until_ready(step_metrics)
-        writer.print(f"compiled and ran step {step} in {time.time() - wall_start:.1f}s")
+        report.print(f"compiled and ran step {step} in {wall_seconds():.1f}s")
         last_time, last_step = time.perf_counter(), step
+        waiting.take()
       final = step == c.train.steps
       if step % c.train.log_every == 0 or final:
         m = jax.device_get(step_metrics)
         check_finite(step, m)
         now = time.perf_counter()
-        seconds = (now - last_time) / max(step - last_step, 1)
+        steps = max(step - last_step, 1)
+        seconds = (now - last_time) / steps
         tps = tokens_per_step / seconds if step > last_step else 0.0
-        mfu = tps * flops_per_token / (peak * jax.device_count()) if peak and tps else None
-        loss, lr = float(m["loss"]), float(schedule(step - 1))
-        writer.train_line(step, loss, lr, tps, seconds, mfu)
-        writer.log({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
-                    "wall_seconds": wall_seconds(),
-                    "grad_norm": float(m["grad_norm"]),
-                    "nonfinite_steps": int(m["nonfinite_steps"])})
-        loss_mean = _log_spike(writer, step, loss, loss_mean, c.train.spike_factor)
+        loss = float(m["loss"])
+        record = {"loss": loss, "lr": float(schedule(step - 1)), "tokens_per_sec": tps,
+                  "wall_seconds": wall_seconds(), "grad_norm": float(m["grad_norm"]),
+                  "nonfinite_steps": int(m["nonfinite_steps"]),
+                  "tokens": step * tokens_per_step, "input_wait_seconds": waiting.take() / steps,
+                  "step_seconds": seconds}
+        if peak and tps:
+          record["mfu"] = tps * flops_per_token / (peak * jax.device_count())
+        report.train(step, record, m.get("stats"))
+        loss_mean = _log_spike(report, step, loss, loss_mean, c.train.spike_factor, indices)
         last_time, last_step = now, step
       # Every process calls this every step: in multi-process runs it is how they agree.
       preempted = preemption.reached(step) and not final
@@ -195,12 +221,15 @@ def run(r: Run) -> dict:
           evaluated = ranked_like_periodic(evaluated)
         checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
                         wait=preempted, wall_seconds=wall_seconds())
+        report.print(f"saving checkpoint {step} in {mngr.directory}")
       if preempted:
+        profile.stop()
         by = f" by {preemption.signal}" if preemption.signal else ""
-        writer.print(f"preempted{by} at step {step}; checkpoint saved in {mngr.directory}; "
+        report.print(f"preempted{by} at step {step}; checkpoint saved in {mngr.directory}; "
                      "rerun the same command to resume")
         mngr.close()
         return {"preempted_at": step}
+  profile.stop()
   if not val:  # resumed a finished run: its final evaluation was saved with the checkpoint
     saved = checkpoint.saved_metrics(mngr, c.train.steps) or {}
     full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
@@ -218,19 +247,50 @@ def run(r: Run) -> dict:
   if jax.process_index() == 0:
     files.write_summary(r.workdir, summary)
   if c.train.sample_tokens and trainer.task.samples_text:
-    writer.print("sample:\n" + sample_text(state.params, c, tok, c.train.sample_prompt,
-                                           c.train.sample_tokens))
+    text = sample_text(state.params, c, tok, c.train.sample_prompt, c.train.sample_tokens)
+    report.print("sample:\n" + text)
+    report.text(c.train.steps, "sample", text)
   return summary
 
 
-def _log_spike(writer, step: int, loss: float, mean: float | None, factor: float):
-  """Reports a loss over `factor` x the running mean of logged losses; returns the new mean."""
+class Profile:
+  """A jax.profiler trace of train.profile's steps START..STOP into WORKDIR/tensorboard."""
+
+  def __init__(self, steps: tuple[int, int] | None, logdir: str, report: loggers.Reporter):
+    self.steps, self.logdir, self.report, self.tracing = steps, logdir, report, False
+
+  def before(self, step: int) -> None:
+    if self.steps and step == self.steps[0]:
+      jax.profiler.start_trace(self.logdir)
+      self.tracing = True
+
+  def after(self, step: int, outputs) -> None:
+    if self.tracing and step >= self.steps[1]:
+      jax.block_until_ready(outputs)  # the trace holds the last step's work
+      self.stop()
+
+  def stop(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+      self.report.print(f"profile of steps {self.steps[0]}-{self.steps[1]} written to "
+                        f"{self.logdir} (tensorboard --logdir {self.logdir}, Profile tab)")
+
+
+def _log_spike(report, step: int, loss: float, mean: float | None, factor: float,
+               indices=None):
+  """Reports a loss over `factor` x the running mean of logged losses, with the step's
+  batch rows (`indices`, every process's); returns the new running mean."""
   if not math.isfinite(loss):
     return mean
   if factor and mean is not None and loss > factor * mean:
-    writer.print(f"warning: loss spike at step {step}: {loss:.4f} is over {factor:g}x the "
+    report.print(f"warning: loss spike at step {step}: {loss:.4f} is over {factor:g}x the "
                  f"running mean {mean:.4f}")
-    writer.log({"step": step, "spike_loss": loss, "running_mean_loss": mean})
+    record = {"step": step, "spike_loss": loss, "running_mean_loss": mean}
+    if indices is not None:  # every process has the same loss, so all of them get here
+      rows = multihost_utils.process_allgather(indices) if jax.process_count() > 1 else indices
+      record["batch_indices"] = np.asarray(rows).reshape(-1).tolist()
+    report.log(record)
   return loss if mean is None else 0.9 * mean + 0.1 * loss
 
 
@@ -241,6 +301,6 @@ def sample_text(params, config: Config, tok, prompt: str, n_tokens: int) -> str:
   """The prompt followed by n_tokens sampled at train.sample_temperature."""
   ids = tok.encode(prompt)
   new = generate(params, config.model, [ids], n_tokens,
-                          temperature=config.train.sample_temperature, seed=config.seed,
-                          eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
+                 temperature=config.train.sample_temperature, seed=config.seed,
+                 eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
   return prompt + tok.decode(new)

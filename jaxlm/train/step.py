@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxlm import params as params_lib
 from jaxlm import sharding, tasks
 from jaxlm.config import Config
+from jaxlm.inference.evaluate import sum_batches
 from jaxlm.train import optim
 
 
@@ -33,15 +34,20 @@ class TrainState:
   nonfinite: jax.Array    # steps so far whose loss or gradients were not finite
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = "stop") -> tuple:
-  """One optimizer step on a batch; returns the new state and scalar metrics.
+def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = "stop",
+               specs=None) -> tuple:
+  """One optimizer step on a batch; returns the new state and metrics.
 
   A step whose loss or gradients are not finite is counted in `nonfinite`; with
   nonfinite="skip" (train.nonfinite) its update is dropped (params and optimizer moments stay
-  as they were), decided on device so that no step waits for the host.
+  as they were), decided on device so that no step waits for the host. Given the params'
+  specs (train.layer_stats), metrics["stats"] holds the loss function's statistics and
+  each parameter's norms and update ratio (params.update_stats), every step: gating them
+  to log steps with lax.cond cost more (its operands, the whole gradient and update
+  trees, were materialized apart from the optimizer's fusions).
   """
   rng, _ = jax.random.split(state.rng)  # the other half is this step's (dropout has none yet)
-  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -51,6 +57,8 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = 
                                      (params, opt_state), (state.params, state.opt_state))
   nonfinite = state.nonfinite + jnp.logical_not(finite).astype(jnp.int32)
   metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite_steps": nonfinite}
+  if specs is not None:  # a few reductions per parameter: ~1% of a step (docs/benchmarks.md)
+    metrics["stats"] = {**stats, **params_lib.update_stats(specs, state.params, grads, updates)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
                     nonfinite=nonfinite), metrics
 
@@ -93,7 +101,8 @@ class Trainer:
     def step(state, batch):
       with sharding.activation_rules(self.mesh, rules):
         return train_step(state, batch, loss_fn=self.task.loss, tx=self.tx,
-                          nonfinite=c.train.nonfinite)
+                          nonfinite=c.train.nonfinite,
+                          specs=self.specs if c.train.layer_stats else None)
 
     def evaluate(params, batch):
       with sharding.activation_rules(self.mesh, rules):
@@ -118,22 +127,12 @@ class Trainer:
             for k, (shape, dtype) in shapes.items()}
 
   def device_batch(self, local_batch: dict) -> dict:
-    """Assembles the global batch from this process's rows."""
+    """Assembles the global batch from this process's rows (keys the task does not read,
+    such as a training row's "index", stay on the host)."""
     return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], v)
-            for k, v in local_batch.items()}
+            for k, v in local_batch.items() if k in self.batch_shardings}
 
   def run_eval(self, params, batches) -> dict:
-    """Evaluates params over an iterable of host batches.
-
-    At most two batches are in flight: queuing a whole split's evaluations at
-    once holds every batch on device and, on the multi-device CPU backend,
-    was seen to abort the process intermittently under load.
-    """
-    outs, pending = [], []
-    for b in batches:
-      pending.append(self.evaluate(params, self.device_batch(b)))
-      if len(pending) > 2:
-        outs.append(jax.device_get(pending.pop(0)))
-    outs += jax.device_get(pending)
-    sums = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), 0), *outs)
+    """Evaluates params over an iterable of host batches."""
+    sums = sum_batches(lambda b: self.evaluate(params, self.device_batch(b)), batches)
     return {k: float(v) for k, v in self.task.summarize(sums).items()}
