@@ -357,6 +357,8 @@ def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path):
   open(os.path.join(workdir, "metrics.jsonl"), "w").write("{}\n")
   # Another mesh is the same run on other hardware; setup rewrites config.json.
   assert prepare_workdir(tiny_config(**{"mesh.fsdp": 2}), workdir) == ["mesh.fsdp"]
+  watched = {"train.loggers": "stdout,jsonl,tensorboard", "train.layer_stats": False}
+  assert prepare_workdir(tiny_config(**watched), workdir) == sorted(watched)
   lower_lr = tiny_config(**{"optim.lr": 1e-4})
   with pytest.raises(config_lib.ConfigError, match="differs in optim.lr; .*--resume to continue"):
     prepare_workdir(lower_lr, workdir)

@@ -20,14 +20,18 @@ from jaxlm.run import files
 
 
 WORKDIR_MODES = ("auto", "resume", "overwrite")
+# Keys that say how a run is watched, not what it trains: they may change on a resume.
+WATCHING = ("train.loggers", "train.wandb_project", "train.wandb_mode", "train.layer_stats",
+            "train.profile", "train.log_every")
 
 
 def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[str]:
   """Creates workdir and writes config.json, or checks that the run there may go on.
 
-  mode "auto" resumes a run of the same config (the mesh may differ: it says
-  where a run trains, not what) and refuses any other; "resume" also continues
-  one whose config differs outside model.* (e.g. a lower optim.lr after a NaN);
+  mode "auto" resumes a run of the same config (the mesh and the WATCHING keys may
+  differ: they say where and how a run trains, not what) and refuses any other;
+  "resume" also continues one whose config differs outside model.* (e.g. a lower
+  optim.lr after a NaN);
   "overwrite" moves a run there to WORKDIR.old-<time> and starts anew. Returns
   the keys in which a resumed run's config.json differs (setup rewrites it).
   """
@@ -50,7 +54,7 @@ def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[st
     if mode == "resume":
       blocking = [k for k in diff if k.startswith("model.")]
     else:
-      blocking = [k for k in diff if not k.startswith("mesh.")]
+      blocking = [k for k in diff if not k.startswith("mesh.") and k not in WATCHING]
     if blocking:
       what = (f"a run of {existing.name!r}, not {config.name!r}," if existing.name != config.name
               else f"a run of {existing.name!r}")
