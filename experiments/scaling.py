@@ -3,7 +3,7 @@
 import dataclasses
 
 from jaxlm.registry import register_sweep
-from jaxlm.scaling.sweeps import GridSpec, IsoFlopSpec, LrTransferSpec
+from jaxlm.scaling.sweeps import GridSpec, IsoFlopSpec, LrTransferSpec, WsdSpec
 
 # No text samples: a sweep only needs the final validation loss.
 _QUIET = ("train.sample_tokens=0",)
@@ -55,6 +55,35 @@ def shakespeare_isoflop_check():
   # loss 1.65 [1.58, 1.74]. These sizes were chosen after that fit, to test it.
   spec = shakespeare_isoflop()
   return dataclasses.replace(spec, budgets=(1e13,), n_ranges=((4.4e4, 2e5),), sizes=3)
+
+
+@register_sweep
+def shakespeare_wsd():
+  """shakespeare_isoflop as a WSD study: 7 stable runs cooled down at 15 (budget, size) points.
+
+  python launch/sweep_local.py --sweep=shakespeare_wsd --dir=runs/wsd_bytes --parallel=2
+  """
+  # The same budgets, size ranges, models and learning rates as shakespeare_isoflop,
+  # but sizes on one grid (2.5e3 x 2^k), so that a size serves every budget whose
+  # range holds it: 5 sizes per budget (6 there) and 67% of its FLOPs (docs/scaling.md).
+  # Cooldowns are the last 20% of each point's steps, 1-sqrt shaped (Hägele et al. 2024).
+  iso = shakespeare_isoflop()
+  return WsdSpec(base=iso.base, sizes=tuple(2.5e3 * 2 ** k for k in range(7)),
+                 budgets=iso.budgets, n_ranges=iso.n_ranges, aspect=iso.aspect,
+                 head_dim=iso.head_dim, lr_at_width=iso.lr_at_width, extra=iso.extra)
+
+
+@register_sweep
+def shakespeare_wsd_tiny():
+  """Test-sized WSD study: 2 budgets x 2 sizes, branches off 3 stable runs, a few steps each.
+
+  python launch/sweep_local.py --sweep=shakespeare_wsd_tiny --dir=/tmp/wsd --parallel=2
+  """
+  return WsdSpec(base="shakespeare_char", sizes=(2e3, 4e3, 8e3), budgets=(2e8, 4e8),
+                 n_ranges=((2e3, 4e3), (4e3, 8e3)), aspect=8.0, head_dim=8,
+                 extra=_QUIET + ("data.seq_len=32", "model.max_seq_len=32",
+                                 "train.batch_size=8", "train.eval_batches=1",
+                                 "train.log_every=1", "train.eval_every=0", "checkpoint.every=0"))
 
 
 @register_sweep

@@ -16,6 +16,7 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("stdout", "jsonl", "tensorboard", "wandb")
+OPTIMIZERS = ("adamw", "lion", "adafactor", "muon")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class ModelConfig:
   parameterization: str = "standard"  # standard | mup (Maximal Update Parametrization, docs/mup.md)
   mup_base_width: int = 128    # mup: the d_model at which mup equals standard
   mup_base_head_dim: int = 0   # mup: head dim at which attention equals standard; 0: own head dim
+  qk_norm: bool = False        # RMSNorm of each head's queries and keys before rotary (stability)
 
   def __post_init__(self):
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -148,26 +150,46 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """AdamW with linear warmup and cosine decay."""
-  lr: float = 3e-3             # peak learning rate
+  """The optimizer (optax) and its learning-rate schedule: warmup, then cosine, constant or WSD."""
+  name: str = "adamw"         # adamw | lion | adafactor | muon (optax.contrib; docs/recipes.md)
+  lr: float = 3e-3             # peak learning rate (muon: of the params it leaves to Adam)
   min_lr_ratio: float = 0.1   # final learning rate as a fraction of lr
   warmup_steps: int = 50       # linear warmup from 0
-  schedule: str = "cosine"    # cosine | constant
-  b1: float = 0.9              # AdamW beta1
-  b2: float = 0.95             # AdamW beta2
+  schedule: str = "cosine"    # cosine | constant | wsd (warmup, stable, decay)
+  decay_fraction: float = 0.2  # wsd: the share of train.steps that decays
+  decay_steps: int = 0        # wsd: steps that decay, the last ones (0: decay_fraction's)
+  decay_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt (Hägele et al. 2024)
+  b1: float = 0.9              # AdamW / Lion beta1 (muon: its Adam part's)
+  b2: float = 0.95             # AdamW / Lion beta2 (muon: its Adam part's)
   eps: float = 1e-8            # AdamW epsilon
   weight_decay: float = 0.1    # decoupled, on matrices only (not norms, biases, embeddings)
   grad_clip: float = 1.0      # global norm; 0 disables
+  adafactor_decay_rate: float = 0.8  # adafactor: second-moment decay exponent
+  muon_lr: float = 0.02       # muon: peak learning rate of its matrices (same schedule)
+  muon_beta: float = 0.95     # muon: momentum
+  muon_ns_steps: int = 5      # muon: Newton-Schulz iterations
 
   def __post_init__(self):
+    _choice("optim.name", self.name, OPTIMIZERS)
     _check(self.lr > 0, "optim.lr", self.lr, "a positive float")
     _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
     _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
-    _choice("optim.schedule", self.schedule, ("cosine", "constant"))
+    _choice("optim.schedule", self.schedule, ("cosine", "constant", "wsd"))
+    _check(0 < self.decay_fraction <= 1, "optim.decay_fraction", self.decay_fraction,
+           "in (0, 1]")
+    _check(self.decay_steps >= 0, "optim.decay_steps", self.decay_steps,
+           ">= 0 (0: from optim.decay_fraction)")
+    _choice("optim.decay_shape", self.decay_shape, ("linear", "cosine", "1-sqrt"))
     _check(0 <= self.b1 < 1, "optim.b1", self.b1, "in [0, 1)")
     _check(0 <= self.b2 < 1, "optim.b2", self.b2, "in [0, 1)")
     _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
     _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 disables)")
+    _check(0 < self.adafactor_decay_rate <= 1, "optim.adafactor_decay_rate",
+           self.adafactor_decay_rate, "in (0, 1]")
+    _check(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a positive float")
+    _check(0 <= self.muon_beta < 1, "optim.muon_beta", self.muon_beta, "in [0, 1)")
+    _check(self.muon_ns_steps > 0, "optim.muon_ns_steps", self.muon_ns_steps,
+           "a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +211,8 @@ class TrainConfig:
   wandb_mode: str = "online"     # online | offline (no network; `wandb sync` later) | disabled
   layer_stats: bool = True    # per-layer norms, update ratios, largest attention scores
   profile: str = ""           # START:STOP: a jax.profiler trace of those steps ("": none)
+  microbatches: int = 1       # gradient accumulation: each batch in this many sequential parts
+  z_loss: float = 0.0         # coefficient of mean(logsumexp(logits)^2) added to the loss
 
   def __post_init__(self):
     for key in ("steps", "batch_size", "log_every", "eval_batches"):
@@ -208,6 +232,10 @@ class TrainConfig:
     start, stop = self.profile_steps or (1, 2)
     _check(0 < start < stop, "train.profile", self.profile,
            "START:STOP, two step numbers with 0 < START < STOP (e.g. 10:15), or empty")
+    _check(self.microbatches > 0 and self.batch_size % self.microbatches == 0,
+           "train.microbatches", self.microbatches,
+           f"a positive divisor of train.batch_size={self.batch_size}")
+    _check(self.z_loss >= 0, "train.z_loss", self.z_loss, ">= 0 (0: off)")
 
   @property
   def logger_names(self) -> tuple[str, ...]:
@@ -230,10 +258,13 @@ class CheckpointConfig:
   """When Orbax checkpoints are written and how many are kept."""
   every: int = 500            # steps between saves; the last step is always saved; 0: only last
   keep: int = 2               # the latest `keep`, plus the one with the best val_loss
+  at_steps: tuple[int, ...] = ()  # also save, and keep, these steps (a WSD study's branch points)
 
   def __post_init__(self):
     _check(self.every >= 0, "checkpoint.every", self.every, ">= 0")
     _check(self.keep > 0, "checkpoint.keep", self.keep, "a positive integer")
+    _check(all(s > 0 for s in self.at_steps), "checkpoint.at_steps", self.at_steps,
+           "positive step numbers, comma-separated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,11 +287,16 @@ class InitConfig:
   from_workdir: str = ""      # a run whose latest params start this one ("": random init)
   grow: str = "none"          # none | stack | interleave: how a shallower run's layers fill more
   zero_new: bool = True       # grown layers, heads and units start with zero output (function-preserving)
+  from_step: int = 0          # >0: continue init.from_workdir's whole state at this step (a branch)
 
   def __post_init__(self):
     _choice("init.grow", self.grow, ("none", "stack", "interleave"))
     _check(self.grow == "none" or self.from_workdir, "init.grow", self.grow,
            "'none' unless init.from_workdir names the run to grow from")
+    _check(self.from_step >= 0, "init.from_step", self.from_step, ">= 0 (0: params only)")
+    _check(not self.from_step or (self.from_workdir and self.grow == "none"), "init.from_step",
+           self.from_step, "0 unless init.from_workdir names the run to branch from (and "
+           "init.grow=none: a branch continues that run's model and optimizer)")
 
 
 # Logical axis -> mesh axes. Every logical axis a parameter or activation names
@@ -319,6 +355,15 @@ class Config:
            f"at most model.max_seq_len={self.model.max_seq_len}")
     _check(self.data.source_len <= self.model.max_seq_len, "data.source_len",
            self.data.source_len, f"at most model.max_seq_len={self.model.max_seq_len}")
+    _check(not (self.optim.name == "muon" and self.model.parameterization == "mup"),
+           "optim.name", self.optim.name, "adamw, lion or adafactor with "
+           "model.parameterization=mup (muon's updates already scale with width)")
+    _check(not self.train.z_loss or self.task.kind in ("lm", "sft"), "train.z_loss",
+           self.train.z_loss, f"0 with task.kind={self.task.kind!r} (z-loss is on the output "
+           "vocabulary's logits: task.kind lm or sft)")
+    _check(not self.init.from_step or self.init.from_step < self.train.steps,
+           "init.from_step", self.init.from_step,
+           f"below train.steps={self.train.steps} (the branch trains on from it)")
     seq2seq = self.task.kind == "seq2seq"
     _check(seq2seq == (self.model.encoder_layers > 0), "model.encoder_layers",
            self.model.encoder_layers,
@@ -374,6 +419,11 @@ def _parse(key: str, text: str, kind) -> Any:
       pass
   elif kind is str:
     return text
+  elif kind == tuple[int, ...]:  # comma-separated, e.g. checkpoint.at_steps=100,250
+    try:
+      return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
+    except ValueError:
+      raise ConfigError(f"{key}={text!r} is not a comma-separated list of ints") from None
   else:
     raise ConfigError(f"{key} has type {kind} and cannot be set with --set; "
                       "change it in the experiment's Python config")

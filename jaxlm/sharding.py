@@ -84,6 +84,35 @@ def tree_shardings(specs, mesh, rules):
                       specs, is_leaf=is_spec)
 
 
+def like_params(state, params, param_shardings, default: NamedSharding):
+  """Shardings for an optimizer state: each leaf that ends in a parameter's path with
+  that parameter's shape (Adam's moments, Muon's momentum) takes its sharding; the
+  rest (step counters, Adafactor's factored row and column moments) take `default`.
+
+  Matching by key path, not by the state's structure, works for any optax
+  transformation, including those that split the params (Muon, masked decay).
+  """
+  by_path = {}
+  for path, p in jax.tree_util.tree_leaves_with_path(params):
+    by_path[_dict_keys(path)] = p.shape
+  flat = dict(zip(by_path, jax.tree.leaves(param_shardings,
+                                           is_leaf=lambda x: isinstance(x, NamedSharding))))
+
+  def pick(path, leaf):
+    keys = _dict_keys(path)
+    for start in range(len(keys)):
+      shape = by_path.get(keys[start:])
+      if shape is not None:
+        return flat[keys[start:]] if shape == getattr(leaf, "shape", None) else default
+    return default
+
+  return jax.tree_util.tree_map_with_path(pick, state)
+
+
+def _dict_keys(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
 def batch_sharding(mesh, rules, ndim: int = 2) -> NamedSharding:
   """Sharding of a (B, T, ...) batch: B over the rule for "batch"."""
   spec = logical_to_spec(("batch",), rules, mesh=mesh)

@@ -23,7 +23,7 @@ def script(args, jaxlm_args: list[str]) -> str:
            f"#SBATCH --job-name={args.job_name}",
            f"#SBATCH --nodes={args.nodes}",
            f"#SBATCH --ntasks-per-node={args.gpus_per_node}",
-           f"#SBATCH --gpus-per-task=1",
+           "#SBATCH --gpus-per-task=1",
            f"#SBATCH --cpus-per-task={args.cpus_per_task}",
            f"#SBATCH --time={args.time}",
            f"#SBATCH --output={args.log_dir}/%x-%j.out"]

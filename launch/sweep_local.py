@@ -16,7 +16,6 @@ with sweep_slurm.py and sweep_tpu_vm.py.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
@@ -28,7 +27,9 @@ def main(argv=None) -> int:
   parser.add_argument("--sweep", required=True, help="name of a registered sweep")
   parser.add_argument("--dir", required=True, help="sweep directory; one workdir per run")
   parser.add_argument("--parallel", type=int, default=1, help="runs at once")
-  parser.add_argument("--only", default="", help="run only points whose name contains this")
+  parser.add_argument("--only", default="",
+                      help="run only points whose name contains this (and the stable runs "
+                      "a WSD study's chosen branches continue)")
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.parallel < 1:
@@ -39,11 +40,12 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   chosen = [r for r in runs if args.only in r.name]
+  parents = {r.after for r in chosen if r.after}  # --only a branch runs its parent too
+  chosen = [r for r in runs if r in chosen or r.name in parents]
   todo = [r for r in chosen if not sweep_run.done(args.dir, r.name)]
   if args.dry_run:
     for r in todo:
-      print(shlex.join(sweep_run.command(spec.base, os.path.join(args.dir, r.name),
-                                         r.overrides)))
+      print(shlex.join(sweep_run.command(spec.base, args.dir, r)))
     return 0
   sweep_run.write_plan(args.dir, args.sweep, spec, runs)
   print(f"{len(chosen) - len(todo)} of {len(chosen)} runs done; running {len(todo)}",

@@ -34,10 +34,37 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 
-def command(base: str, workdir: str, overrides, python: str = sys.executable) -> list[str]:
-  """The jaxlm.main argv of one sweep point."""
-  return [python, "-m", "jaxlm.main", f"--experiment={base}", f"--workdir={workdir}",
-          *[f"--set={o}" for o in overrides]]
+def command(base: str, sweep_dir: str, run, python: str = sys.executable) -> list[str]:
+  """The jaxlm.main argv of one sweep point (a branch continues its parent's workdir)."""
+  overrides = list(run.overrides)
+  if run.after:
+    overrides += [f"init.from_workdir={os.path.join(sweep_dir, run.after)}",
+                  f"init.from_step={run.at_step}"]
+  return [python, "-m", "jaxlm.main", f"--experiment={base}",
+          f"--workdir={os.path.join(sweep_dir, run.name)}", *[f"--set={o}" for o in overrides]]
+
+
+def parent_state(sweep_dir: str, run) -> str:
+  """For a branch: "ready" when its parent's checkpoint at_step exists, "waiting" while the
+  parent may still write it, "lost" when the parent has ended without it; else "ready"."""
+  if not run.after:
+    return "ready"
+  parent = os.path.join(sweep_dir, run.after)
+  if os.path.isdir(os.path.join(parent, "checkpoints", str(run.at_step))):
+    return "ready"  # Orbax renames a step's directory into place once it is complete
+  try:
+    with open(os.path.join(parent, "status.json")) as f:
+      status = json.load(f).get("status")
+  except (OSError, ValueError):
+    status = None
+  return "lost" if status in ("ok", "failed") else "waiting"
+
+
+def wait_for_parent(sweep_dir: str, run, poll_seconds: float = 10.0) -> bool:
+  """Blocks until a branch's parent checkpoint exists; False if it never will."""
+  while (state := parent_state(sweep_dir, run)) == "waiting":
+    time.sleep(poll_seconds)
+  return state == "ready"
 
 
 def load(sweep: str):
@@ -57,7 +84,9 @@ def write_plan(sweep_dir: str, sweep: str, spec, runs) -> None:
   """DIR/sweep.json: every point, so that collect lists those not yet run as pending."""
   _write_json(os.path.join(sweep_dir, "sweep.json"),
               {"sweep": sweep, "base": spec.base,
-               "runs": [{"name": r.name, "overrides": list(r.overrides)} for r in runs]})
+               "runs": [{"name": r.name, "overrides": list(r.overrides), "role": r.role,
+                         **({"after": r.after, "at_step": r.at_step} if r.after else {})}
+                        for r in runs]})
 
 
 def _write_json(path: str, value) -> None:
@@ -99,9 +128,10 @@ def env() -> dict:
       p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)}
 
 
-def start(base: str, workdir: str, overrides) -> tuple[subprocess.Popen, list[str], object]:
+def start(base: str, sweep_dir: str, run) -> tuple[subprocess.Popen, list[str], object]:
   """Starts one point in the background: (process, argv, its open launch.log)."""
-  cmd = command(base, workdir, overrides)
+  workdir = os.path.join(sweep_dir, run.name)
+  cmd = command(base, sweep_dir, run)
   os.makedirs(workdir, exist_ok=True)
   log = open(os.path.join(workdir, "launch.log"), "a")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
@@ -116,7 +146,10 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
   """Runs the points, `parallel` at a time, skipping finished ones; counts of each status.
 
   On SIGTERM or Ctrl-C no further point starts and the running ones get SIGTERM,
-  save a checkpoint and exit (status `interrupted`); a rerun resumes them.
+  save a checkpoint and exit (status `interrupted`); a rerun resumes them. A branch
+  (run.after) starts as soon as its parent's checkpoint exists, before points listed
+  after it that could start too; one whose parent ended without that checkpoint, or
+  is neither running nor queued here, is `blocked`.
   """
   todo, running, counts, stop = list(runs), [], {}, []
   # On a terminal, a bar of points done with the running and failed ones; plain lines
@@ -146,17 +179,31 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
   try:
     while running or (todo and not stop):
       while todo and not stop and len(running) < parallel:
-        r = todo.pop(0)
+        states = [parent_state(sweep_dir, r) for r in todo]
+        for r, state in zip(list(todo), states):
+          if state == "lost" or (state == "waiting" and not running and not any(
+              p.name == r.after for p in todo)):
+            todo.remove(r)
+            say(f"blocked     {r.name} (no checkpoint {r.at_step} of {r.after} coming)")
+            count("blocked")
+        ready = [r for r, state in zip(todo, states) if state == "ready" and r in todo]
+        ready.sort(key=lambda r: not r.after)  # a branch whose checkpoint is there goes first
+        if not ready:
+          break
+        r = ready[0]
+        todo.remove(r)
         if done(sweep_dir, r.name):
           say(f"skip        {r.name} (summary.json exists)")
           count("skipped")
           continue
-        workdir = os.path.join(sweep_dir, r.name)
-        proc, cmd, log = start(base, workdir, r.overrides)
-        running.append((proc, workdir, cmd, log))
+        proc, cmd, log = start(base, sweep_dir, r)
+        running.append((proc, os.path.join(sweep_dir, r.name), cmd, log))
         if stop:  # the signal came while it started
           proc.send_signal(signal.SIGTERM)
         say(f"start       {r.name}")
+      if not running and todo and not stop and all(
+          parent_state(sweep_dir, r) == "waiting" for r in todo):
+        continue  # the loop above marks them blocked
       time.sleep(0.2)
       for item in [x for x in running if x[0].poll() is not None]:
         proc, workdir, cmd, log = item
@@ -176,7 +223,7 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
 def exit_code(counts: dict[str, int]) -> int:
   """1 if a point failed, 130 if one was interrupted, else 0; after a one-line report."""
   print("done: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
-  if counts.get("failed"):
+  if counts.get("failed") or counts.get("blocked"):
     return 1
   return 130 if counts.get("interrupted") else 0
 
@@ -214,6 +261,12 @@ def main(argv=None) -> int:
   if not chosen:
     parser.error("expected at least one --name or --index")
   write_plan(args.dir, args.sweep, spec, runs)
+  # An array task or a TPU VM runs its points alone: a branch waits here for its parent's
+  # checkpoint, which another task is writing.
+  for r in chosen:
+    if r.after and not done(args.dir, r.name):
+      print(f"waiting     {r.name} for checkpoint {r.at_step} of {r.after}", flush=True)
+      wait_for_parent(args.dir, r)
   return exit_code(run_points(spec.base, args.dir, chosen))
 
 

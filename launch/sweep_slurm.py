@@ -59,8 +59,7 @@ def script(args, spec, runs, indices: list[int]) -> str:
     lines.append(f"#SBATCH --account={args.account}")
   lines.append(f"# Sweep {args.sweep}: {len(runs)} points; task i runs point i:")
   for i in indices:
-    workdir = os.path.join(args.dir, runs[i].name)
-    cmd = sweep_run.command(spec.base, workdir, runs[i].overrides, python=args.python)
+    cmd = sweep_run.command(spec.base, args.dir, runs[i], python=args.python)
     lines.append(f"#   {i}: {shlex.join(cmd)}")
   lines += ["set -euo pipefail", f"cd {shlex.quote(args.repo)}"]
   if args.setup:

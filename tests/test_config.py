@@ -13,6 +13,8 @@ def test_override_parses_to_declared_types():
   assert c.model.tie_embeddings is False
   assert c.data.tokenizer == "bytes"
   assert c.train.steps == 1000
+  c = config_lib.apply_overrides(Config(), ["checkpoint.at_steps=100, 2_500", "optim.name=muon"])
+  assert c.checkpoint.at_steps == (100, 2500) and config_lib.loads(config_lib.dumps(c)) == c
 
 
 def test_unknown_key_names_closest():
@@ -32,6 +34,10 @@ def test_unknown_key_names_closest():
     ("mesh.rules=x", "cannot be set with --set"),
     ("model.parameterization=ntk", "model.parameterization='ntk' is invalid: expected one of"),
     ("model.mup_base_width=0", "model.mup_base_width=0 is invalid"),
+    ("checkpoint.at_steps=10,x", "checkpoint.at_steps='10,x' is not a comma-separated list"),
+    ("checkpoint.at_steps=0", r"checkpoint.at_steps=\(0,\) is invalid: expected positive"),
+    ("optim.name=sgd", "optim.name='sgd' is invalid: expected one of"),
+    ("train.microbatches=0", "train.microbatches=0 is invalid"),
 ])
 def test_bad_overrides_name_key_and_expectation(item, pattern):
   with pytest.raises(ConfigError, match=pattern):

@@ -126,6 +126,9 @@ def test_supported_config_keys_map_to_the_model_config():
     (dict(positions="rope", norm="rmsnorm", mlp="gelu"), "model.mlp='gelu'"),
     (dict(positions="learned", norm="layernorm", mlp="swiglu"), "model.mlp='swiglu'"),
     (dict(positions="learned", norm="layernorm", mlp="gelu", n_kv_heads=2), "model.n_kv_heads=2"),
+    (dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True), "model.qk_norm=True"),
+    (dict(positions="learned", norm="layernorm", mlp="gelu", use_bias=True, qk_norm=True),
+     "model.qk_norm=True"),
 ])
 def test_models_without_a_hf_equivalent_are_errors_naming_the_key(changes, message):
   with pytest.raises(ConfigError, match=re.escape(message)):

@@ -49,6 +49,7 @@ MODELS = {
     "llama_gqa": tiny_model(n_kv_heads=2, encoder_layers=2, n_layers=3),
     "gpt2": tiny_model(positions="learned", norm="layernorm", mlp="gelu", use_bias=True,
                        tie_embeddings=False, encoder_layers=1),
+    "qk_norm": tiny_model(qk_norm=True, encoder_layers=1, n_layers=2),
 }
 
 

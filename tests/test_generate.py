@@ -35,8 +35,9 @@ def gqa_params():
 @pytest.mark.parametrize("kw", [dict(n_kv_heads=2), dict(positions="learned", norm="layernorm",
                                                           mlp="gelu", use_bias=True),
                                 dict(parameterization="mup", mup_base_width=16,
-                                     mup_base_head_dim=4, tie_embeddings=False)],
-                         ids=["gqa_rope", "gpt2_learned", "mup"])
+                                     mup_base_head_dim=4, tie_embeddings=False),
+                                dict(n_kv_heads=2, qk_norm=True)],
+                         ids=["gqa_rope", "gpt2_learned", "mup", "qk_norm"])
 def test_cached_logits_equal_full_forward(kw):
   cfg = tiny_model(**kw)
   params = transformer.init(cfg, jax.random.key(0))

@@ -11,8 +11,8 @@ from jaxlm.train.step import Trainer
 from tests.helpers import tiny_config
 
 
-def _compiled():
-  config = tiny_config(**{"mesh.data": 1})
+def _compiled(**dotted):
+  config = tiny_config(**{"mesh.data": 1, **dotted})
   trainer = Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
                     np.ones(config.model.vocab_size, np.int32))
   return plan.compile_step(trainer), config
@@ -21,7 +21,8 @@ def _compiled():
 def test_step_that_does_not_fit_says_what_to_change(monkeypatch):
   compiled, config = _compiled()
   monkeypatch.setattr(plan, "device_memory_limit", lambda: 1024)
-  with pytest.raises(ConfigError, match="train.batch_size.*model.remat=full.*mesh.fsdp"):
+  with pytest.raises(ConfigError,
+                     match="train.microbatches.*train.batch_size.*model.remat=full.*mesh.fsdp"):
     plan.check_fits(compiled, config)
 
 
@@ -36,3 +37,11 @@ def test_describe_reports_sharded_bytes():
   text = plan.describe(config)
   assert "params          " in text and "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in text
   assert "XLA temporaries" in text
+
+
+def test_microbatches_shrink_the_step_temporaries():
+  # The same batch in 4 parts: one part's activations alive at a time.
+  temp = {k: _compiled(**{"train.batch_size": 16, "train.microbatches": k,
+                          "model.d_model": 64})[0].memory_analysis().temp_size_in_bytes
+          for k in (1, 4)}
+  assert temp[4] < 0.6 * temp[1], temp

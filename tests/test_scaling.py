@@ -15,6 +15,7 @@ from jaxlm.config import ModelConfig
 from jaxlm.models import transformer
 from jaxlm.cli.scaling import main as cli
 from jaxlm.scaling import collect, fit, flops, sweeps, transfer
+from jaxlm.train import optim
 from tests.helpers import tiny_model
 from conftest import xla_flags
 
@@ -232,6 +233,65 @@ def test_tiny_sweep_end_to_end(tmp_path):
   os.remove(os.path.join(sweep_dir, ok[1]["name"], "summary.json"))
   statuses = sorted(r["status"] for r in collect.collect(sweep_dir))
   assert statuses == ["failed", "incomplete", "ok", "pending", "pending", "pending"]
+
+
+def test_wsd_spec_branches_continue_their_stable_runs():
+  # Every branch's schedule equals its stable run's up to the branch point, which that
+  # run keeps; the study costs two thirds of the IsoFLOP study it stands for.
+  spec = registry.sweep("shakespeare_wsd")
+  runs = {r.name: r for r in sweeps.expand(spec)}
+  stable = [r for r in runs.values() if r.role == "stable"]
+  branches = [r for r in runs.values() if r.role == "branch"]
+  assert len(stable) == 7 and len(branches) == 15
+  spent = 0.0
+  for r in stable:
+    c = sweeps.run_config(spec, r)
+    spent += 6 * flops.params(c.model)["total"] * c.train.steps * 64 * 64
+  for r in branches:
+    c, parent = sweeps.run_config(spec, r), sweeps.run_config(spec, runs[r.after])
+    assert r.at_step in parent.checkpoint.at_steps and r.at_step <= parent.train.steps
+    assert c.optim.schedule == "wsd" and c.optim.decay_steps == c.train.steps - r.at_step
+    assert abs(c.optim.decay_steps / c.train.steps - 0.2) < 0.05
+    mine = optim.schedule(c.optim, c.train.steps)
+    theirs = optim.schedule(parent.optim, parent.train.steps)
+    for step in range(0, r.at_step, max(1, r.at_step // 50)):
+      assert float(mine(step)) == float(theirs(step)), (r.name, step)
+    budget = float(r.name.split("-")[1][1:])
+    tokens = c.train.steps * c.train.batch_size * c.data.seq_len
+    assert abs(6 * flops.params(c.model)["total"] * tokens / budget - 1) < 0.1
+    spent += 6 * flops.params(c.model)["total"] * c.optim.decay_steps * 64 * 64
+  assert 0.6 < spent / sum(float(r.name.split("-")[1][1:]) for r in sweeps.expand(
+      registry.sweep("shakespeare_isoflop"))) < 0.75
+
+
+def test_wsd_sweep_end_to_end(tmp_path):
+  # --only a budget runs its cooldowns and the stable runs they branch from; collect
+  # lists the stable runs as such and fit reads only the cooled-down points.
+  sweep_dir = str(tmp_path / "wsd")
+  launcher = [sys.executable, os.path.join(ROOT, "launch", "sweep_local.py"),
+              "--sweep=shakespeare_wsd_tiny", f"--dir={sweep_dir}"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
+  dry = subprocess.run(launcher + ["--dry_run", "--only=C2e8"], capture_output=True,
+                       text=True, check=True)
+  assert dry.stdout.count("-m jaxlm.main") == 4
+  assert f"--set=init.from_workdir={sweep_dir}/wsd-N3.9e3-stable" in dry.stdout
+  done = subprocess.run(launcher + ["--parallel=2", "--only=C2e8"], capture_output=True,
+                        text=True, env=env)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert "done: 4 ok" in done.stdout
+  out = str(tmp_path / "runs.csv")
+  cli(["collect", "--sweep", sweep_dir, "--out", out])
+  rows = {r["name"]: r for r in csv.DictReader(open(out))}
+  assert {n: r["status"] for n, r in rows.items() if r["status"] != "pending"} == {
+      "wsd-N3.9e3-stable": "ok", "wsd-N8.3e3-stable": "ok", "wsd-C2e8-N3.9e3": "ok",
+      "wsd-C2e8-N8.3e3": "ok"}
+  branch = rows["wsd-C2e8-N8.3e3"]
+  assert branch["role"] == "branch" and rows["wsd-N8.3e3-stable"]["role"] == "stable"
+  # A branch's flops count its whole path; spent_flops only the cooldown it trained.
+  assert math.isclose(float(branch["spent_flops"]), float(branch["flops"]) * 3 / 16)
+  with open(os.path.join(sweep_dir, "wsd-C2e8-N8.3e3", "summary.json")) as f:
+    assert json.load(f)["parent"]["step"] == 13
+  assert collect.read_runs(out)["names"] == ["wsd-C2e8-N3.9e3", "wsd-C2e8-N8.3e3"]
 
 
 def test_collect_tells_a_live_running_point_from_a_killed_one(tmp_path):

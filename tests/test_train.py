@@ -1,9 +1,11 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxlm import config as config_lib
 from jaxlm import params as params_lib
 from jaxlm import sharding
 from jaxlm.config import ConfigError, OptimConfig
@@ -116,3 +118,57 @@ def test_lr_scales_multiply_each_update():
   # All ones (standard, or μP at its base width): the very same optimizer state.
   ones = optim.make(c, 10, mask, {"w": 1.0, "b": 1.0})
   assert (jax.tree.structure(ones.init(params)) == jax.tree.structure(plain.init(params)))
+
+
+def test_z_loss_adds_the_mean_squared_log_normalizer():
+  config = tiny_config()
+  trainer, batch, _ = _setup(config)
+  params = trainer.init(jax.random.key(0)).params
+  plain, _ = lm.loss_fn(params, batch, config)
+  z = config_lib.replace(config, **{"train.z_loss": 1e-2})
+  loss, stats = lm.loss_fn(params, batch, z)
+  logits = transformer.apply(params, batch["inputs"], config.model,
+                             positions_BT=batch["positions"])
+  lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+  w = batch["weights"]
+  want = 1e-2 * float(jnp.sum(jnp.square(lse) * w) / jnp.sum(w))
+  np.testing.assert_allclose(float(stats["z_loss"]), want, rtol=1e-4)
+  np.testing.assert_allclose(float(loss), float(plain) + want, rtol=1e-5)
+  with pytest.raises(ConfigError, match="train.z_loss"):
+    config_lib.replace(config, **{"train.z_loss": 1e-4, "task.kind": "classify"})
+
+
+@pytest.mark.parametrize("mesh", [dict(data=1), dict(data=2, fsdp=2), dict(data=1, fsdp=2,
+                                                                            tensor=2)],
+                         ids=["1", "data2_fsdp2", "fsdp2_tensor2"])
+def test_microbatches_take_the_same_step_as_the_whole_batch(mesh):
+  # Gradient accumulation over 4 parts equals one step on the whole batch (to float
+  # rounding), on a mesh that splits the batch and the params.
+  dotted = {"train.batch_size": 16, **{f"mesh.{k}": v for k, v in mesh.items()},
+            "optim.warmup_steps": 0, "optim.schedule": "constant"}
+  runs = {}
+  for k in (1, 4):
+    config = tiny_config(**dotted, **{"train.microbatches": k})
+    devices = jax.devices()[:math.prod(mesh.values())]
+    tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
+    trainer = Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
+    it = pipeline.train_iterator(pipeline.train_dataset(config.data, tok, 16, 0))
+    state, losses = trainer.init(jax.random.key(0)), []
+    for _ in range(3):
+      state, m = trainer.step(state, trainer.device_batch(next(it)))
+      losses.append(float(m["loss"]))
+    runs[k] = losses, state.params
+  np.testing.assert_allclose(runs[4][0], runs[1][0], rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(runs[4][1]), jax.tree.leaves(runs[1][1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
+def test_microbatches_that_do_not_split_the_batch_evenly_are_refused():
+  with pytest.raises(ConfigError, match="train.microbatches=3.*divisor of train.batch_size=8"):
+    tiny_config(**{"train.batch_size": 8, "train.microbatches": 3})
+  config = tiny_config(**{"train.batch_size": 8, "train.microbatches": 4, "mesh.data": 8})
+  with pytest.raises(ConfigError, match="8 devices.*divisible by microbatches x 8"):
+    Trainer(config, sharding.make_mesh(config.mesh), np.ones(257))
+  config = tiny_config(**{"train.batch_size": 12, "mesh.data": 8})
+  with pytest.raises(ConfigError, match="train.batch_size=12 .* 8 devices.*multiple of 8"):
+    Trainer(config, sharding.make_mesh(config.mesh), np.ones(257))

@@ -3,6 +3,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 import pytest
 
 from jaxlm import params as params_lib
@@ -283,3 +284,31 @@ def test_mup_coordinate_check():
   assert (mup / mup[0] > 0.5).all() and (mup / mup[0] < 1.5).all(), mup
   standard = np.stack([_coordinates("standard", w, 0) for w in (32, 256)])
   assert (standard[1] / standard[0] > 2.5).all(), standard
+
+
+def test_qk_norm_bounds_the_attention_scores():
+  # RMS-normed queries and keys: scaling wq and wk leaves the model unchanged; without
+  # QK-norm the same scaling changes the attention and so the output.
+  tokens = _tokens()
+  for qk_norm in (True, False):
+    cfg = tiny_model(qk_norm=qk_norm)
+    params = transformer.init(cfg, jax.random.key(0))
+    attn = params["layers"]["attn"]
+    big = {**params, "layers": {**params["layers"], "attn": {
+        **attn, "wq": attn["wq"] * 30.0, "wk": attn["wk"] * 30.0}}}
+    a, b = (transformer.apply(p, tokens, cfg) for p in (params, big))
+    if qk_norm:
+      assert set(attn["q_norm"]) == {"scale"} and attn["q_norm"]["scale"].shape == (
+          cfg.n_layers, cfg.head_dim)
+      np.testing.assert_allclose(a, b, atol=2e-4)
+    else:
+      assert "q_norm" not in attn and float(jnp.max(jnp.abs(a - b))) > 1e-2
+  # Nothing else: the same tree but for the two scales, and their initial value (ones)
+  # makes the normalized model equal to one with unit scales folded in.
+  def described(specs):  # initializers are fresh closures per call: compare the rest
+    return {path: (s.shape, s.axes, s.decay, s.embedding, s.lr_scale)
+            for path, s in traverse_util.flatten_dict(specs, sep="/").items()}
+  on = described(transformer.param_specs(tiny_model(qk_norm=True)))
+  off = described(transformer.param_specs(tiny_model()))
+  assert set(on) - set(off) == {"layers/attn/q_norm/scale", "layers/attn/k_norm/scale"}
+  assert {k: on[k] for k in off} == off

@@ -26,7 +26,8 @@ def _sweep(args):
     return
   spec = registry.sweep(args.name)
   for run in sweeps.expand(spec):
-    print(f"{run.name:28s} " + " ".join(shlex.quote(o) for o in run.overrides))
+    branch = f" [branch of {run.after} at step {run.at_step}]" if run.after else ""
+    print(f"{run.name:28s} " + " ".join(shlex.quote(o) for o in run.overrides) + branch)
 
 
 def _collect(args):
@@ -35,8 +36,10 @@ def _collect(args):
   counts = {}
   for row in rows:
     counts[row["status"]] = counts.get(row["status"], 0) + 1
+  spent = sum(row.get("spent_flops") or 0.0 for row in rows if row["status"] == "ok")
   print(f"{len(rows)} runs -> {args.out}: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f"; {spent:.3g} FLOPs spent by the finished ones ({args.flops_convention})")
 
 
 def _fit(args):

@@ -48,6 +48,7 @@ def config_to_hf(c: ModelConfig) -> dict:
   require_model(c.norm, "model.norm", "layernorm", arch)
   require_model(c.mlp, "model.mlp", "gelu", arch)
   require_model(c.kv_heads, "model.n_kv_heads", c.n_heads, arch)
+  require_model(c.qk_norm, "model.qk_norm", False, arch)
   return {
       "architectures": [arch], "model_type": "gpt2", "vocab_size": c.vocab_size,
       "n_positions": c.max_seq_len, "n_embd": c.d_model, "n_layer": c.n_layers,

@@ -83,6 +83,7 @@ def config_to_hf(c: ModelConfig) -> dict:
   require_model(c.positions, "model.positions", "rope", arch)
   require_model(c.norm, "model.norm", "rmsnorm", arch)
   require_model(c.mlp, "model.mlp", "swiglu", arch)
+  require_model(c.qk_norm, "model.qk_norm", False, arch)
   return {
       "architectures": [arch], "model_type": "llama", "vocab_size": c.vocab_size,
       "hidden_size": c.d_model, "intermediate_size": c.ff_dim, "num_hidden_layers": c.n_layers,

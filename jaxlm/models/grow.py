@@ -59,7 +59,7 @@ from jaxlm.params import is_spec
 DEPTHS = ("none", "stack", "interleave")
 # Model keys that must be equal: they change what a weight means, not its size.
 SAME_KEYS = ("vocab_size", "positions", "norm", "mlp", "use_bias", "tie_embeddings",
-             "rope_theta", "max_seq_len")
+             "rope_theta", "max_seq_len", "qk_norm")
 # Params that write to the residual stream, and the embedding tables that start it.
 _WRITERS = {("layers", "attn", "wo"), ("layers", "attn", "bo"), ("layers", "mlp", "w_out"),
             ("layers", "mlp", "b_out")}
@@ -212,7 +212,7 @@ def grow_params(params: dict, small: ModelConfig, large: ModelConfig, *, depth: 
       out = jnp.where(_any_axis(spec.axes, writer_zero), 0, out).astype(new.dtype)
     elif names in _TABLES:
       out = jnp.where(_any_axis(spec.axes, {"embed": d_map < 0}), 0, out).astype(new.dtype)
-    elif names[-1] == "scale":
+    elif names[-1] == "scale" and spec.axes[-1] == "embed":  # not qk_norm's: H is fixed
       out = _grow_norm(out, d_map, large.norm)
     return out
 

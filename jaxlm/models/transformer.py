@@ -56,6 +56,9 @@ def param_specs(config: ModelConfig) -> dict:
       "wv": matrix((L, D, K, H), ("embed", "kv_heads", "head_dim"), std),
       "wo": matrix((L, N, H, D), ("heads", "head_dim", "embed"), out_std),
   }
+  if c.qk_norm:  # RMSNorm scales of each head's queries and keys (shared by the heads)
+    attn["q_norm"] = {"scale": ParamSpec((L, H), lead_axes + ("head_dim",), params_lib.ones)}
+    attn["k_norm"] = {"scale": ParamSpec((L, H), lead_axes + ("head_dim",), params_lib.ones)}
   if c.use_bias:
     attn["bq"] = ParamSpec((L, N, H), lead_axes + ("heads", "head_dim"), params_lib.zeros)
     attn["bk"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), params_lib.zeros)
@@ -117,10 +120,12 @@ def self_attention(segment_ids_BT, config: ModelConfig, causal: bool = True):
 # and cross-attention (models/encoder_decoder.py) reuse them instead of copying them.
 def project_queries(p: dict, x_BTD: jax.Array, positions_BT: jax.Array,
                     config: ModelConfig) -> jax.Array:
-  """Queries (B, T, N, H) of attention params p: projection, bias, rotary embedding."""
+  """Queries (B, T, N, H) of attention params p: projection, bias, QK-norm, rotary."""
   q_BTNH = layers.dense(x_BTD, p["wq"])
   if "bq" in p:
     q_BTNH = q_BTNH + p["bq"].astype(x_BTD.dtype)
+  if "q_norm" in p:  # model.qk_norm (Dehghani et al. 2023): bounded attention logits
+    q_BTNH = layers.norm(p["q_norm"], q_BTNH, "rmsnorm", config.norm_eps)
   if config.positions == "rope":
     q_BTNH = layers.rope(q_BTNH, positions_BT, config.rope_theta)
   return sharding.constrain(q_BTNH, ("batch", "length", "act_heads", "head_dim"))
@@ -133,6 +138,8 @@ def project_keys_values(p: dict, x_BSD: jax.Array, positions_BS: jax.Array,
   v_BSKH = layers.dense(x_BSD, p["wv"])
   if "bk" in p:
     k_BSKH, v_BSKH = k_BSKH + p["bk"].astype(x_BSD.dtype), v_BSKH + p["bv"].astype(x_BSD.dtype)
+  if "k_norm" in p:
+    k_BSKH = layers.norm(p["k_norm"], k_BSKH, "rmsnorm", config.norm_eps)
   if config.positions == "rope":
     k_BSKH = layers.rope(k_BSKH, positions_BS, config.rope_theta)
   return sharding.constrain(k_BSKH, ("batch", "length", "act_kv_heads", "head_dim")), v_BSKH
@@ -266,16 +273,17 @@ def layer_stack(body, x, stacked, config: ModelConfig):
 
 
 def next_token_nll(params: dict, x_BTD: jax.Array, targets_BT: jax.Array,
-                   config: ModelConfig, chunk: int = 0) -> jax.Array:
+                   config: ModelConfig, chunk: int = 0, return_lse: bool = False):
   """Per-token cross-entropy (B, T) of the trunk's output, without (B, T, V) logits.
 
   Equal to the cross-entropy of unembed()'s logits, computed `chunk` rows of
   B*T at a time (0: all at once) so the float32 logits never exist whole.
+  return_lse: also the logits' log-sum-exp (B, T) (layers.cross_entropy).
   """
   c = config
   x_BTD = _readout_input(params, x_BTD, c)
   unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
-  return layers.cross_entropy(x_BTD, unembed_DV, targets_BT, chunk)
+  return layers.cross_entropy(x_BTD, unembed_DV, targets_BT, chunk, return_lse)
 
 
 def logits_rms(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:

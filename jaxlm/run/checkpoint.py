@@ -18,6 +18,7 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 
 from jaxlm import config as config_lib
@@ -37,21 +38,30 @@ def _best_metric(metrics: dict) -> float:
 
 
 def manager(workdir: str, keep: int, async_save: bool = True,
-            read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over WORKDIR/checkpoints: the last `keep` steps and the best."""
+            read_only: bool = False, keep_steps=()) -> ocp.CheckpointManager:
+  """A CheckpointManager over WORKDIR/checkpoints: the last `keep` steps and the best, and
+  the steps in keep_steps (checkpoint.at_steps: where a WSD study branches)."""
   policies = ocp.checkpoint_managers
-  preserve = policies.AnyPreservationPolicy([
-      policies.LatestN(n=keep),
-      policies.BestN(get_metric_fn=_best_metric, reverse=True, n=1,
-                     keep_checkpoints_without_metrics=False)])
+  keeping = [policies.LatestN(n=keep),
+             policies.BestN(get_metric_fn=_best_metric, reverse=True, n=1,
+                            keep_checkpoints_without_metrics=False)]
+  if keep_steps:
+    keeping.append(policies.CustomSteps(steps=list(keep_steps)))
+  preserve = policies.AnyPreservationPolicy(keeping)
   options = ocp.CheckpointManagerOptions(
       create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
       save_interval_steps=0 if read_only else 1,  # else read_only warns that it resets it
       preservation_policy=preserve, cleanup_tmp_directories=not read_only,
       # best_fn only makes the manager write each step's metrics and answer best_step().
       best_fn=_best_metric, best_mode="min")
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=("state", "data", "config"))
+  verbosity = logging.get_verbosity()
+  if read_only:  # Orbax warns "Given directory is read only" on every read-only open
+    logging.set_verbosity(logging.ERROR)
+  try:
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 options=options, item_names=("state", "data", "config"))
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,

@@ -15,9 +15,11 @@ import numpy as np
 from jaxlm.run import files
 from jaxlm.scaling import flops as flops_lib
 
-COLUMNS = ("name", "status", "params", "non_embedding_params", "tokens", "flops",
-           "flops_convention", "loss", "bpb", "lr", "steps", "wall_seconds", "d_model",
-           "parameterization", "mup_base_width", "seed")
+COLUMNS = ("name", "status", "role", "params", "non_embedding_params", "tokens", "flops",
+           "spent_flops", "flops_convention", "loss", "bpb", "lr", "steps", "wall_seconds",
+           "d_model", "parameterization", "mup_base_width", "seed")
+# role: point (an ordinary run), stable (a WSD study's constant-rate run: spent, not fitted)
+# or branch (its cooldowns: tokens and flops count the whole path, spent_flops their own).
 
 
 def _read_json(path: str):
@@ -71,9 +73,9 @@ def _slurm_job_queued(job: str | None) -> bool:
   return "invalid job id" not in (out.stderr + out.stdout).lower()
 
 
-def _row(sweep_dir: str, name: str, convention: str) -> dict:
+def _row(sweep_dir: str, name: str, convention: str, role: str = "point") -> dict:
   workdir = os.path.join(sweep_dir, name)
-  row = {"name": name}
+  row = {"name": name, "role": role}
   summary_path = os.path.join(workdir, files.SUMMARY)
   status_path = os.path.join(workdir, "status.json")
   config_path = os.path.join(workdir, files.CONFIG)
@@ -90,8 +92,10 @@ def _row(sweep_dir: str, name: str, convention: str) -> dict:
     config = files.read_config(workdir)
     tokens = config.train.steps * config.train.batch_size * config.data.seq_len
     acc = flops_lib.training_flops(config.model, config.data.seq_len, tokens, convention)
+    own = (config.train.steps - config.init.from_step) / config.train.steps
     row.update(params=acc["params"], non_embedding_params=acc["non_embedding_params"],
                tokens=tokens, flops=acc["flops"], flops_convention=convention,
+               spent_flops=acc["flops"] * own,
                lr=config.optim.lr, steps=config.train.steps, d_model=config.model.d_model,
                parameterization=config.model.parameterization, seed=config.seed)
     if config.model.parameterization == "mup":
@@ -111,16 +115,18 @@ def collect(sweep_dir: str, convention: str = "6ND") -> list[dict]:
   if convention not in flops_lib.CONVENTIONS:
     raise ValueError(f"flops convention {convention!r} is invalid: expected one of "
                      f"{', '.join(flops_lib.CONVENTIONS)}")
-  names = set()
+  names, roles = set(), {}
   plan = os.path.join(sweep_dir, "sweep.json")
   if os.path.exists(plan):
-    names.update(r["name"] for r in _read_json(plan)["runs"])
+    planned = _read_json(plan)["runs"]
+    names.update(r["name"] for r in planned)
+    roles = {r["name"]: r.get("role", "point") for r in planned}
   for entry in os.listdir(sweep_dir):
     path = os.path.join(sweep_dir, entry)
     if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f))
                                    for f in ("config.json", "status.json", "summary.json")):
       names.add(entry)
-  return [_row(sweep_dir, n, convention) for n in sorted(names)]
+  return [_row(sweep_dir, n, convention, roles.get(n, "point")) for n in sorted(names)]
 
 
 def write_csv(rows: list[dict], path: str) -> None:
@@ -140,8 +146,9 @@ def read_runs(path: str) -> dict:
   """Validated arrays params, tokens, loss, flops (float64) from a runs.csv, and the convention.
 
   Rows whose `status` column is present and not "ok" are skipped (they have no
-  loss). A missing required column or a non-positive or non-numeric value is an
-  error naming the row (1-based, header excluded) and the column.
+  loss), and so are a WSD study's stable runs (`role` stable: never cooled down). A
+  missing required column or a non-positive or non-numeric value is an error naming
+  the row (1-based, header excluded) and the column.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"runs file {path!r} does not exist: expected a CSV such as "
@@ -157,7 +164,7 @@ def read_runs(path: str) -> dict:
   has_flops = "flops" in header
   out = {"params": [], "tokens": [], "loss": [], "flops": [], "names": []}
   for i, row in enumerate(rows, start=1):
-    if row.get("status", "ok") not in ("ok", ""):
+    if row.get("status", "ok") not in ("ok", "") or row.get("role") == "stable":
       continue
     values = {}
     for column in ("params", "tokens", "loss") + (("flops",) if has_flops else ()):

@@ -1,8 +1,10 @@
-"""Sweep specs (grid and IsoFLOP), the shape rule, run names, and expansion to runs.
+"""Sweep specs (grid, IsoFLOP, WSD, learning-rate transfer), the shape rule, and expansion.
 
 A sweep expands to a list of `SweepRun(name, overrides)`: each is an ordinary
 `python -m jaxlm.main --experiment=<base> --set <override>...` run, and its name
-is a deterministic function of the spec, so any point can be rerun alone.
+is a deterministic function of the spec, so any point can be rerun alone. A
+WSD study's cooldown branches continue another point (`after`) from its
+checkpoint `at_step`; the launchers start them as soon as that checkpoint exists.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ from jaxlm.scaling import flops as flops_lib
 
 @dataclasses.dataclass(frozen=True)
 class SweepRun:
-  """One point of a sweep: a filesystem-safe name and its `--set` overrides."""
+  """One point of a sweep: a filesystem-safe name and its `--set` overrides.
+
+  role: "point" (an ordinary run), "stable" (a WSD study's constant-rate run, which
+  only its branches use; fit leaves it out) or "branch" (a cooldown that continues
+  point `after` from its checkpoint `at_step`: the launcher adds init.from_workdir
+  and init.from_step).
+  """
   name: str
   overrides: tuple[str, ...]
+  role: str = "point"
+  after: str = ""
+  at_step: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +274,72 @@ class LrTransferSpec:
           name = f"mutransfer-{parameterization}-d{width}-lr{sci(lr)}"
           out += _per_seed(name, overrides, self.seeds)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class WsdSpec:
+  """A WSD scaling study: one stable (constant-rate) run per model size, cooled down at
+  each budget whose size range holds it (Hägele et al. 2024, "Scaling Laws and
+  Compute-Optimal Training Beyond Fixed Training Durations").
+
+  `sizes` are non-embedding target sizes shared by the budgets; budget C uses the
+  sizes inside its `n_ranges` entry and trains each on D = C/(6N) tokens, as an
+  IsoFlopSpec point would, but as a branch: the stable run's state at
+  (1 - decay_fraction) of the point's steps, decayed over the rest. A size costs
+  its stable run (to its largest branch point) plus its cooldowns, instead of one
+  whole run per budget. Branches run as IsoFLOP points for collect and fit.
+  """
+  base: str
+  sizes: tuple[float, ...]
+  budgets: tuple[float, ...]
+  n_ranges: tuple[tuple[float, float], ...]
+  decay_fraction: float = 0.2
+  decay_shape: str = "1-sqrt"
+  aspect: float = 32.0
+  head_dim: int = 32
+  extra: tuple[str, ...] = ()   # overrides shared by every run
+  lr_at_width: tuple[float, int] | None = None  # as IsoFlopSpec's
+  min_steps: int = 1
+
+  def runs(self) -> list[SweepRun]:
+    """Per size with a budget: wsd-N<params>-stable, then wsd-C<budget>-N<params> branches."""
+    if len(self.n_ranges) != len(self.budgets):
+      raise ValueError(f"n_ranges has {len(self.n_ranges)} entries: expected one per budget "
+                       f"({len(self.budgets)})")
+    if not 0 < self.decay_fraction < 1:
+      raise ValueError(f"decay_fraction={self.decay_fraction} is invalid: expected in (0, 1)")
+    base = _base(self)
+    per_step = base.train.batch_size * base.data.seq_len
+    stable, branches, seen = [], [], set()
+    for target in sorted(self.sizes):
+      shape = shape_for(target, base.model, self.aspect, self.head_dim, exclude=seen)
+      seen.add(shape)
+      mine = [c for c, (lo, hi) in zip(self.budgets, self.n_ranges)
+              if lo / 1.001 <= target <= hi * 1.001]
+      if not mine:
+        continue
+      steps = [max(self.min_steps, 2, round(c / (6.0 * shape.params * per_step)))
+               for c in mine]
+      at = [min(n - 1, max(1, round(n * (1 - self.decay_fraction)))) for n in steps]
+      # One warmup for the size, the shortest point's, so that every branch's schedule
+      # equals the stable run's up to its branch point.
+      warmup = min(base.optim.warmup_steps, max(1, min(steps) // 10), min(at))
+      common = _shape_overrides(shape, base.model) + [f"optim.warmup_steps={warmup}"]
+      if self.lr_at_width is not None:
+        lr, width = self.lr_at_width
+        common.append(f"optim.lr={lr * width / shape.d_model:.4g}")
+      common += list(self.extra)
+      parent = f"wsd-N{sci(shape.params)}-stable"
+      stable.append(SweepRun(parent, tuple(common + [
+          f"train.steps={max(at)}", "optim.schedule=constant",
+          "checkpoint.at_steps=" + ",".join(map(str, sorted(set(at))))]), role="stable"))
+      for c, n, s in zip(mine, steps, at):
+        branches.append(SweepRun(
+            f"wsd-C{sci(c)}-N{sci(shape.params)}",
+            tuple(common + [f"train.steps={n}", "optim.schedule=wsd",
+                            f"optim.decay_steps={n - s}", f"optim.decay_shape={self.decay_shape}"]),
+            role="branch", after=parent, at_step=s))
+    return stable + branches
 
 
 def expand(spec) -> list[SweepRun]:

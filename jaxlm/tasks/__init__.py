@@ -36,6 +36,10 @@ class Task(Protocol):
     """(scalar mean loss, statistics) of a batch, pure and jittable; the statistics (a
     dict of arrays, maybe empty) are logged at log steps (train.layer_stats)."""
 
+  def loss_weight(self, batch: dict):
+    """The denominator of loss()'s weighted mean (its weights' sum): how much a part of
+    the batch counts when gradients are accumulated over microbatches."""
+
   def eval_sums(self, params, batch: dict, token_bytes) -> dict:
     """Sums over a batch (jittable) that summarize() turns into metrics; token_bytes[i] is
     the UTF-8 length of token i (for bits per byte)."""

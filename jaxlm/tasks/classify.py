@@ -81,6 +81,9 @@ class Classification:
     w_B = batch["weights"]
     return jnp.sum(nll_B * w_B) / jnp.maximum(jnp.sum(w_B), 1.0), {}
 
+  def loss_weight(self, batch: dict):
+    return jnp.sum(batch["weights"])
+
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
     del token_bytes
     nll_B, logits_BY = self._nll(params, batch)

@@ -17,21 +17,29 @@ BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 
 
 def token_nll(params, batch: dict, config: Config):
-  """Per-token next-token cross-entropy (B, T), and the model's statistics (the layers'
-  largest attention scores, the output logits' RMS)."""
+  """Per-token next-token cross-entropy (B, T), the logits' log-sum-exp (B, T), and the
+  model's statistics (the layers' largest attention scores, the output logits' RMS)."""
   segments = batch["segment_ids"] if config.data.mask_documents else None
   x_BTD, stats = transformer.trunk(params, batch["inputs"], config.model, with_stats=True,
                                    positions_BT=batch["positions"], segment_ids_BT=segments)
-  nll_BT = transformer.next_token_nll(params, x_BTD, batch["targets"], config.model,
-                                      config.train.loss_chunk)
-  return nll_BT, {**stats, "logits_rms": transformer.logits_rms(params, x_BTD, config.model)}
+  nll_BT, lse_BT = transformer.next_token_nll(params, x_BTD, batch["targets"], config.model,
+                                              config.train.loss_chunk, return_lse=True)
+  stats = {**stats, "logits_rms": transformer.logits_rms(params, x_BTD, config.model)}
+  return nll_BT, lse_BT, stats
 
 
 def loss_fn(params, batch: dict, config: Config):
-  """Mean next-token cross-entropy over weighted targets, and the model's statistics."""
-  nll_BT, stats = token_nll(params, batch, config)
+  """Mean next-token cross-entropy over weighted targets (plus train.z_loss times the
+  mean squared log-sum-exp of the logits: PaLM's z-loss, which keeps the softmax's
+  normalizer near 1), and the model's statistics (with the z-loss term, if on)."""
+  nll_BT, lse_BT, stats = token_nll(params, batch, config)
   weights_BT = batch["weights"]
-  return jnp.sum(nll_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0), stats
+  mean = lambda x_BT: jnp.sum(x_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
+  loss = mean(nll_BT)
+  if config.train.z_loss:
+    stats["z_loss"] = config.train.z_loss * mean(jnp.square(lse_BT))
+    loss = loss + stats["z_loss"]
+  return loss, stats
 
 
 def summarize_eval(sums: dict) -> dict:
@@ -77,8 +85,11 @@ class LanguageModeling:
   def loss(self, params, batch: dict):
     return loss_fn(params, batch, self.config)
 
+  def loss_weight(self, batch: dict):
+    return jnp.sum(batch["weights"])
+
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
-    nll_BT, _ = token_nll(params, batch, self.config)
+    nll_BT, _, _ = token_nll(params, batch, self.config)
     w_BT = batch["weights"]
     return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
             "bytes": jnp.sum(token_bytes[batch["targets"]] * w_BT)}

@@ -109,6 +109,9 @@ class Seq2Seq:
     w_BT = batch["tgt_weights"]
     return jnp.sum(nll_BT * w_BT) / jnp.maximum(jnp.sum(w_BT), 1.0), {}
 
+  def loss_weight(self, batch: dict):
+    return jnp.sum(batch["tgt_weights"])
+
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
     del token_bytes
     logits_BTV = encoder_decoder.apply(params, batch["src"], batch["tgt_inputs"],

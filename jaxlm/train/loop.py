@@ -45,6 +45,7 @@ class Run:
   dataset: Any
   checkpoints: Any = None  # the Orbax CheckpointManager of workdir
   restored: Any = None     # (state, data iterator state) of the checkpoint resumed from
+  branched: bool = False   # restored is init.from_workdir's at init.from_step (a new branch)
 
 
 def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
@@ -59,21 +60,29 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
   dataset = trainer.task.train_dataset(tok, config.seed, jax.process_index(),
                                        jax.process_count())
   next(iter(trainer.task.eval_batches(tok, 1)))  # the evaluation data is there and readable
-  if config.init.from_workdir:
+  if config.init.from_step:
+    warm_start.check_branch(config)
+  elif config.init.from_workdir:
     warm_start.check_source(config)
   if plan.device_memory_limit() is not None:  # accelerators: compile ahead, stop if too big
     compiled = plan.compile_step(trainer)
     plan.check_fits(compiled, config)
     trainer.step = compiled
   changed = prepare_workdir(config, workdir, mode)
-  mngr = checkpoint.manager(workdir, config.checkpoint.keep)
-  restored = None
+  mngr = checkpoint.manager(workdir, config.checkpoint.keep,
+                            keep_steps=config.checkpoint.at_steps)
+  restored, branched = None, False
   if mngr.latest_step() is not None:
     restored = checkpoint.restore(mngr, trainer.abstract_state())
+  elif config.init.from_step:  # a new branch: the parent's whole state at the branch point
+    parent = checkpoint.manager(config.init.from_workdir, keep=1, async_save=False,
+                                read_only=True)
+    restored = checkpoint.restore(parent, trainer.abstract_state(), config.init.from_step)
+    branched = True
   if changed and jax.process_index() == 0:
     print(f"continuing the run in {workdir} with new {', '.join(changed[:6])}", flush=True)
     files.write_config(workdir, config)
-  return Run(config, workdir, tok, trainer, dataset, mngr, restored)
+  return Run(config, workdir, tok, trainer, dataset, mngr, restored, branched)
 
 
 def run(r: Run) -> dict:
@@ -84,11 +93,12 @@ def run(r: Run) -> dict:
   """
   c, trainer = r.config, r.trainer
   wall_start = time.time()
-  mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep)
+  mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep,
+                                             keep_steps=c.checkpoint.at_steps)
   it = pipeline.train_iterator(r.dataset)
   earlier_seconds = 0.0  # wall time of the segments before a resume
   counts = params_lib.param_count(trainer.specs)  # the task's head included
-  resumed = r.restored is not None
+  resumed, branched = r.restored is not None, r.branched
   if resumed:
     (state, data_state), r.restored = r.restored, None  # the first step donates it
     it.set_state(data_state)
@@ -103,7 +113,9 @@ def run(r: Run) -> dict:
   start_step = int(state.step)
   report = loggers.Reporter(c, r.workdir, start_step, resumed)
   try:
-    if resumed:
+    if branched:
+      report.print(f"branched from {c.init.from_workdir} at step {start_step}")
+    elif resumed:
       report.print(f"resumed from step {start_step} in {r.workdir}")
     elif c.init.from_workdir:
       state = state.replace(params=warm_start.load(c, trainer.mesh, c.mesh.rules, state.params))
@@ -215,7 +227,8 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
         val = evaluated = evaluate(step, final)
         if last_time is not None:  # keep evaluation time out of the training throughput
           last_time += time.perf_counter() - eval_start
-      if (c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted:
+      if ((c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted
+          or step in c.checkpoint.at_steps):
         check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
         if final and evaluated is not None and c.train.eval_every:
           evaluated = ranked_like_periodic(evaluated)
@@ -244,6 +257,10 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
              # Over all segments of a resumed run, each up to the checkpoint the
              # next one resumed from.
              "wall_seconds": wall_seconds()}
+  if c.init.from_step:  # a branch: tokens and FLOPs above count the whole path; its parent's
+    parent = c.init.from_step * tokens_per_step
+    summary["parent"] = {"workdir": c.init.from_workdir, "step": c.init.from_step,
+                         "tokens": parent, "flops": flops_per_token * parent}
   if jax.process_index() == 0:
     files.write_summary(r.workdir, summary)
   if c.train.sample_tokens and trainer.task.samples_text:

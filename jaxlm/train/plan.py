@@ -48,7 +48,8 @@ def check_fits(compiled, config: Config) -> None:
   if need > limit:
     raise ConfigError(
         f"the train step needs {need / 2**30:.1f} GiB per device but "
-        f"{limit / 2**30:.1f} GiB are available: lower train.batch_size "
+        f"{limit / 2**30:.1f} GiB are available: raise train.microbatches "
+        f"({config.train.microbatches}; the same batch in parts), lower train.batch_size "
         f"({config.train.batch_size}) or data.seq_len ({config.data.seq_len}), set "
         "model.remat=full, or shard wider with mesh.fsdp / mesh.tensor")
 
@@ -71,7 +72,8 @@ def describe(config: Config) -> str:
       f"params          {counts['total']:,} ({counts['non_embedding']:,} non-embedding)",
       f"params/device   {_device_bytes(state.params) / 2**20:,.1f} MiB",
       f"optimizer/dev   {_device_bytes(state.opt_state) / 2**20:,.1f} MiB",
-      f"tokens/step     {tokens:,} (batch {c.train.batch_size} x length {c.data.seq_len})",
+      f"tokens/step     {tokens:,} (batch {c.train.batch_size} x length {c.data.seq_len}"
+      + (f", in {c.train.microbatches} microbatches)" if c.train.microbatches > 1 else ")"),
       f"FLOPs/step      {per_token * tokens:.3e} ({c.task.kind}: {per_token:.3e} per token)",
   ]
   if mem is not None:

@@ -8,6 +8,7 @@ applies jit, shardings and donation to them for one config on one mesh.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -18,6 +19,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlm import params as params_lib
+from jaxlm import config as config_lib
 from jaxlm import sharding, tasks
 from jaxlm.config import Config
 from jaxlm.inference.evaluate import sum_batches
@@ -34,8 +36,49 @@ class TrainState:
   nonfinite: jax.Array    # steps so far whose loss or gradients were not finite
 
 
+def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: int,
+                     place=lambda mb: mb):
+  """((loss, stats), grads) of the whole batch, computed over `microbatches` parts in turn.
+
+  A `lax.scan` over the parts (one compiled body, one part's activations alive at a
+  time). Each part's mean loss and gradients are weighted by its loss_weight (the
+  denominator of its weighted mean), so the result is the whole batch's to float
+  rounding; statistics are weighted means, those named max_* maxima. Part k holds rows
+  k, k + K, k + 2K, ...: with the batch split over devices in contiguous blocks, every
+  device keeps its own rows. `place` pins a part to the batch's sharding.
+  """
+  K = microbatches
+  parts = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // K, K, *x.shape[1:]),
+                                              0, 1), batch)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  stats_shape = jax.eval_shape(lambda p, b: loss_fn(p, b)[1], params,
+                               jax.tree.map(lambda x: x[0], parts))
+  init_stat = lambda name, s: jnp.full(s.shape, -jnp.inf if name.startswith("max_") else 0.0,
+                                       jnp.float32)
+
+  def body(carry, part):
+    grads, total, weight, stats = carry
+    part = place(part)
+    (loss, s), g = grad_fn(params, part)
+    w = loss_weight(part).astype(jnp.float32)
+    grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32) * w, grads, g)
+    stats = {k: jnp.maximum(v, s[k]) if k.startswith("max_") else v + s[k] * w
+             for k, v in stats.items()}
+    return (grads, total + loss * w, weight + w, stats), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  carry = (zeros, jnp.float32(0), jnp.float32(0),
+           {k: init_stat(k, s) for k, s in stats_shape.items()})
+  (grads, total, weight, stats), _ = jax.lax.scan(body, carry, parts)
+  weight = jnp.maximum(weight, 1.0)  # as each task's own mean: max(sum of weights, 1)
+  grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
+  stats = {k: v if k.startswith("max_") else v / weight for k, v in stats.items()}
+  return (total / weight, stats), grads
+
+
 def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = "stop",
-               specs=None) -> tuple:
+               specs=None, microbatches: int = 1, loss_weight=None,
+               place=lambda mb: mb) -> tuple:
   """One optimizer step on a batch; returns the new state and metrics.
 
   A step whose loss or gradients are not finite is counted in `nonfinite`; with
@@ -44,10 +87,16 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = 
   specs (train.layer_stats), metrics["stats"] holds the loss function's statistics and
   each parameter's norms and update ratio (params.update_stats), every step: gating them
   to log steps with lax.cond cost more (its operands, the whole gradient and update
-  trees, were materialized apart from the optimizer's fusions).
+  trees, were materialized apart from the optimizer's fusions). With microbatches > 1
+  the gradient is accumulated over that many parts of the batch (accumulated_grad),
+  and the optimizer steps once.
   """
   rng, _ = jax.random.split(state.rng)  # the other half is this step's (dropout has none yet)
-  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+  if microbatches > 1:
+    (loss, stats), grads = accumulated_grad(loss_fn, loss_weight, state.params, batch,
+                                            microbatches, place)
+  else:
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -76,21 +125,32 @@ class Trainer:
     self.task = tasks.get(c)
     self.specs = self.task.param_specs()
     self.tx = optim.make(c.optim, c.train.steps, params_lib.decay_mask(self.specs),
-                         params_lib.lr_scales(self.specs))
+                         params_lib.lr_scales(self.specs), self.specs)
     self.param_shardings = sharding.tree_shardings(self.specs, self.mesh, rules)
     replicated = NamedSharding(self.mesh, P())
     dtype = jnp.dtype(c.model.param_dtype)
-    abstract_opt = jax.eval_shape(self.tx.init, params_lib.abstract_params(self.specs, dtype))
-    opt_shardings = optax.tree_map_params(
-        self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
+    abstract = params_lib.abstract_params(self.specs, dtype)
+    opt_shardings = sharding.like_params(jax.eval_shape(self.tx.init, abstract), abstract,
+                                         self.param_shardings, replicated)
     self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
                                       opt_state=opt_shardings, rng=replicated,
                                       nonfinite=replicated)
     # Each batch array is split over its leading (batch) axis only.
     self.batch_shardings = {k: sharding.batch_sharding(self.mesh, rules, len(shape))
                             for k, (shape, _) in self.task.batch_shapes(1).items()}
+    axes = next(iter(self.batch_shardings.values())).spec[0] or ()
+    rows = math.prod(self.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    if c.train.batch_size % rows:
+      raise config_lib.ConfigError(
+          f"train.batch_size={c.train.batch_size} cannot be split evenly over the {rows} "
+          f"devices of mesh {dict(self.mesh.shape)} that share each batch; expected a "
+          f"multiple of {rows}")
+    if c.train.batch_size % (c.train.microbatches * rows):
+      raise config_lib.ConfigError(
+          f"train.microbatches={c.train.microbatches} splits train.batch_size="
+          f"{c.train.batch_size} into parts of {c.train.batch_size / c.train.microbatches:g} "
+          f"rows, which the {rows} devices the batch is split over cannot share evenly; "
+          f"expected batch_size divisible by microbatches x {rows}")
 
     def init_state(rng):
       params = params_lib.init_params(self.specs, rng, dtype)
@@ -98,11 +158,17 @@ class Trainer:
                         opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
                         nonfinite=jnp.zeros((), jnp.int32))
 
+    def place(part):  # a microbatch keeps the batch's sharding: every device its own rows
+      return {k: jax.lax.with_sharding_constraint(v, self.batch_shardings[k])
+              for k, v in part.items()}
+
     def step(state, batch):
       with sharding.activation_rules(self.mesh, rules):
         return train_step(state, batch, loss_fn=self.task.loss, tx=self.tx,
                           nonfinite=c.train.nonfinite,
-                          specs=self.specs if c.train.layer_stats else None)
+                          specs=self.specs if c.train.layer_stats else None,
+                          microbatches=c.train.microbatches,
+                          loss_weight=self.task.loss_weight, place=place)
 
     def evaluate(params, batch):
       with sharding.activation_rules(self.mesh, rules):

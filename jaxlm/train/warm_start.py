@@ -11,6 +11,7 @@ start loads: a run resuming its own checkpoint ignores init.*.
 from __future__ import annotations
 
 import jax
+from flax import traverse_util
 
 from jaxlm import config as config_lib
 from jaxlm import sharding
@@ -18,6 +19,7 @@ from jaxlm.config import Config
 from jaxlm.models import encoder_decoder, grow, transformer
 from jaxlm.run import checkpoint, files
 from jaxlm.run.load import load_run
+from jaxlm.train import optim
 
 # Model keys that only say how the model runs, not what it computes.
 _RUNTIME_KEYS = ("attention", "remat", "layer_loop", "compute_dtype", "param_dtype", "init_std")
@@ -61,6 +63,51 @@ def check_source(config: Config) -> Config:
   if not checkpoint.saved_steps(config.init.from_workdir):
     raise config_lib.ConfigError(f"{key}={config.init.from_workdir!r} holds no checkpoint; "
                                  "expected a run that has saved at least one step")
+  return src
+
+
+# What a branch (init.from_step) may not change from its parent: the state it continues
+# and the learning rate up to the branch point (the schedule's shape after it may differ).
+_BRANCH_KEYS = ("model", "data", "task", "seed", "train.batch_size", "optim.name", "optim.lr",
+                "optim.warmup_steps", "optim.b1", "optim.b2", "optim.eps",
+                "optim.weight_decay", "optim.grad_clip", "optim.adafactor_decay_rate",
+                "optim.muon_lr", "optim.muon_beta", "optim.muon_ns_steps")
+
+
+_BRANCH_FREE = tuple(f"model.{k}" for k in _RUNTIME_KEYS if k != "param_dtype")
+
+
+def check_branch(config: Config) -> Config:
+  """Checks that this run can continue init.from_workdir's state at init.from_step.
+
+  A branch (a WSD cooldown, Hägele et al. 2024) takes the parent's whole state at
+  step S (params, optimizer state, data position) and trains on with its own
+  schedule; up to S that schedule must give the parent's learning rates.
+  """
+  src = check_source(config)
+  S, parent = config.init.from_step, config.init.from_workdir
+  flat = lambda c: traverse_util.flatten_dict(config_lib.to_dict(c), sep=".")
+  mine, theirs = flat(config), flat(src)
+  for key in sorted(mine):
+    if key.startswith(_BRANCH_KEYS) and mine[key] != theirs.get(key) \
+        and key not in _BRANCH_FREE:
+      raise config_lib.ConfigError(
+          f"init.from_step={S}: {parent} has {key}={theirs.get(key)!r} but this run sets "
+          f"{mine[key]!r}; a branch continues its parent's state: expected the same")
+  steps = checkpoint.saved_steps(parent)
+  if S not in steps:
+    raise config_lib.ConfigError(
+        f"init.from_step={S}: {parent} has no checkpoint at step {S} (it has {steps}); "
+        "expected a step it saved and kept (checkpoint.at_steps keeps the steps to branch at)")
+  ours, theirs_lr = optim.schedule(config.optim, config.train.steps), optim.schedule(
+      src.optim, src.train.steps)
+  for count in sorted({0, min(config.optim.warmup_steps, S - 1), S - 1}):
+    a, b = float(theirs_lr(count)), float(ours(count))
+    if not abs(a - b) <= 1e-6 * max(abs(a), 1e-12):
+      raise config_lib.ConfigError(
+          f"init.from_step={S}: at step {count + 1} {parent}'s learning rate is {a:.6g} but "
+          f"this run's schedule gives {b:.6g}; expected the same up to the branch point (a "
+          "WSD branch: the parent still stable at S, optim.decay_steps = train.steps - S)")
   return src
 
 
