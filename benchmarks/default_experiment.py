@@ -24,6 +24,21 @@ import report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run(experiment: str, overrides: list[str]) -> tuple[float, dict, str]:
+  """Trains `experiment` with `overrides` in a fresh CLI process: (wall seconds, summary, stdout)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = os.path.join(tmp, "run")
+    cmd = [sys.executable, "-m", "jaxlm.main", f"--experiment={experiment}",
+           f"--workdir={workdir}"] + [f"--set={s}" for s in overrides]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+    wall = time.time() - start
+    if proc.returncode:
+      sys.exit(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    with open(os.path.join(workdir, "summary.json")) as f:
+      return wall, json.load(f), proc.stdout
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--experiment", default="shakespeare")
@@ -31,16 +46,7 @@ def main():
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                     "default_experiment.json"))
   args = parser.parse_args()
-  with tempfile.TemporaryDirectory() as tmp:
-    workdir = os.path.join(tmp, "run")
-    cmd = [sys.executable, "-m", "jaxlm.main", f"--experiment={args.experiment}",
-           f"--workdir={workdir}"] + [f"--set={s}" for s in args.set]
-    start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
-    wall = time.time() - start
-    if proc.returncode:
-      sys.exit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
+  wall, summary, stdout = run(args.experiment, args.set)
   result = {
       "experiment": args.experiment, "overrides": args.set, "wall_seconds_total": wall,
       "wall_seconds_in_run": summary["wall_seconds"], "final_val_bpb": summary["final_val_bpb"],
@@ -51,7 +57,7 @@ def main():
   print(report.table(["experiment", "params", "tokens", "wall s (process)", "val bpb", "goal met"],
                      [[args.experiment, f"{result['params']:,}", f"{result['tokens']:,}",
                        f"{wall:.0f}", f"{result['final_val_bpb']:.3f}", result["meets_goal"]]]))
-  print("sample and log tail:\n" + proc.stdout[-1200:])
+  print("sample and log tail:\n" + stdout[-1200:])
   report.write(args.out, result)
 
 

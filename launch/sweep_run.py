@@ -60,13 +60,6 @@ def parent_state(sweep_dir: str, run) -> str:
   return "lost" if status in ("ok", "failed") else "waiting"
 
 
-def wait_for_parent(sweep_dir: str, run, poll_seconds: float = 10.0) -> bool:
-  """Blocks until a branch's parent checkpoint exists; False if it never will."""
-  while (state := parent_state(sweep_dir, run)) == "waiting":
-    time.sleep(poll_seconds)
-  return state == "ready"
-
-
 def load(sweep: str):
   """(spec, runs) of a registered sweep; KeyError or ValueError says what is wrong."""
   from jaxlm import registry
@@ -142,16 +135,20 @@ def start(base: str, sweep_dir: str, run) -> tuple[subprocess.Popen, list[str], 
   return proc, cmd, log
 
 
-def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, int]:
+def run_points(base: str, sweep_dir: str, runs, parallel: int = 1,
+               parents_elsewhere: bool = False, poll_seconds: float = 10.0) -> dict[str, int]:
   """Runs the points, `parallel` at a time, skipping finished ones; counts of each status.
 
   On SIGTERM or Ctrl-C no further point starts and the running ones get SIGTERM,
   save a checkpoint and exit (status `interrupted`); a rerun resumes them. A branch
   (run.after) starts as soon as its parent's checkpoint exists, before points listed
   after it that could start too; one whose parent ended without that checkpoint, or
-  is neither running nor queued here, is `blocked`.
+  is neither running nor queued here, is `blocked`. With parents_elsewhere (an array
+  task, a TPU VM: other processes run the other points) a branch whose parent is not
+  here waits for it, polling every poll_seconds, while this process runs what it can.
   """
   todo, running, counts, stop = list(runs), [], {}, []
+  said_waiting = ""
   # On a terminal, a bar of points done with the running and failed ones; plain lines
   # elsewhere (a log file, SLURM).
   bar = tqdm.tqdm(total=len(todo), unit="point", dynamic_ncols=True) \
@@ -181,8 +178,8 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
       while todo and not stop and len(running) < parallel:
         states = [parent_state(sweep_dir, r) for r in todo]
         for r, state in zip(list(todo), states):
-          if state == "lost" or (state == "waiting" and not running and not any(
-              p.name == r.after for p in todo)):
+          if state == "lost" or (state == "waiting" and not parents_elsewhere and not running
+                                 and not any(p.name == r.after for p in todo)):
             todo.remove(r)
             say(f"blocked     {r.name} (no checkpoint {r.at_step} of {r.after} coming)")
             count("blocked")
@@ -203,7 +200,13 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1) -> dict[str, 
         say(f"start       {r.name}")
       if not running and todo and not stop and all(
           parent_state(sweep_dir, r) == "waiting" for r in todo):
-        continue  # the loop above marks them blocked
+        if not parents_elsewhere:
+          continue  # the loop above marks them blocked
+        waiting = ", ".join(f"{r.name} (checkpoint {r.at_step} of {r.after})" for r in todo)
+        if waiting != said_waiting:
+          say(f"waiting     {waiting}")
+          said_waiting = waiting
+        time.sleep(poll_seconds)
       time.sleep(0.2)
       for item in [x for x in running if x[0].poll() is not None]:
         proc, workdir, cmd, log = item
@@ -261,13 +264,9 @@ def main(argv=None) -> int:
   if not chosen:
     parser.error("expected at least one --name or --index")
   write_plan(args.dir, args.sweep, spec, runs)
-  # An array task or a TPU VM runs its points alone: a branch waits here for its parent's
-  # checkpoint, which another task is writing.
-  for r in chosen:
-    if r.after and not done(args.dir, r.name):
-      print(f"waiting     {r.name} for checkpoint {r.at_step} of {r.after}", flush=True)
-      wait_for_parent(args.dir, r)
-  return exit_code(run_points(spec.base, args.dir, chosen))
+  # An array task or a TPU VM runs its points alone: a branch whose parent another task
+  # runs waits for that parent's checkpoint, while this one runs what it can.
+  return exit_code(run_points(spec.base, args.dir, chosen, parents_elsewhere=True))
 
 
 if __name__ == "__main__":
