@@ -213,6 +213,7 @@ class TrainConfig:
   profile: str = ""           # START:STOP: a jax.profiler trace of those steps ("": none)
   microbatches: int = 1       # gradient accumulation: each batch in this many sequential parts
   z_loss: float = 0.0         # coefficient of mean(logsumexp(logits)^2) added to the loss
+  hang_timeout: float = 1800.0  # seconds without progress before the run is taken for hung
 
   def __post_init__(self):
     for key in ("steps", "batch_size", "log_every", "eval_batches"):
@@ -236,6 +237,8 @@ class TrainConfig:
            "train.microbatches", self.microbatches,
            f"a positive divisor of train.batch_size={self.batch_size}")
     _check(self.z_loss >= 0, "train.z_loss", self.z_loss, ">= 0 (0: off)")
+    _check(self.hang_timeout >= 0, "train.hang_timeout", self.hang_timeout,
+           ">= 0 seconds (0: no watchdog)")
 
   @property
   def logger_names(self) -> tuple[str, ...]:

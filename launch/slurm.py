@@ -5,7 +5,10 @@
 
 Writes an sbatch script next to the workdir (or prints it with --dry_run).
 jax.distributed reads the SLURM environment, so the processes need no
-coordinator flags.
+coordinator flags. SLURM sends the batch shell SIGTERM two minutes before
+--time runs out: the run saves a checkpoint, and with --max_restarts N the job
+requeues itself (also after a preemption or a fault), up to N times, each
+recorded in WORKDIR/restarts.jsonl; a requeued job resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import os
 import shlex
 import subprocess
 import sys
+
+import local
 
 
 def script(args, jaxlm_args: list[str]) -> str:
@@ -31,12 +36,60 @@ def script(args, jaxlm_args: list[str]) -> str:
     lines.append(f"#SBATCH --partition={args.partition}")
   if args.account:
     lines.append(f"#SBATCH --account={args.account}")
+  lines += ["#SBATCH --signal=B:TERM@120"]  # time to checkpoint before the time limit
+  if args.max_restarts:
+    lines.append("#SBATCH --requeue")
   lines += ["set -euo pipefail", f"cd {shlex.quote(args.repo)}"]
   if args.setup:
     lines.append(args.setup)
   cmd = ["python", "-m", "jaxlm.main", *jaxlm_args]
-  lines.append("srun " + " ".join(shlex.quote(c) for c in cmd))
+  lines += requeue_lines("srun " + " ".join(shlex.quote(c) for c in cmd),
+                         shlex.quote(args.workdir), args.max_restarts, on_fault=True)
   return "\n".join(lines) + "\n"
+
+
+def requeue_lines(command: str, workdir: str, max_requeues: int, on_fault: bool) -> list[str]:
+  """Bash lines that run `command` and requeue the job when it stops unfinished.
+
+  SIGTERM to the batch shell (the time limit's --signal=B:TERM@120, or a
+  preemption) is passed on to the run, which saves a checkpoint and exits; then,
+  unless WORKDIR/summary.json says the run finished, the job requeues itself
+  (`scontrol requeue`), at most max_requeues times (SLURM counts them in
+  SLURM_RESTART_COUNT), recording each in WORKDIR/restarts.jsonl. With on_fault,
+  an exit status that a restart may cure (not 0, 2 bad input, 3 non-finite loss)
+  requeues the job too. `workdir` is a shell word (quoted, or with variables).
+  """
+  return [
+      f"WORKDIR={workdir}",
+      f"MAX_REQUEUES={max_requeues}",
+      "requeue() {  # $1: why the run stopped",
+      '  [ -f "$WORKDIR/summary.json" ] && return 0',
+      "  local n=${SLURM_RESTART_COUNT:-0}",
+      '  if [ "$n" -ge "$MAX_REQUEUES" ]; then',
+      '    echo "error: $1; not requeued ($n of $MAX_REQUEUES requeues used, '
+      '--max_restarts); resubmit the job to resume it" >&2',
+      "    return 0",
+      "  fi",
+      '  mkdir -p "$WORKDIR"',
+      '  printf \'{"restart": %d, "time": "%s", "slurm_job": "%s", "ended": "%s"}\\n\' '
+      '"$((n + 1))" "$(date -Iseconds)" "${SLURM_JOB_ID:-}" "$1" >> "$WORKDIR/restarts.jsonl"',
+      '  echo "requeueing job ${SLURM_JOB_ID:-} ($1): requeue $((n + 1)) of '
+      '$MAX_REQUEUES" >&2',
+      '  scontrol requeue "${SLURM_JOB_ID:-}"',
+      "}",
+      "on_term() {  # the time limit or a preemption: the run checkpoints, then requeue",
+      '  kill -TERM "$RUN" 2>/dev/null || true',
+      '  wait "$RUN" || true',
+      '  requeue "SIGTERM (time limit or preemption)"',
+      "  exit 0",
+      "}",
+      "trap on_term TERM",
+      f"{command} &",
+      "RUN=$!",
+      'STATUS=0; wait "$RUN" || STATUS=$?',
+      *(['case "$STATUS" in 0|2|3) ;; *) requeue "exit status $STATUS";; esac']
+        if on_fault else []),
+      'exit "$STATUS"']
 
 
 def main(argv=None):
@@ -56,8 +109,17 @@ def main(argv=None):
   parser.add_argument("--repo", default=os.getcwd(), help="checkout to run from")
   parser.add_argument("--setup", default="", help="shell line run first (e.g. venv activate)")
   parser.add_argument("--script", default="", help="where to write the sbatch script")
+  parser.add_argument("--max_restarts", type=int, default=0,
+                      help="requeue the job after a time limit, preemption or fault, up to "
+                      "N times; it resumes from its last checkpoint")
   parser.add_argument("--dry_run", action="store_true", help="print the script and command")
   args = parser.parse_args(argv[:split])
+  if args.max_restarts < 0:
+    parser.error(f"--max_restarts={args.max_restarts} is invalid: expected >= 0")
+  args.workdir = local.workdir_of(argv[split + 1:])
+  if not args.workdir:
+    parser.error("give --workdir=DIR among the jaxlm.main arguments, on a filesystem the "
+                 "nodes share: a requeued job resumes the run there")
   text = script(args, argv[split + 1:])
   path = args.script or os.path.join(args.log_dir, f"{args.job_name}.sbatch")
   if args.dry_run:

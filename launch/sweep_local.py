@@ -1,7 +1,7 @@
 """Run every point of a registered sweep on this machine, one or N processes at a time.
 
   python launch/sweep_local.py --sweep=shakespeare_isoflop --dir=runs/isoflop_bytes \
-      [--parallel=2] [--only=SUBSTRING] [--dry_run]
+      [--parallel=2] [--only=SUBSTRING] [--max_restarts=N] [--dry_run]
 
 Each point is `python -m jaxlm.main --experiment=<base> --workdir=DIR/<name> --set ...`.
 Resumable: runs with a summary.json are skipped and interrupted ones resume from
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
   parser.add_argument("--only", default="",
                       help="run only points whose name contains this (and the stable runs "
                       "a WSD study's chosen branches continue)")
+  sweep_run.add_restart_flag(parser)
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.parallel < 1:
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
   sweep_run.write_plan(args.dir, args.sweep, spec, runs)
   print(f"{len(chosen) - len(todo)} of {len(chosen)} runs done; running {len(todo)}",
         flush=True)
-  return sweep_run.exit_code(sweep_run.run_points(spec.base, args.dir, todo, args.parallel))
+  return sweep_run.exit_code(sweep_run.run_points(spec.base, args.dir, todo, args.parallel,
+                                                  max_restarts=args.max_restarts))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+import supervise  # noqa: E402  (this checkout's jaxlm first, as for the runs)
+from jaxlm import exit_status  # noqa: E402
+
 
 def command(base: str, sweep_dir: str, run, python: str = sys.executable) -> list[str]:
   """The jaxlm.main argv of one sweep point (a branch continues its parent's workdir)."""
@@ -136,7 +139,8 @@ def start(base: str, sweep_dir: str, run) -> tuple[subprocess.Popen, list[str], 
 
 
 def run_points(base: str, sweep_dir: str, runs, parallel: int = 1,
-               parents_elsewhere: bool = False, poll_seconds: float = 10.0) -> dict[str, int]:
+               parents_elsewhere: bool = False, poll_seconds: float = 10.0,
+               max_restarts: int = 0, restart_backoff: float = 2.0) -> dict[str, int]:
   """Runs the points, `parallel` at a time, skipping finished ones; counts of each status.
 
   On SIGTERM or Ctrl-C no further point starts and the running ones get SIGTERM,
@@ -146,8 +150,13 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1,
   is neither running nor queued here, is `blocked`. With parents_elsewhere (an array
   task, a TPU VM: other processes run the other points) a branch whose parent is not
   here waits for it, polling every poll_seconds, while this process runs what it can.
+  A point that fails in a way a restart may cure (jaxlm.exit_status) starts again
+  from its last checkpoint after a backoff, up to max_restarts times in this call;
+  each restart is recorded in its WORKDIR/restarts.jsonl (launch/supervise.py).
   """
   todo, running, counts, stop = list(runs), [], {}, []
+  restarts: dict[str, int] = {}
+  not_before: dict[str, float] = {}  # a restarted point waits out its backoff
   said_waiting = ""
   # On a terminal, a bar of points done with the running and failed ones; plain lines
   # elsewhere (a log file, SLURM).
@@ -183,7 +192,8 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1,
             todo.remove(r)
             say(f"blocked     {r.name} (no checkpoint {r.at_step} of {r.after} coming)")
             count("blocked")
-        ready = [r for r, state in zip(todo, states) if state == "ready" and r in todo]
+        ready = [r for r, state in zip(todo, states) if state == "ready" and r in todo
+                 and not_before.get(r.name, 0.0) <= time.monotonic()]
         ready.sort(key=lambda r: not r.after)  # a branch whose checkpoint is there goes first
         if not ready:
           break
@@ -194,7 +204,7 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1,
           count("skipped")
           continue
         proc, cmd, log = start(base, sweep_dir, r)
-        running.append((proc, os.path.join(sweep_dir, r.name), cmd, log))
+        running.append((proc, r, cmd, log))
         if stop:  # the signal came while it started
           proc.send_signal(signal.SIGTERM)
         say(f"start       {r.name}")
@@ -209,12 +219,24 @@ def run_points(base: str, sweep_dir: str, runs, parallel: int = 1,
         time.sleep(poll_seconds)
       time.sleep(0.2)
       for item in [x for x in running if x[0].poll() is not None]:
-        proc, workdir, cmd, log = item
+        proc, r, cmd, log = item
         log.close()
         running.remove(item)
+        workdir = os.path.join(sweep_dir, r.name)
         status = finish(workdir, proc.returncode, cmd)
+        if (status == "failed" and not stop and restarts.get(r.name, 0) < max_restarts
+            and exit_status.restartable(proc.returncode)):
+          restarts[r.name] = restarts.get(r.name, 0) + 1
+          backoff = supervise.backoff_seconds(restarts[r.name], restart_backoff)
+          ending = supervise.Ending(proc.returncode, 0)
+          supervise.record_restart(workdir, ending, backoff)
+          say(f"restart     {r.name} ({supervise.report(ending, workdir, log.name)}; "
+              f"restart {restarts[r.name]} of {max_restarts} in {backoff:g}s)")
+          not_before[r.name] = time.monotonic() + backoff
+          todo.insert(0, r)
+          continue
         count(status)
-        say(f"{status:11s} {os.path.basename(workdir)}")
+        say(f"{status:11s} {r.name}")
   finally:
     if bar is not None:
       bar.close()
@@ -254,6 +276,7 @@ def main(argv=None) -> int:
   parser.add_argument("--name", action="append", default=[], help="a point to run (repeatable)")
   parser.add_argument("--index", action="append", type=int, default=[],
                       help="a point to run by its place in the sweep, from 0 (repeatable)")
+  add_restart_flag(parser)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   try:
     spec, runs = load(args.sweep)
@@ -266,7 +289,22 @@ def main(argv=None) -> int:
   write_plan(args.dir, args.sweep, spec, runs)
   # An array task or a TPU VM runs its points alone: a branch whose parent another task
   # runs waits for that parent's checkpoint, while this one runs what it can.
-  return exit_code(run_points(spec.base, args.dir, chosen, parents_elsewhere=True))
+  return exit_code(run_points(spec.base, args.dir, chosen, parents_elsewhere=True,
+                              max_restarts=args.max_restarts))
+
+
+def add_restart_flag(parser) -> None:
+  """--max_restarts, shared by the sweep launchers."""
+  parser.add_argument("--max_restarts", type=_non_negative, default=0,
+                      help="restart a point that fails with a fault from its last checkpoint, "
+                      "up to N times")
+
+
+def _non_negative(text: str) -> int:
+  value = int(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{value} is invalid: expected >= 0")
+  return value
 
 
 if __name__ == "__main__":

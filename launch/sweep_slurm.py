@@ -12,7 +12,9 @@ Resumable: points with a summary.json are left out of the array when it is
 submitted, and a task whose point has finished meanwhile exits at once; the
 array indices stay the points' places in the sweep, so resubmitting runs only
 what is left. SLURM sends SIGTERM two minutes before --time runs out: the run
-checkpoints and a resubmission resumes it. DIR must be on a filesystem that the
+checkpoints and a resubmission resumes it; with --max_restarts N a task requeues
+itself instead (up to N times), and a point that fails with a fault restarts
+from its checkpoint inside its task. DIR must be on a filesystem that the
 compute nodes share. --dry_run prints the script and the sbatch command.
 """
 
@@ -24,6 +26,7 @@ import shlex
 import subprocess
 import sys
 
+import slurm
 import sweep_run
 
 
@@ -48,9 +51,11 @@ def script(args, spec, runs, indices: list[int]) -> str:
            f"#SBATCH --cpus-per-task={args.cpus_per_task}",
            f"#SBATCH --time={args.time}",
            f"#SBATCH --output={args.log_dir}/%x-%A_%a.out",
-           # SIGTERM to the batch shell (exec'd into sweep_run.py, which passes it on)
-           # two minutes before the time limit, so the run checkpoints.
+           # SIGTERM to the batch shell two minutes before the time limit: passed on
+           # to sweep_run.py and the run, which checkpoints.
            "#SBATCH --signal=B:TERM@120"]
+  if args.max_restarts:
+    lines.append("#SBATCH --requeue")
   if args.gpus_per_task:
     lines.append(f"#SBATCH --gpus-per-task={args.gpus_per_task}")
   if args.partition:
@@ -65,8 +70,13 @@ def script(args, spec, runs, indices: list[int]) -> str:
   if args.setup:
     lines.append(args.setup)
   lines.append("NAMES=(" + " ".join(shlex.quote(r.name) for r in runs) + ")")
-  run = [args.python, "launch/sweep_run.py", f"--sweep={args.sweep}", f"--dir={args.dir}"]
-  lines.append("exec " + shlex.join(run) + ' --name="${NAMES[$SLURM_ARRAY_TASK_ID]}"')
+  lines.append('NAME="${NAMES[$SLURM_ARRAY_TASK_ID]}"')
+  run = [args.python, "launch/sweep_run.py", f"--sweep={args.sweep}", f"--dir={args.dir}",
+         *([f"--max_restarts={args.max_restarts}"] if args.max_restarts else [])]
+  # sweep_run.py restarts a failed point itself; the job requeues after a time limit.
+  lines += slurm.requeue_lines(shlex.join(run) + ' --name="$NAME"',
+                               shlex.quote(args.dir) + '/"$NAME"', args.max_restarts,
+                               on_fault=False)
   return "\n".join(lines) + "\n"
 
 
@@ -89,6 +99,7 @@ def main(argv=None) -> int:
   parser.add_argument("--python", default="python", help="interpreter on the compute nodes")
   parser.add_argument("--setup", default="", help="shell line run first (e.g. venv activate)")
   parser.add_argument("--script", default="", help="where to write the sbatch script")
+  sweep_run.add_restart_flag(parser)
   parser.add_argument("--dry_run", action="store_true", help="print the script and command")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   for key in ("gpus_per_task", "max_parallel"):

@@ -44,7 +44,8 @@ def commands(args, runs) -> tuple[list[list[str]], list[list[str]]]:
       setup.append(tpu_vm.gcloud(vm, tpu_vm.setup_remote(vm)))
     if points:
       run = [args.python, "launch/sweep_run.py", f"--sweep={args.sweep}", f"--dir={args.dir}",
-             *[f"--name={r.name}" for r in points]]
+             *[f"--name={r.name}" for r in points],
+             *([f"--max_restarts={args.max_restarts}"] if args.max_restarts else [])]
       sweep.append(tpu_vm.gcloud(vm, f"cd {shlex.quote(args.checkout)} && {shlex.join(run)}"))
   return setup, sweep
 
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
   parser.add_argument("--setup", action="store_true", help="clone/update and install first")
   parser.add_argument("--python", default="python", help="interpreter on the VMs")
   parser.add_argument("--only", default="", help="run only points whose name contains this")
+  sweep_run.add_restart_flag(parser)
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   args.tpus = [t for item in args.tpu for t in item.split(",") if t]

@@ -2,8 +2,11 @@
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -35,10 +38,14 @@ def test_dry_runs_print_commands(capsys):
   out = capsys.readouterr().out.splitlines()
   assert len(out) == 2 and "--process_id=1" in out[1] and "localhost:1234" in out[0]
   assert slurm.main(["--nodes", "2", "--gpus_per_node", "4", "--dry_run", "--",
-                     "--experiment=gpt2_small"]) == 0
+                     "--experiment=gpt2_small", "--workdir=/shared/g"]) == 0
   out = capsys.readouterr().out
   assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=4" in out
-  assert "srun python -m jaxlm.main --experiment=gpt2_small" in out
+  assert "srun python -m jaxlm.main --experiment=gpt2_small --workdir=/shared/g &" in out
+  assert "#SBATCH --signal=B:TERM@120" in out and "--requeue" not in out
+  with pytest.raises(SystemExit):  # a requeued job must find its run: --workdir is required
+    slurm.main(["--dry_run", "--", "--experiment=gpt2_small"])
+  assert "give --workdir=DIR" in capsys.readouterr().err
   assert tpu_vm.main(["--tpu", "t", "--zone", "z", "--dry_run", "--", "--experiment=x"]) == 0
   out = capsys.readouterr().out
   assert "--worker=all" in out and "python -m jaxlm.main --experiment=x" in out
@@ -103,8 +110,9 @@ def test_sweep_slurm_dry_run_one_task_per_point(tmp_path, capsys):
   for i, (r, local_cmd) in enumerate(zip(runs, local_cmds)):
     assert f"#   {i}: " + local_cmd.replace(sys.executable, "python", 1) in out
   assert "NAMES=(" + " ".join(r.name for r in runs) + ")" in out
-  assert ('exec python launch/sweep_run.py --sweep=shakespeare_isoflop_tiny '
-          f'--dir={sweep_dir} --name="${{NAMES[$SLURM_ARRAY_TASK_ID]}}"') in out
+  assert 'NAME="${NAMES[$SLURM_ARRAY_TASK_ID]}"' in out
+  assert ('python launch/sweep_run.py --sweep=shakespeare_isoflop_tiny '
+          f'--dir={sweep_dir} --name="$NAME" &') in out
   assert not os.path.exists(sweep_dir)  # a dry run writes nothing
 
 
@@ -236,3 +244,212 @@ def test_sweep_slurm_runs_an_array_on_a_live_cluster(tmp_path):
   out = submit_and_wait()  # only the point without a summary goes into the array
   assert "2 of 3 points done; the array runs 1" in out
   assert os.path.exists(os.path.join(sweep_dir, name, "summary.json"))
+
+
+# --- Faults: a group stops together, restarts, requeues ---------------------------------
+
+def _python(code: str) -> list[str]:
+  return [sys.executable, "-c", code]
+
+
+def test_a_dead_process_stops_its_group_at_once(tmp_path, capsys):
+  import supervise
+  # Process 0 talks and then ignores SIGTERM, as one stuck in a collective does;
+  # process 1 dies of SIGKILL. The group is stopped one grace period later.
+  stubborn = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "print('step 1', flush=True); print('warning: shown', file=sys.stderr, "
+              "flush=True); print('I1206 absl noise', file=sys.stderr, flush=True); "
+              "time.sleep(60)")
+  dies = "import os, time; time.sleep(0.5); os.kill(os.getpid(), 9)"
+  logs = [str(tmp_path / "logs" / f"process_{i}.log") for i in range(2)]
+  start = time.monotonic()
+  ending = supervise.Group([({}, _python(stubborn)), ({}, _python(dies))], logs,
+                           grace=0.5).start().wait()
+  assert time.monotonic() - start < 10
+  assert (ending.process, ending.returncode, ending.interrupted) == (1, -9, False)
+  assert 0.4 < ending.stopped_seconds < 3 and ending.restartable
+  captured = capsys.readouterr()
+  assert "step 1" in captured.out and "warning: shown" in captured.err
+  assert "absl noise" not in captured.err  # only in the log
+  log0 = open(logs[0]).read()
+  assert "step 1" in log0 and "absl noise" in log0 and log0.startswith("==== ")
+  assert "process 1 killed by SIGKILL; group stopped" in supervise.report(
+      ending, str(tmp_path), logs[1])
+  # Bad input is not worth a restart; the runtime's abort of a survivor is not the cause.
+  assert not supervise.Ending(2, 0).restartable and not supervise.Ending(3, 0).restartable
+  both = supervise.Group([({}, _python("import os; os.abort()")),
+                          ({}, _python("import sys; sys.exit(5)"))], logs).start()
+  time.sleep(1.0)
+  assert both.wait().process == 1
+
+
+def test_sweep_run_restarts_a_point_that_fails_with_a_fault(tmp_path, monkeypatch, capsys):
+  # Each point's command fails once with a fault (exit 7) and then finishes; one
+  # point fails with a non-finite loss (exit 3), which a restart would only repeat.
+  sweep_dir = str(tmp_path / "sweep")
+  runs = _points()[:3]
+  script = ("import json, os, sys; w = sys.argv[1]; seen = os.path.join(w, 'seen'); "
+            "first = not os.path.exists(seen); open(seen, 'a').close(); "
+            "sys.exit(3) if w.endswith(sys.argv[2]) else None; "
+            "sys.exit(7) if first else json.dump({'restarts': 0}, "
+            "open(os.path.join(w, 'summary.json'), 'w'))")
+  monkeypatch.setattr(sweep_run, "command", lambda base, d, r, python=None: _python(script) + [
+      os.path.join(d, r.name), runs[2].name])
+  counts = sweep_run.run_points("unused", sweep_dir, runs, parallel=2, max_restarts=1,
+                                restart_backoff=0.1)
+  assert counts == {"ok": 2, "failed": 1}, counts
+  out = capsys.readouterr().out
+  assert f"restart     {runs[0].name} (process 0 exit status 7; " in out
+  assert "restart 1 of 1 in 0.1s" in out and f"restart     {runs[2].name}" not in out
+  for r in runs[:2]:
+    record, = [json.loads(l) for l in open(os.path.join(sweep_dir, r.name, "restarts.jsonl"))]
+    assert record["restart"] == 1 and record["returncode"] == 7
+    assert json.load(open(os.path.join(sweep_dir, r.name, "status.json")))["status"] == "ok"
+  assert not os.path.exists(os.path.join(sweep_dir, runs[2].name, "restarts.jsonl"))
+
+
+def _fake_slurm(tmp_path, srun_status: int | None) -> dict:
+  """PATH with an srun that runs until SIGTERM (or exits with srun_status) and an
+  scontrol that records its arguments, both writing to tmp_path/calls."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(exist_ok=True)
+  calls = tmp_path / "calls"
+  run = (f"exit {srun_status}" if srun_status is not None else
+         f"trap 'kill $S; echo saved >> {calls}; exit 0' TERM\nsleep 60 & S=$!\nwait $S")
+  (bin_dir / "srun").write_text(f"#!/bin/bash\necho srun $@ >> {calls}\n{run}\n")
+  (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho scontrol $@ >> {calls}\n")
+  for f in ("srun", "scontrol"):
+    os.chmod(bin_dir / f, 0o755)
+  return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77"}
+
+
+def _slurm_script(tmp_path, capsys, workdir) -> str:
+  path = str(tmp_path / "job.sbatch")
+  assert slurm.main(["--max_restarts", "2", f"--repo={tmp_path}", f"--script={path}",
+                     "--dry_run", "--", "--experiment=x", f"--workdir={workdir}"]) == 0
+  text = capsys.readouterr().out.split(f"# {path}\n", 1)[1].rsplit("# then:", 1)[0]
+  assert "#SBATCH --requeue" in text
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+def _calls(tmp_path) -> list[str]:
+  path = tmp_path / "calls"
+  return path.read_text().splitlines() if path.exists() else []
+
+
+def test_slurm_job_checkpoints_and_requeues_itself(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  script = _slurm_script(tmp_path, capsys, str(workdir))
+  env = _fake_slurm(tmp_path, None)
+  # The time limit: SIGTERM to the batch shell reaches the run, which saves; then requeue.
+  job = subprocess.Popen(["bash", script], env=env, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 30
+  while not _calls(tmp_path) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  job.send_signal(signal.SIGTERM)
+  assert job.wait(timeout=30) == 0
+  assert _calls(tmp_path) == [f"srun python -m jaxlm.main --experiment=x --workdir={workdir}",
+                              "saved", "scontrol requeue 77"]
+  record, = [json.loads(l) for l in open(workdir / "restarts.jsonl")]
+  assert record["restart"] == 1 and record["slurm_job"] == "77"
+  assert "time limit or preemption" in record["ended"]
+  # The limit reached: no requeue, and a line that says so.
+  (tmp_path / "calls").unlink()
+  job = subprocess.Popen(["bash", script], env={**env, "SLURM_RESTART_COUNT": "2"},
+                         stderr=subprocess.PIPE, text=True)
+  while not _calls(tmp_path):
+    time.sleep(0.05)
+  job.send_signal(signal.SIGTERM)
+  assert job.wait(timeout=30) == 0 and "not requeued (2 of 2 requeues used" in job.stderr.read()
+  assert _calls(tmp_path)[-1] == "saved"
+  # A fault requeues; bad input (2) and a non-finite loss (3) do not; nor a finished run.
+  for status, requeued in ((1, True), (2, False), (3, False)):
+    (tmp_path / "calls").unlink()
+    env = _fake_slurm(tmp_path, status)
+    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert done.returncode == status
+    assert (_calls(tmp_path)[-1] == "scontrol requeue 77") == requeued, (status, done.stderr)
+  (workdir / "summary.json").write_text("{}")
+  (tmp_path / "calls").unlink()
+  subprocess.run(["bash", script], env=_fake_slurm(tmp_path, 1), capture_output=True)
+  assert "scontrol requeue 77" not in _calls(tmp_path)
+
+
+def _children(pid: int) -> dict[int, str]:
+  """{pid: command line} of the processes whose parent is pid."""
+  out = {}
+  for entry in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+      if ppid == pid:
+        with open(f"/proc/{entry}/cmdline") as f:
+          out[int(entry)] = f.read().replace("\0", " ")
+    except (OSError, ValueError, IndexError):
+      continue
+  return out
+
+
+def _logged_steps(workdir: str) -> int:
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return max([json.loads(l).get("step", 0) for l in f if l.endswith("\n")], default=0)
+  except (OSError, ValueError):
+    return 0
+
+
+def test_chaos_three_kills_and_restarts_end_like_an_uninterrupted_run(tmp_path):
+  # Two processes; three times a random one is killed with SIGKILL at a random step.
+  # With --max_restarts 3 the run finishes, and every logged loss equals (bitwise) an
+  # uninterrupted two-process run's.
+  seed = random.randrange(10 ** 6)
+  rng = random.Random(seed)
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=xla_flags())
+  args = [*TINY, "--set=train.steps=16", "--set=checkpoint.every=2"]
+  launch = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes", "2",
+            "--cpu_devices_per_process", "1"]
+  chaos = str(tmp_path / "chaos")
+  proc = subprocess.Popen([*launch, "--max_restarts", "3", "--restart_backoff", "0.2", "--",
+                           *args, f"--workdir={chaos}"], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  kills = []
+  try:
+    for k in range(3):
+      # Each segment resumes at its last checkpoint; kill 1-3 steps after it logs again.
+      start = _logged_steps(chaos)
+      target = min(start + rng.randint(1, 3), 13)
+      deadline = time.monotonic() + 240
+      while _logged_steps(chaos) < target and proc.poll() is None:
+        assert time.monotonic() < deadline, f"seed {seed}: no step {target} in time"
+        time.sleep(0.02)
+      victim = rng.randrange(2)
+      pids = [p for p, cmd in _children(proc.pid).items() if f"--process_id={victim}" in cmd]
+      assert len(pids) == 1 and proc.poll() is None, (seed, k, pids)
+      os.kill(pids[0], signal.SIGKILL)
+      kills.append((victim, _logged_steps(chaos)))
+      while len(_restarts(chaos)) <= k:
+        assert time.monotonic() < deadline and proc.poll() is None, (seed, kills)
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, f"seed {seed}, kills {kills}:\n{err[-3000:]}"
+  restarts = _restarts(chaos)
+  assert [r["process"] for r in restarts] == [v for v, _ in kills], (seed, restarts, kills)
+  assert all(r["ended"] == "killed by SIGKILL" and r["stopped_seconds"] < 5 for r in restarts)
+  assert err.count("killed by SIGKILL; group stopped") == 3
+  assert json.load(open(os.path.join(chaos, "summary.json")))["restarts"] == 3
+  plain = str(tmp_path / "plain")
+  done = subprocess.run([*launch, "--", *args, f"--workdir={plain}"], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert _metrics(chaos) == _metrics(plain) and len(_metrics(plain)) == 16, (seed, kills)
+
+
+def _restarts(workdir: str) -> list[dict]:
+  try:
+    return [json.loads(l) for l in open(os.path.join(workdir, "restarts.jsonl"))]
+  except OSError:
+    return []

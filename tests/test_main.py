@@ -40,7 +40,7 @@ def test_default_experiment_end_to_end_then_resume(tmp_path):
   for key in ("steps", "final_val_loss", "final_val_bpb", "params", "non_embedding_params",
               "tokens", "flops", "wall_seconds"):
     assert key in summary
-  assert summary["tokens"] == 4 * 8 * 32
+  assert summary["tokens"] == 4 * 8 * 32 and summary["restarts"] == 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   # Same command again: resumes the finished run instead of starting over.
   again = _main("--experiment=shakespeare", f"--workdir={workdir}", *TINY)

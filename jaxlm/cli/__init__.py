@@ -14,7 +14,7 @@ import sys
 
 from absl import logging
 
-from jaxlm import malloc
+from jaxlm import exit_status, malloc
 
 # Every command line's package is imported before the command line itself, and
 # so before anything imports JAX: let malloc reuse XLA's step buffers on CPU
@@ -25,7 +25,7 @@ malloc.reuse_freed_memory()
 def fail(message: str) -> None:
   """One line `error: ...` on stderr and exit status 2: the contract for bad input."""
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  sys.exit(exit_status.BAD_INPUT)
 
 
 def start(argv, hint: str = "", verbosity: str = "error") -> None:

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from jaxlm import cli, distributed, registry
+from jaxlm import cli, distributed, exit_status, registry
 from jaxlm import config as config_lib
 from jaxlm.cli import fail
 from jaxlm.train import loop, plan
@@ -64,9 +64,9 @@ def main(argv):
     fail(str(e))
   try:
     loop.run(run)
-  except loop.NonFiniteError as e:  # not bad input: exit 1, but one readable line
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  except loop.NonFiniteError as e:  # not bad input, but one readable line, and a status
+    print(f"error: {e}", file=sys.stderr, flush=True)  # that launchers do not restart
+    sys.exit(exit_status.NONFINITE)
 
 
 def entry():

@@ -22,6 +22,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from jaxlm import config as config_lib
+from jaxlm.run import files
 
 BEST_METRIC = "val_loss"
 # What a corrupt or truncated step raises on restore: tensorstore reports bad
@@ -58,7 +59,7 @@ def manager(workdir: str, keep: int, async_save: bool = True,
   if read_only:  # Orbax warns "Given directory is read only" on every read-only open
     logging.set_verbosity(logging.ERROR)
   try:
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), files.CHECKPOINTS),
                                  options=options, item_names=("state", "data", "config"))
   finally:
     logging.set_verbosity(verbosity)
@@ -207,7 +208,7 @@ def restore_config(workdir: str, step: int | None = None):
 
 def saved_steps(workdir: str) -> list[int]:
   """The steps of a run's complete checkpoints, oldest first ([] if it has none)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = os.path.join(os.path.abspath(workdir), files.CHECKPOINTS)
   if not os.path.isdir(directory):
     return []
   return sorted(manager(workdir, keep=1, async_save=False, read_only=True).all_steps())
@@ -219,7 +220,7 @@ def _open_step(workdir: str, step: int | None) -> tuple[ocp.CheckpointManager, i
   if step is None and steps:
     step = steps[-1]
   if step is None or step not in steps:
-    where = os.path.join(os.path.abspath(workdir), "checkpoints")
+    where = os.path.join(os.path.abspath(workdir), files.CHECKPOINTS)
     raise FileNotFoundError(
         f"no checkpoint{'' if step is None else f' at step {step}'} in {where}; "
         + (f"expected one of steps {steps}" if steps else

@@ -14,6 +14,9 @@ from jaxlm import config as config_lib
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+RESTARTS = "restarts.jsonl"  # one record per restart after a fault, written by the launchers
+LOGS = "logs"  # each process's output under a launcher, the watchdog's stack dumps
+CHECKPOINTS = "checkpoints"
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -74,3 +77,31 @@ def truncate_metrics(path: str, step: int) -> float:
         wall = max(wall, float(record.get("wall_seconds", 0.0)))
   write_atomic(path, "".join(kept))
   return wall
+
+
+def read_restarts(workdir: str) -> list[dict]:
+  """The records of WORKDIR/restarts.jsonl, oldest first ([] if none)."""
+  path = os.path.join(workdir, RESTARTS)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def record_restart(workdir: str, record: dict) -> int:
+  """Appends a restart's record to WORKDIR/restarts.jsonl; returns the restarts so far."""
+  records = read_restarts(workdir) + [record]
+  write_atomic(os.path.join(workdir, RESTARTS),
+               "".join(json.dumps(r) + "\n" for r in records))
+  return len(records)
+
+
+def last_checkpoint(workdir: str) -> int | None:
+  """The highest complete checkpoint step in WORKDIR/checkpoints, without loading JAX.
+
+  Orbax writes a step under a temporary name and renames it to the bare step
+  number once complete, so numeric names are the complete ones.
+  """
+  root = os.path.join(workdir, CHECKPOINTS)
+  steps = [int(n) for n in (os.listdir(root) if os.path.isdir(root) else ()) if n.isdigit()]
+  return max(steps, default=None)

@@ -28,6 +28,7 @@ from jaxlm.run import checkpoint, files, loggers
 from jaxlm.train import optim, plan, warm_start
 from jaxlm.train.preemption import Preemption
 from jaxlm.train.step import Trainer
+from jaxlm.train.watchdog import Watchdog
 from jaxlm.train.workdir import prepare_workdir
 
 
@@ -110,6 +111,8 @@ def run(r: Run) -> dict:
     earlier_seconds = earlier_seconds if saved is None else saved
   else:
     state = trainer.init(jax.random.key(c.seed))
+    if jax.process_index() == 0:  # a restart before the first checkpoint logs anew
+      files.truncate_metrics(os.path.join(r.workdir, files.METRICS), 0)
   start_step = int(state.step)
   report = loggers.Reporter(c, r.workdir, start_step, resumed)
   try:
@@ -150,7 +153,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
     """The current params over the first n_batches validation batches (0: all)."""
     batches = trainer.task.eval_batches(tok, n_batches, jax.process_index(),
                                         jax.process_count())
-    return trainer.run_eval(state.params, batches)
+    return trainer.run_eval(state.params, watchdog.beating(batches, "an evaluation"))
 
   def evaluate(step: int, final: bool) -> dict:
     result = evaluate_batches(0 if final else c.train.eval_batches)
@@ -186,8 +189,12 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
                    f"non-finite loss or gradients at {where} ({count} in this run)")
     checked.update(step=step, nonfinite=count)
 
-  with Preemption() as preemption:
+  watchdog = Watchdog(c.train.hang_timeout, os.path.join(r.workdir, files.LOGS),
+                      jax.process_index())
+  with Preemption() as preemption, watchdog:
     for step in range(start_step + 1, c.train.steps + 1):
+      # After the first (compiled) step, every step's time joins the watchdog's median.
+      watchdog.beat(f"step {step}", step_done=step > start_step + 1)
       profile.before(step)
       with waiting:
         host_batch = next(it)
@@ -230,6 +237,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       if ((c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted
           or step in c.checkpoint.at_steps):
         check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
+        watchdog.beat(f"saving checkpoint {step}")
         if final and evaluated is not None and c.train.eval_every:
           evaluated = ranked_like_periodic(evaluated)
         checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
@@ -242,12 +250,13 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
                      "rerun the same command to resume")
         mngr.close()
         return {"preempted_at": step}
-  profile.stop()
-  if not val:  # resumed a finished run: its final evaluation was saved with the checkpoint
-    saved = checkpoint.saved_metrics(mngr, c.train.steps) or {}
-    full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
-    val = full or saved or evaluate(c.train.steps, True)
-  mngr.wait_until_finished()
+    profile.stop()
+    if not val:  # resumed a finished run: its final evaluation was saved with the checkpoint
+      saved = checkpoint.saved_metrics(mngr, c.train.steps) or {}
+      full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
+      val = full or saved or evaluate(c.train.steps, True)
+    watchdog.beat("the last checkpoint's write")
+    mngr.wait_until_finished()
   mngr.close()
   tokens = c.train.steps * tokens_per_step
   summary = {"steps": c.train.steps, **{f"final_{k}": v for k, v in val.items()},
@@ -256,7 +265,9 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
              "flops": flops_per_token * tokens, "flops_6nd": 6.0 * counts["total"] * tokens,
              # Over all segments of a resumed run, each up to the checkpoint the
              # next one resumed from.
-             "wall_seconds": wall_seconds()}
+             "wall_seconds": wall_seconds(),
+             # Restarts of the run after faults, recorded by the launchers.
+             "restarts": len(files.read_restarts(r.workdir))}
   if c.init.from_step:  # a branch: tokens and FLOPs above count the whole path; its parent's
     parent = c.init.from_step * tokens_per_step
     summary["parent"] = {"workdir": c.init.from_workdir, "step": c.init.from_step,
