@@ -12,12 +12,15 @@ import signal
 
 BAD_INPUT = 2    # a config or flag error, named in one line on stderr
 NONFINITE = 3    # a non-finite loss under train.nonfinite=stop
+STORAGE = 4      # the workdir could not be written (full, read-only): a restart may find
+                 # it fixed (a cleaned disk, a remounted filesystem)
 HANG = 87        # the step watchdog found no progress for train.hang_timeout seconds
 
 _MEANING = {
     1: "a Python error",
     BAD_INPUT: "bad input",
     NONFINITE: "a non-finite loss",
+    STORAGE: "the workdir could not be written",
     HANG: "hung: no progress for train.hang_timeout",
     # What the XLA runtime and the distributed service's abort() leave (SIGABRT as seen
     # by a shell, and -6 by Python), e.g. when a peer stopped answering.

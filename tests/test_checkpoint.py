@@ -381,3 +381,75 @@ def test_loss_spikes_are_logged(tmp_path, capsys):
       (4, 12.0, [28, 36])]
   assert "warning: loss spike at step 4: 12.0000 is over 2x the running mean" in \
       capsys.readouterr().out
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_error_and_keeps_the_last_one(tmp_path, monkeypatch):
+  # Simulated: the save of step 4 fails as a full disk does, after leaving partial files.
+  config = tiny_config(**{"train.steps": 6, "train.log_every": 2, "checkpoint.every": 2,
+                          "checkpoint.keep": 10, "mesh.data": 1, "train.eval_every": 0})
+  make_mesh = sharding.make_mesh
+  monkeypatch.setattr(sharding, "make_mesh", lambda c: make_mesh(c, jax.devices()[:1]))
+  r = loop.setup(config, str(tmp_path / "run"))
+  save = checkpoint.ocp.CheckpointManager.save
+
+  def full_at_4(self, step, *args, **kwargs):
+    if step == 4:
+      os.makedirs(os.path.join(str(self.directory), "4.orbax-checkpoint-tmp-1"))
+      raise OSError(28, "No space left on device")
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", full_at_4)
+  with pytest.raises(checkpoint.StorageError, match=r"could not write checkpoint 4 in .*: No "
+                     r"space left on device; the last complete checkpoint, step 2, is intact"):
+    loop.run(r)
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]  # no partial step 4
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", save)
+  again = loop.setup(config, str(tmp_path / "run"))
+  assert int(again.restored[0].step) == 2  # loadable, and the run goes on from it
+  assert loop.run(again)["steps"] == 6
+  assert checkpoint.storage_reason(RuntimeError("x")) is None
+  assert checkpoint.storage_reason(ValueError("write failed: Read-only file system")) == \
+      "Read-only file system"
+
+
+def _small_tmpfs(path) -> bool:
+  """Mounts a 4 MiB tmpfs at path where this process may (root); False where it may not."""
+  os.makedirs(path, exist_ok=True)
+  if os.geteuid() != 0 or shutil.which("mount") is None:
+    return False
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+
+
+def test_a_real_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path):
+  disk = tmp_path / "disk"
+  if not _small_tmpfs(disk):
+    pytest.skip("cannot mount a tmpfs here (needs root); the simulated test above covers it")
+  try:
+    workdir = str(disk / "run")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
+    run = [sys.executable, "-m", "jaxlm.main", *TINY, f"--workdir={workdir}",
+           "--set=checkpoint.keep=10"]
+    first = subprocess.run(run + ["--set=train.steps=2"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # Fill the disk but for 64 KiB: enough for the logs, not for checkpoint 4.
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(disk / "filler", "wb") as f:
+      f.write(b"\0" * max(free - 64 * 1024, 0))
+    full = subprocess.run(run + ["--resume"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert full.returncode == 4, full.stderr[-2000:]
+    # One line: checkpoint 4 failed, or metrics.jsonl did first while it was being written.
+    assert full.stderr.strip().startswith("error: could not write "), full.stderr[-2000:]
+    assert full.stderr.strip().endswith(
+        "No space left on device; the last complete checkpoint, step 2, is intact; free space "
+        "or make the workdir writable, then rerun the same command to resume")
+    assert len(full.stderr.strip().splitlines()) == 1, full.stderr[-2000:]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+    os.remove(disk / "filler")
+    again = subprocess.run(run + ["--resume"], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr[-2000:]
+  finally:
+    subprocess.run(["umount", str(disk)], capture_output=True)

@@ -1,4 +1,5 @@
-"""Launchers: dry runs print exact commands; two local processes train together."""
+"""Launchers: dry runs print exact commands; two local processes train together, stop
+together when one dies, and restart; SLURM scripts requeue themselves."""
 
 import json
 import os
@@ -54,27 +55,6 @@ def test_dry_runs_print_commands(capsys):
 def _metrics(workdir):
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   return [r["loss"] for r in records if "loss" in r]
-
-
-def test_two_processes_match_one_process_with_two_devices(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env["XLA_FLAGS"] = xla_flags()  # launch/local.py adds the device count
-  two = str(tmp_path / "two")
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local.py"),
-                         "--num_processes", "2", "--cpu_devices_per_process", "1", "--",
-                         *TINY, f"--workdir={two}"], env=env, cwd=ROOT, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.count("step 4/4") == 1  # only process 0 prints
-  one = str(tmp_path / "one")
-  env1 = dict(env, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "jaxlm.main", *TINY, f"--workdir={one}"],
-                        env=env1, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  a, b = _metrics(two), _metrics(one)
-  assert len(a) == 4 and len(b) == 4
-  for x, y in zip(a, b):
-    assert abs(x - y) <= 1e-4 * abs(y), (a, b)
 
 
 def _points():
@@ -403,7 +383,7 @@ def _logged_steps(workdir: str) -> int:
 def test_chaos_three_kills_and_restarts_end_like_an_uninterrupted_run(tmp_path):
   # Two processes; three times a random one is killed with SIGKILL at a random step.
   # With --max_restarts 3 the run finishes, and every logged loss equals (bitwise) an
-  # uninterrupted two-process run's.
+  # uninterrupted two-process run's, which matches one process with two devices.
   seed = random.randrange(10 ** 6)
   rng = random.Random(seed)
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=xla_flags())
@@ -445,7 +425,16 @@ def test_chaos_three_kills_and_restarts_end_like_an_uninterrupted_run(tmp_path):
   done = subprocess.run([*launch, "--", *args, f"--workdir={plain}"], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.count("step 16/16") == 1  # only process 0 prints
   assert _metrics(chaos) == _metrics(plain) and len(_metrics(plain)) == 16, (seed, kills)
+  # And two processes of one device each train as one process with two devices.
+  one = str(tmp_path / "one")
+  env1 = dict(env, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-m", "jaxlm.main", *args, f"--workdir={one}"],
+                        env=env1, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  for x, y in zip(_metrics(plain), _metrics(one), strict=True):
+    assert abs(x - y) <= 1e-4 * abs(y), (_metrics(plain), _metrics(one))
 
 
 def _restarts(workdir: str) -> list[dict]:

@@ -19,6 +19,7 @@ from absl import app, flags
 from jaxlm import cli, distributed, exit_status, registry
 from jaxlm import config as config_lib
 from jaxlm.cli import fail
+from jaxlm.run import checkpoint
 from jaxlm.train import loop, plan
 
 flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --list).")
@@ -67,6 +68,9 @@ def main(argv):
   except loop.NonFiniteError as e:  # not bad input, but one readable line, and a status
     print(f"error: {e}", file=sys.stderr, flush=True)  # that launchers do not restart
     sys.exit(exit_status.NONFINITE)
+  except checkpoint.StorageError as e:  # the workdir is full or read-only
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(exit_status.STORAGE)
 
 
 def entry():

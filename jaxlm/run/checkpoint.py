@@ -11,10 +11,16 @@ kept, and the one with the best val_loss however old it is.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
+import logging as std_logging
 import math
 import os
+import shutil
 import sys
 import time
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
@@ -32,6 +38,106 @@ _UNREADABLE = (ValueError, KeyError, OSError, TypeError)
 
 class CheckpointError(ValueError):
   """No checkpoint of a run can be restored into the state this config builds."""
+
+
+class StorageError(RuntimeError):
+  """The workdir could not be written (full, read-only, no permission)."""
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                   errno.EIO)
+# What tensorstore says where it gives no errno.
+_STORAGE_TEXTS = ("No space left on device", "Read-only file system", "Permission denied",
+                  "Disk quota exceeded", "Input/output error")
+
+
+def storage_reason(error: BaseException) -> str | None:
+  """Why writing failed, if `error` (or what caused it) is a storage fault; else None."""
+  seen = 0
+  while error is not None and seen < 20:
+    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+      return os.strerror(error.errno)
+    text = str(error)
+    for reason in _STORAGE_TEXTS:
+      if reason in text:
+        return reason
+    error, seen = error.__cause__ or error.__context__, seen + 1
+  return None
+
+
+class _StorageNoise(std_logging.Filter):
+  """Drops the log records of a storage fault inside a save.
+
+  When a save fails, Orbax's background threads log the error with its
+  traceback once per thread, and asyncio logs every write task that ended with
+  it ("exception was never retrieved"), each with a page of tensorstore spec;
+  StorageError says it all in one line at the next save or wait.
+  """
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      message += str(record.exc_info[1])
+    from_save = "orbax" in record.pathname or "exception was never retrieved" in message
+    return not (from_save and any(text in message for text in _STORAGE_TEXTS))
+
+
+def _quiet_storage_noise() -> None:
+  """Installs _StorageNoise on the loggers Orbax and asyncio use (once)."""
+  for name in ("absl", "asyncio"):
+    logger = std_logging.getLogger(name)
+    if not any(isinstance(f, _StorageNoise) for f in logger.filters):
+      logger.addFilter(_StorageNoise())
+
+
+@contextlib.contextmanager
+def _writing(mngr: ocp.CheckpointManager, step: int | None):
+  """Turns a storage fault while saving into one StorageError (storage_fault)."""
+  try:
+    yield
+  except Exception as e:
+    reason = storage_reason(e)
+    if reason is None or isinstance(e, StorageError):
+      raise
+    raise storage_fault(mngr, reason, None if step is None else
+                        f"checkpoint {step} in {mngr.directory}") from e
+
+
+def storage_fault(mngr: ocp.CheckpointManager, reason: str,
+                  what: str | None = None) -> StorageError:
+  """The StorageError of a workdir that failed a write: what failed, and what is safe.
+
+  Orbax writes a step under a temporary name and renames it when complete, so
+  the earlier checkpoints are untouched. A save still in flight is waited for
+  (it may complete, or fail the same way); then every partial step is removed,
+  to give the space back. `what` names what failed (default: the partial
+  checkpoint, if any).
+  """
+  directory = str(mngr.directory)
+  try:
+    mngr.wait_until_finished()
+  except Exception:  # noqa: BLE001  (it failed too: its files are partial, removed below)
+    pass
+  # The write coroutines the failed save never started are reported when the process ends.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
+  partial = glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp*"))
+  failed = sorted({os.path.basename(p).split(".")[0] for p in partial}, key=int)
+  for path in partial:
+    shutil.rmtree(path, ignore_errors=True)
+  last = files.last_checkpoint(os.path.dirname(directory))
+  what = what or (f"checkpoint {', '.join(failed)} in {directory}" if failed
+                  else f"a checkpoint in {directory}")
+  kept = (f"the last complete checkpoint, step {last}, is intact" if last is not None
+          else "no complete checkpoint was written yet")
+  return StorageError(f"could not write {what}: {reason}; {kept}; free space or make the "
+                      "workdir writable, then rerun the same command to resume")
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the checkpoint being written; StorageError if the workdir failed it."""
+  with _writing(mngr, None):
+    mngr.wait_until_finished()
 
 
 def _best_metric(metrics: dict) -> float:
@@ -55,6 +161,7 @@ def manager(workdir: str, keep: int, async_save: bool = True,
       preservation_policy=preserve, cleanup_tmp_directories=not read_only,
       # best_fn only makes the manager write each step's metrics and answer best_step().
       best_fn=_best_metric, best_mode="min")
+  _quiet_storage_noise()
   verbosity = logging.get_verbosity()
   if read_only:  # Orbax warns "Given directory is read only" on every read-only open
     logging.set_verbosity(logging.ERROR)
@@ -77,13 +184,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
   if not all(map(math.isfinite, metrics.values())):
     metrics = {}  # a NaN would sort anywhere; such a step is kept only while latest
   custom = None if wall_seconds is None else {"wall_seconds": float(wall_seconds)}
-  mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(data_state),
-      config=ocp.args.JsonSave(config_lib.to_dict(config))), metrics=metrics, force=True,
-      custom_metadata=custom)
-  if wait:
-    mngr.wait_until_finished()
+  finish(mngr)  # the previous (asynchronous) save: a failure there names its own step
+  with _writing(mngr, step):
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        config=ocp.args.JsonSave(config_lib.to_dict(config))), metrics=metrics, force=True,
+        custom_metadata=custom)
+    if wait:
+      mngr.wait_until_finished()
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):

@@ -22,9 +22,14 @@ CHECKPOINTS = "checkpoints"
 def write_atomic(path: str, text: str) -> None:
   """Writes text to path through a temporary file renamed into place."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError:  # a full or read-only disk: leave no half-written file behind
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def has_config(workdir: str) -> bool:

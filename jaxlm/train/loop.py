@@ -123,8 +123,15 @@ def run(r: Run) -> dict:
     elif c.init.from_workdir:
       state = state.replace(params=warm_start.load(c, trainer.mesh, c.mesh.rules, state.params))
       report.print(warm_start.describe(c))
-    summary = _train(r, state, it, mngr, report, counts,
-                     lambda: earlier_seconds + time.time() - wall_start)
+    try:
+      summary = _train(r, state, it, mngr, report, counts,
+                       lambda: earlier_seconds + time.time() - wall_start)
+    except OSError as e:  # metrics.jsonl, summary.json, a logger's files on a full disk
+      reason = checkpoint.storage_reason(e)
+      if reason is None:
+        raise
+      raise checkpoint.storage_fault(mngr, reason, e.filename or f"the run in {r.workdir}") \
+          from e
   finally:
     report.close()
   return summary
@@ -134,6 +141,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
   """The loop of run(), from `state` to train.steps; `wall_seconds()` is the run's wall
   time so far, earlier segments of a resumed run included."""
   c, trainer, tok = r.config, r.trainer, r.tokenizer
+  began = wall_seconds()  # this segment's start (a resumed run's clock goes on)
   tokens_per_step = c.train.batch_size * c.data.seq_len
   flops_per_token = trainer.task.flops_per_token()
   peak = loggers.peak_flops()
@@ -177,7 +185,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
     if count > checked["nonfinite"]:
       where = f"step {step}" if first == step else f"steps {first}-{step}"
       if c.train.nonfinite == "stop":
-        mngr.wait_until_finished()
+        checkpoint.finish(mngr)
         good = mngr.latest_step()  # only finite states are ever saved
         last = ("no checkpoint was saved yet" if good is None else
                 f"the last good checkpoint is step {good} in {mngr.directory}")
@@ -204,7 +212,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       report.advance(step)
       if last_time is None:  # the first step includes compilation
         jax.block_until_ready(step_metrics)
-        report.print(f"compiled and ran step {step} in {wall_seconds():.1f}s")
+        report.print(f"compiled and ran step {step} in {wall_seconds() - began:.1f}s")
         last_time, last_step = time.perf_counter(), step
         waiting.take()
       final = step == c.train.steps
@@ -256,7 +264,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
       val = full or saved or evaluate(c.train.steps, True)
     watchdog.beat("the last checkpoint's write")
-    mngr.wait_until_finished()
+    checkpoint.finish(mngr)
   mngr.close()
   tokens = c.train.steps * tokens_per_step
   summary = {"steps": c.train.steps, **{f"final_{k}": v for k, v in val.items()},
