@@ -1,5 +1,9 @@
 """Sharded training on 8 fake CPU devices gives the single-device numbers."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from jaxlm.models import transformer
 from jaxlm.params import is_spec
 from jaxlm.train.step import Trainer
 from tests.helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = tiny_config(**{"model.n_kv_heads": 2, "model.d_model": 64, "train.steps": 10,
                         "optim.warmup_steps": 3})
@@ -88,3 +94,46 @@ def test_bad_mesh_is_a_config_error():
     sharding.make_mesh(MeshConfig(data=3, fsdp=1, tensor=1))
   with pytest.raises(config_lib.ConfigError, match="at most one axis"):
     MeshConfig(data=-1, fsdp=-1)
+
+
+# One experiment of each family: GPT-2 (learned positions, tied embeddings), Llama (RoPE,
+# GQA, untied), the classifier, SFT and the encoder-decoder.
+FAMILIES = ("gpt2_small", "llama_small", "shakespeare_genre", "shakespeare_speaker",
+            "shakespeare_restore")
+MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
+COMPILE_ALL = f"""
+import os, sys
+import numpy as np
+from jaxlm import config as config_lib, registry, sharding
+from jaxlm.train.step import Trainer
+from tests.helpers import tiny_variant
+for name in {FAMILIES!r}:
+  for data, fsdp, tensor in {MESHES!r}:
+    c = config_lib.replace(tiny_variant(registry.experiment(name)), **{{
+        "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}})
+    trainer = Trainer(c, sharding.make_mesh(c.mesh), np.ones(c.model.vocab_size, np.int32))
+    # XLA logs to file descriptor 2: a marker there says which step a warning is about.
+    os.write(2, f"== {{name}} {{(data, fsdp, tensor)}}\\n".encode())
+    state, batch = trainer.abstract_state(), trainer.abstract_batch()
+    trainer.step.lower(state, batch).compile()
+    trainer.evaluate.lower(state.params, batch).compile()
+"""
+
+
+def test_no_involuntary_resharding_in_any_family_on_any_mesh():
+  # XLA's SPMD partitioner warns when it can reshard a tensor only by replicating it
+  # first: on a cluster, an all-gather of activations that should not exist.
+  from conftest import xla_flags
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  proc = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stderr.count("\n== ") + proc.stderr.startswith("== ") == \
+      len(FAMILIES) * len(MESHES)
+  where, found = None, []
+  for line in proc.stderr.splitlines():
+    if line.startswith("== "):
+      where = line[3:]
+    elif "Involuntary full rematerialization" in line:
+      found.append(f"{where}: {line[line.find('HLO operation'):][:300]}")
+  assert not found, "\n".join(found)

@@ -180,9 +180,14 @@ def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
   """Token (and learned position) embeddings (B, T, D) in the compute dtype."""
   c = config
   dtype = jnp.dtype(c.compute_dtype)
-  x_BTD = jnp.take(params["embed"], tokens_BT, axis=0).astype(dtype)
+  # The tables whole along D before the lookup (FSDP's all-gather of a parameter): a
+  # gather from a table split over D makes XLA reshard its (B, T, D) gradient from the
+  # batch's sharding to the table's through a full replication.
+  table_VD = sharding.constrain(params["embed"], ("vocab", "act_embed"))
+  x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dtype)
   if c.positions == "learned":
-    x_BTD = x_BTD + jnp.take(params["pos_embed"], positions_BT, axis=0).astype(dtype)
+    table_PD = sharding.constrain(params["pos_embed"], ("positions", "act_embed"))
+    x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
   return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
 
 
