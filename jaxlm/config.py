@@ -130,16 +130,24 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Corpus, tokenizer and sequence packing."""
-  corpus: str = "shakespeare"  # the embedded corpus (jaxlm/data/corpus.py)
+  corpus: str = "shakespeare"  # shakespeare | files:GLOB[,GLOB...] | prepared:DIR (docs/data.md)
   tokenizer: str = "sentencepiece"  # sentencepiece | bytes
   tokenizer_path: str = ""          # "" means the committed model for vocab_size
   vocab_size: int = 0               # tokenizer vocabulary; 0 means model.vocab_size
   seq_len: int = 256           # tokens per training window
   mask_documents: bool = True       # packed documents never attend to each other
   source_len: int = 0          # seq2seq: encoder tokens per example (0: data.seq_len)
+  text_field: str = "text"     # files: the text of a .jsonl record or .parquet row
+  validation_fraction: float = 0.01  # files: documents held out, by a hash of their identity
+  cache_dir: str = ""          # where files: corpora are prepared ("": ~/.cache/jaxlm/prepared)
 
   def __post_init__(self):
-    _choice("data.corpus", self.corpus, ("shakespeare",))
+    kind, sep, arg = self.corpus.partition(":")
+    _check(self.corpus == "shakespeare" or (kind in ("files", "prepared") and sep
+                                           and arg.strip()),
+           "data.corpus", self.corpus, "shakespeare, files:GLOB[,GLOB...] or prepared:DIR")
+    _check(0 < self.validation_fraction < 1, "data.validation_fraction",
+           self.validation_fraction, "in (0, 1)")
     _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes"))
     _check(self.seq_len > 0, "data.seq_len", self.seq_len, "a positive integer")
     _check(self.source_len >= 0, "data.source_len", self.source_len,

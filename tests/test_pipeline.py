@@ -39,7 +39,7 @@ def test_batch_layout_and_targets_shift():
   assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "weights"}
   assert all(v.shape == (4, 64) for v in batch.values())
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
-  tokens, _ = pipeline.token_stream(CFG, "train", TOK)
+  tokens = pipeline.token_stream(CFG, "train", TOK).tokens
   for row, start in zip(batch["inputs"], index):
     np.testing.assert_array_equal(row, tokens[start:start + 64])
 
@@ -47,20 +47,21 @@ def test_batch_layout_and_targets_shift():
 def test_packing_keeps_document_boundaries():
   tokens = np.array([5, 6, 7, 256, 8, 9, 256, 10, 11, 12], np.int32)
   docs = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, 3], np.int32)
-  ex = pipeline.make_example(tokens, docs, 1, 8, eos_id=256)
+  stream = pipeline.ArrayStream(tokens, docs)
+  ex = pipeline.make_example(stream, 1, 8, eos_id=256)
   np.testing.assert_array_equal(ex["inputs"], [6, 7, 256, 8, 9, 256, 10, 11])
   np.testing.assert_array_equal(ex["segment_ids"], [1, 1, 1, 2, 2, 2, 3, 3])
   np.testing.assert_array_equal(ex["positions"], [0, 1, 2, 0, 1, 2, 0, 1])
   # No loss on predicting the first token of the next document (input is eos).
   np.testing.assert_array_equal(ex["weights"], [1, 1, 0, 1, 1, 0, 1, 1])
   # A window past the end is padded with zero weight.
-  tail = pipeline.make_example(tokens, docs, 6, 8, eos_id=256)
+  tail = pipeline.make_example(stream, 6, 8, eos_id=256)
   np.testing.assert_array_equal(tail["weights"], [0, 1, 1, 0, 0, 0, 0, 0])
   assert tail["segment_ids"][-1] == 0
 
 
 def test_eval_covers_every_target_once():
-  tokens, _ = pipeline.token_stream(CFG, "validation", TOK)
+  tokens = pipeline.token_stream(CFG, "validation", TOK).tokens
   batches = list(pipeline.eval_batches(CFG, TOK, batch_size=32))
   weight = sum(b["weights"].sum() for b in batches)
   n_eos = int((tokens[:-1] == TOK.eos_id).sum())

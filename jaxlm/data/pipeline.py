@@ -1,7 +1,10 @@
 """grain input pipelines: tokenize, pack, shuffle, batch, shard by process.
 
 The documents of a split are tokenized once and concatenated, each followed by
-the end-of-sequence id, into one stream. Training draws windows of seq_len + 1
+the end-of-sequence id, into one stream: in memory for the embedded corpus
+(ArrayStream), memory-mapped from prepared shards for `files:` and `prepared:`
+corpora (jaxlm/data/prepared.py; a `files:` corpus is prepared into
+data.cache_dir on first use and reused while its files are unchanged). Training draws windows of seq_len + 1
 tokens from it (inputs and next-token targets), in a new random order and at a
 new random offset each epoch; packing keeps document boundaries as segment ids,
 so attention never crosses documents and positions restart in each one.
@@ -15,12 +18,14 @@ first token of the next document).
 from __future__ import annotations
 
 import functools
+import os
 
 import grain
 import numpy as np
 
 from jaxlm.config import DataConfig
 from jaxlm.data import corpus as corpus_lib
+from jaxlm.data import prepared, sources
 from jaxlm.data import tokenizer as tokenizer_lib
 
 
@@ -35,26 +40,69 @@ def tokenizer_for(config: DataConfig, vocab_size: int) -> tokenizer_lib.Tokenize
   return tok
 
 
+class ArrayStream:
+  """A split held in memory: len() tokens; window(start, n) -> (tokens, document ids)."""
+
+  def __init__(self, tokens: np.ndarray, docs: np.ndarray):
+    self.tokens, self.docs = tokens, docs
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def window(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    return self.tokens[start:start + length], self.docs[start:start + length]
+
+
 @functools.lru_cache(maxsize=8)
-def _stream(corpus: str, split: str, tok: tokenizer_lib.Tokenizer):
+def _embedded(split: str, tok: tokenizer_lib.Tokenizer) -> ArrayStream:
   works = corpus_lib.load_works(split)
   tokens, docs = [], []
   for i, work in enumerate(works, start=1):
     ids = np.append(tok.encode(work.text).astype(np.int32), np.int32(tok.eos_id))
     tokens.append(ids)
     docs.append(np.full(len(ids), i, np.int32))
-  return np.concatenate(tokens), np.concatenate(docs)
+  return ArrayStream(np.concatenate(tokens), np.concatenate(docs))
 
 
-def token_stream(config: DataConfig, split: str, tok) -> tuple[np.ndarray, np.ndarray]:
-  """(tokens, document ids) of a whole split, each document ended by eos."""
-  return _stream(config.corpus, split, tok)
+def cache_dir(config: DataConfig) -> str:
+  """Where files: corpora are prepared: data.cache_dir, or ~/.cache/jaxlm/prepared."""
+  return config.cache_dir or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxlm", "prepared")
 
 
-def make_example(tokens, docs, start: int, seq_len: int, eos_id: int) -> dict:
+@functools.lru_cache(maxsize=8)
+def _prepared(config: DataConfig, tok: tokenizer_lib.Tokenizer) -> str:
+  """The prepared directory of config.corpus, preparing a files: corpus on first use."""
+  kind, arg = sources.parse(config.corpus)
+  if kind == "prepared":
+    return arg
+  spec = prepared.TokenizerSpec(config.tokenizer, config.tokenizer_path, tok.vocab_size)
+  options = prepared.Options(config.text_field, config.validation_fraction)
+  files = sources.expand(arg)
+  out = os.path.join(cache_dir(config), prepared.fingerprint(files, tok, options))
+  if not os.path.exists(os.path.join(out, prepared.MANIFEST)):
+    print(f"preparing data.corpus={config.corpus} ({len(files)} files) into {out}", flush=True)
+  manifest = prepared.prepare(config.corpus, out, spec, options)
+  counts = ", ".join(f"{s} {manifest['splits'][s]['tokens']:,} tokens" for s in prepared.SPLITS)
+  print(f"data.corpus={config.corpus}: {counts} (prepared in {out})", flush=True)
+  return out
+
+
+def token_stream(config: DataConfig, split: str, tok):
+  """A whole split as one stream (len, window), each document ended by eos."""
+  if config.corpus == "shakespeare":
+    return _embedded(split, tok)
+  return _store(_prepared(config, tok), split, tok)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(directory: str, split: str, tok) -> prepared.TokenStore:
+  return prepared.TokenStore(directory, split, tok)
+
+
+def make_example(stream, start: int, seq_len: int, eos_id: int) -> dict:
   """One packed example from stream[start : start + seq_len + 1], zero-padded at the end."""
-  window = tokens[start:start + seq_len + 1]
-  doc = docs[start:start + seq_len + 1]
+  window, doc = stream.window(start, seq_len + 1)
   valid = len(window)
   if valid < seq_len + 1:
     pad = seq_len + 1 - valid
@@ -83,19 +131,19 @@ def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_i
   if batch_size % process_count:
     raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
                      f"{process_count} processes")
-  tokens, docs = token_stream(config, "train", tok)
+  stream = token_stream(config, "train", tok)
   T = config.seq_len
-  n = (len(tokens) - 1) // T - 1  # windows per epoch, leaving room for the offset
+  n = (len(stream) - 1) // T - 1  # windows per epoch, leaving room for the offset
   if n < batch_size:
     raise ValueError(f"data.seq_len={T} with train.batch_size={batch_size} needs "
-                     f"{batch_size * T} training tokens; the split has {len(tokens)}")
+                     f"{batch_size * T} training tokens; the split has {len(stream)}")
   offsets = np.random.default_rng(seed).integers(0, T, size=1024)
 
   def example(index, window):
     start = window * T + int(offsets[(index // n) % len(offsets)])
     # "index": where the row starts in the split's token stream (the loop records it
     # with a loss spike, then drops it before the step).
-    return {**make_example(tokens, docs, start, T, tok.eos_id), "index": np.int64(start)}
+    return {**make_example(stream, start, T, tok.eos_id), "index": np.int64(start)}
 
   ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None).map_with_index(example)
   if process_count > 1:
@@ -115,10 +163,10 @@ def eval_batches(config: DataConfig, tok, batch_size: int, max_batches: int = 0,
 
   max_batches > 0 keeps that many batches, spread evenly over the split.
   """
-  tokens, docs = token_stream(config, split, tok)
+  stream = token_stream(config, split, tok)
   T = config.seq_len
-  starts = np.arange(0, len(tokens) - 1, T)
-  return batch_rows(lambda i: make_example(tokens, docs, int(starts[i]), T, tok.eos_id),
+  starts = np.arange(0, len(stream) - 1, T)
+  return batch_rows(lambda i: make_example(stream, int(starts[i]), T, tok.eos_id),
                     len(starts), batch_size, max_batches, process_index, process_count)
 
 

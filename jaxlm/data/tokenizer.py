@@ -8,6 +8,7 @@ number comparable across tokenizers.
 from __future__ import annotations
 
 import functools
+import hashlib
 import pathlib
 from typing import Protocol, Sequence
 
@@ -24,6 +25,7 @@ class Tokenizer(Protocol):
   name: str
   vocab_size: int
   eos_id: int  # The document separator; encode never produces it.
+  fingerprint: str  # Equal for tokenizers that map text to the same ids (prepared corpora).
 
   def encode(self, text: str) -> np.ndarray:
     """Returns the int32 ids of `text`, with no eos appended."""
@@ -53,6 +55,7 @@ class ByteTokenizer:
   name = "bytes"
   vocab_size = 257
   eos_id = 256
+  fingerprint = "bytes"
 
   def encode(self, text: str) -> np.ndarray:
     """Returns the UTF-8 bytes of `text` as int32 ids."""
@@ -82,6 +85,8 @@ class SentencePieceTokenizer:
     self.name = pathlib.Path(model_path).stem
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
+    self.fingerprint = "sentencepiece:" + hashlib.blake2b(
+        self._sp.serialized_model_proto(), digest_size=12).hexdigest()
     if not 0 <= self.eos_id < self.vocab_size:
       raise ValueError(f"sentencepiece model {model_path} has no eos id; retrain it with eos_id")
     self._token_bytes = self._count_bytes()

@@ -1,0 +1,256 @@
+"""A corpus tokenized once: token shards on disk, read back as one memory-mapped stream.
+
+`prepare()` turns the documents of `files:` sources (jaxlm/data/sources.py)
+into DIR/manifest.json and, per shard and split, DIR/<split>/<shard>.tokens.npy
+(the documents' ids, each followed by eos; uint16 where the vocabulary allows)
+and DIR/<split>/<shard>.docs.npy (int64 end offsets of its documents). A shard
+is a run of consecutive source files (in the order of their keys) of about
+`shard_bytes`; worker processes tokenize shards in parallel, and since a
+shard's content depends only on its files, the output is byte-identical for
+any number of workers. Each finished shard is marked by DIR/shards/<shard>.json,
+written last; a prepare that was killed keeps the finished shards and redoes
+the rest. The manifest is written when every shard is done.
+
+`TokenStore` reads one split as a stream of tokens with document ids, the
+same interface as the embedded corpus's in-memory stream (pipeline.ArrayStream),
+without holding the corpus in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+from typing import Callable
+
+import numpy as np
+
+from jaxlm.data import sources
+from jaxlm.data import tokenizer as tokenizer_lib
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation")
+SHARD_BYTES = 64 << 20  # source bytes per shard
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+  """What names a tokenizer in a config (data.tokenizer, tokenizer_path, vocab size);
+  picklable, for worker processes."""
+  kind: str
+  path: str = ""
+  vocab_size: int = 0
+
+  def load(self) -> tokenizer_lib.Tokenizer:
+    return tokenizer_lib.load_tokenizer(self.kind, self.path, self.vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How documents become tokens: the keys that change the output."""
+  text_field: str = "text"
+  validation_fraction: float = 0.01
+
+
+def plan(files: list[tuple[str, str]], shard_bytes: int = SHARD_BYTES) -> list[list]:
+  """Consecutive (path, key) files grouped into shards of about shard_bytes each."""
+  shards, current, size = [], [], 0
+  for path, key in files:
+    current.append((path, key))
+    size += os.path.getsize(path)
+    if size >= shard_bytes:
+      shards.append(current)
+      current, size = [], 0
+  return shards + ([current] if current else [])
+
+
+def fingerprint(files: list[tuple[str, str]], tok: tokenizer_lib.Tokenizer,
+                options: Options, shard_bytes: int = SHARD_BYTES) -> str:
+  """A digest of everything that decides the prepared output: the files (key, size,
+  modification time), the tokenizer, the options and the format."""
+  h = hashlib.blake2b(digest_size=12)
+  for path, key in files:
+    st = os.stat(path)
+    h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  h.update(json.dumps([FORMAT, tok.fingerprint, dataclasses.asdict(options),
+                       shard_bytes]).encode())
+  return h.hexdigest()
+
+
+def _write_npy(path: str, array: np.ndarray) -> None:
+  tmp = f"{path}.tmp{os.getpid()}.npy"
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+def _write_json(path: str, value) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _shard_name(index: int) -> str:
+  return f"{index:05d}"
+
+
+def _prepare_shard(job) -> dict:
+  """Tokenizes one shard's files into its split files; returns (and records) its counts."""
+  index, members, out, spec, options = job
+  done = os.path.join(out, "shards", _shard_name(index) + ".json")
+  if os.path.exists(done):  # finished by an earlier (killed) prepare
+    with open(done) as f:
+      return json.load(f)
+  tok = spec.load()
+  dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+  parts = {s: {"ids": [], "ends": [], "documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
+  for path, key in members:
+    for identity, text in sources.documents(path, key, options.text_field):
+      part = parts["validation" if sources.is_validation(
+          identity, options.validation_fraction) else "train"]
+      ids = np.append(tok.encode(text), tok.eos_id).astype(dtype)
+      part["ids"].append(ids)
+      part["tokens"] += len(ids)
+      part["ends"].append(part["tokens"])
+      part["documents"] += 1
+      part["bytes"] += len(text.encode("utf-8"))
+  record = {"shard": index, "files": [key for _, key in members]}
+  for split, part in parts.items():
+    os.makedirs(os.path.join(out, split), exist_ok=True)
+    base = os.path.join(out, split, _shard_name(index))
+    ids = np.concatenate(part["ids"]) if part["ids"] else np.zeros(0, dtype)
+    _write_npy(base + ".tokens.npy", ids)
+    _write_npy(base + ".docs.npy", np.asarray(part["ends"], np.int64))
+    record[split] = {k: part[k] for k in ("documents", "tokens", "bytes")}
+  _write_json(done, record)  # last: the shard is complete
+  return record
+
+
+def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Options(),
+            workers: int = 1, shard_bytes: int = SHARD_BYTES,
+            progress: Callable[[dict, int], None] | None = None) -> dict:
+  """Tokenizes the documents of a files: corpus spec into `out`; returns the manifest.
+
+  progress(shard record, number of shards), if given, is called as each shard is done.
+  A complete `out` with the same fingerprint is returned as it is; ValueError if
+  `out` holds another corpus's shards.
+  """
+  kind, arg = sources.parse(spec)
+  if kind != "files":
+    raise ValueError(f"--corpus={spec!r}: prepare reads files:GLOB[,GLOB...] sources")
+  if workers < 1:
+    raise ValueError(f"--workers={workers} is invalid: expected a positive integer")
+  files = sources.expand(arg)
+  tok = tokenizer.load()
+  digest = fingerprint(files, tok, options, shard_bytes)
+  manifest_path = os.path.join(out, MANIFEST)
+  if os.path.exists(manifest_path):
+    manifest = read_manifest(out)
+    if manifest["fingerprint"] == digest:
+      return manifest
+    raise ValueError(f"--out={out} holds a prepared corpus of other sources, tokenizer or "
+                     "options; expected an empty or new directory")
+  os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+  marker = os.path.join(out, "shards", "fingerprint.json")
+  if os.path.exists(marker):
+    with open(marker) as f:
+      if json.load(f) != digest:
+        raise ValueError(f"--out={out} holds shards of another preparation; expected an "
+                         "empty or new directory, or the same command that wrote them")
+  _write_json(marker, digest)
+  shards = plan(files, shard_bytes)
+  jobs = [(i, members, out, tokenizer, options) for i, members in enumerate(shards)]
+  records = []
+  if workers == 1:
+    for job in jobs:
+      records.append(_prepare_shard(job))
+      if progress:
+        progress(records[-1], len(jobs))
+  else:
+    # spawn: the caller may be a training process whose JAX threads fork would copy.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      for record in pool.imap(_prepare_shard, jobs):
+        records.append(record)
+        if progress:
+          progress(record, len(jobs))
+  manifest = {
+      "format": FORMAT, "fingerprint": digest, "corpus": spec,
+      "tokenizer": {**dataclasses.asdict(tokenizer), "vocab_size": tok.vocab_size,
+                    "eos_id": tok.eos_id, "fingerprint": tok.fingerprint},
+      "options": dataclasses.asdict(options),
+      "splits": {s: {k: sum(r[s][k] for r in records) for k in ("documents", "tokens", "bytes")}
+                 for s in SPLITS},
+      "shards": records,
+      "sources": [{"key": key, "bytes": os.path.getsize(path)} for path, key in files]}
+  _write_json(manifest_path, manifest)
+  return manifest
+
+
+def read_manifest(directory: str) -> dict:
+  """DIR/manifest.json; FileNotFoundError or ValueError naming what is wrong."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.corpus=prepared:{directory} has no {MANIFEST}; expected the "
+                            "output of a finished `python -m jaxlm.data.prepare`")
+  with open(path) as f:
+    try:
+      manifest = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path} is not a prepared corpus manifest ({e})") from None
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path} has format {manifest.get('format')!r}; this jaxlm reads "
+                     f"format {FORMAT}: prepare the corpus again")
+  return manifest
+
+
+class TokenStore:
+  """One split of a prepared corpus as a stream: len() tokens, window(start, n) ->
+  (tokens, document ids), read from memory-mapped shards."""
+
+  def __init__(self, directory: str, split: str, tok: tokenizer_lib.Tokenizer):
+    manifest = read_manifest(directory)
+    want = tok.fingerprint
+    if manifest["tokenizer"]["fingerprint"] != want:
+      raise ValueError(
+          f"data.corpus=prepared:{directory} was tokenized with {manifest['tokenizer']} "
+          f"(fingerprint {manifest['tokenizer']['fingerprint']}); this run's tokenizer "
+          f"(data.tokenizer) has fingerprint {want}: set the same data.tokenizer and "
+          "data.tokenizer_path, or prepare the corpus with this tokenizer")
+    self.manifest = manifest
+    self._tokens, self._ends, starts, doc_starts = [], [], [0], [0]
+    for record in manifest["shards"]:
+      if not record[split]["tokens"]:
+        continue
+      base = os.path.join(directory, split, _shard_name(record["shard"]))
+      self._tokens.append(np.load(base + ".tokens.npy", mmap_mode="r"))
+      self._ends.append(np.load(base + ".docs.npy", mmap_mode="r"))
+      starts.append(starts[-1] + len(self._tokens[-1]))
+      doc_starts.append(doc_starts[-1] + len(self._ends[-1]))
+    self._starts, self._doc_starts = np.asarray(starts), np.asarray(doc_starts)
+    if not self._tokens:
+      raise ValueError(f"data.corpus=prepared:{directory} has no {split} documents; raise "
+                       "data.validation_fraction or add documents")
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def window(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 tokens [start, start + length) (fewer at the end) and their document ids,
+    numbered from 1 in the order of the split."""
+    stop = min(start + length, len(self))
+    tokens, docs = [], []
+    s = int(np.searchsorted(self._starts, start, side="right")) - 1
+    while start < stop:
+      local = start - self._starts[s]
+      n = min(stop, self._starts[s + 1]) - start
+      tokens.append(np.asarray(self._tokens[s][local:local + n], np.int32))
+      offsets = np.arange(local, local + n)
+      docs.append((np.searchsorted(self._ends[s], offsets, side="right")
+                   + self._doc_starts[s] + 1).astype(np.int32))
+      start, s = start + n, s + 1
+    if not tokens:
+      return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    return np.concatenate(tokens), np.concatenate(docs)

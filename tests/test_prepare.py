@@ -1,0 +1,166 @@
+"""Own corpora: files read as documents, split by identity, prepared once, trained on."""
+
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import xla_flags
+from jaxlm import config as config_lib
+from jaxlm.data import prepared, sources
+from jaxlm.data import tokenizer as tokenizer_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BYTES = tokenizer_lib.load_tokenizer("bytes")
+
+
+def _corpus(root) -> dict[str, str]:
+  """A small mixed corpus under root: jsonl (plain, gz), text files (plain, xz, nested)."""
+  texts = {}
+  os.makedirs(root / "sub", exist_ok=True)
+  records = [f"record {i}: " + "lorem ipsum dolor sit amet " * (i % 5 + 1) for i in range(40)]
+  with open(root / "a.jsonl", "w") as f:
+    for r in records[:20]:
+      f.write(json.dumps({"text": r, "id": 1}) + "\n")
+  with gzip.open(root / "b.jsonl.gz", "wt") as f:
+    for r in records[20:]:
+      f.write(json.dumps({"text": r}) + "\n")
+  for i in range(12):
+    text = f"def f{i}(x):\n  return x * {i}\n" * (i + 3)
+    texts[f"sub/m{i}.py"] = text
+    (root / "sub" / f"m{i}.py").write_text(text)
+  with lzma.open(root / "notes.md.xz", "wt") as f:
+    f.write("# Notes\n\nünïcode text survives.\n")
+  return {"records": records, **texts}
+
+
+def test_documents_are_read_by_kind_and_split_by_identity(tmp_path):
+  made = _corpus(tmp_path)
+  files = sources.expand(f"{tmp_path}/*.jsonl*,{tmp_path}/**/*.py,{tmp_path}/*.xz")
+  keys = [k for _, k in files]
+  assert keys == sorted(keys) and "sub/m3.py" in keys and "b.jsonl.gz" in keys
+  docs = [d for path, key in files for d in sources.documents(path, key)]
+  assert [t for i, t in docs if i.startswith("a.jsonl:")] == made["records"][:20]
+  assert [t for i, t in docs if i.startswith("b.jsonl.gz:")] == made["records"][20:]
+  assert dict(docs)["sub/m4.py"] == made["sub/m4.py"]
+  assert "ünïcode" in dict(docs)["notes.md.xz"]
+  # The split is a function of the identity alone: about the fraction, stable.
+  held = [i for i, _ in docs if sources.is_validation(i, 0.25)]
+  assert 0 < len(held) < len(docs) and held == [
+      i for i, _ in docs if sources.is_validation(i, 0.25)]
+  with pytest.raises(FileNotFoundError, match=r"files:.*nothing\*\.txt matches no file"):
+    sources.expand(f"{tmp_path}/nothing*.txt")
+  (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a string "
+                     r"field 'text' \(data.text_field\)"):
+    list(sources.documents(str(tmp_path / "bad.jsonl"), "bad.jsonl"))
+
+
+def test_parquet_and_zstandard_files(tmp_path):
+  pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+  zstandard = pytest.importorskip("zstandard")
+  pq.write_table(pa.table({"body": ["first row", None, "third row"], "n": [1, 2, 3]}),
+                 tmp_path / "t.parquet")
+  with open(tmp_path / "c.jsonl.zst", "wb") as f:
+    f.write(zstandard.ZstdCompressor().compress(b'{"body": "zst doc"}\n'))
+  docs = [d for path, key in sources.expand(f"{tmp_path}/*")
+          for d in sources.documents(path, key, text_field="body")]
+  assert docs == [("c.jsonl.zst:1", "zst doc"), ("t.parquet:1", "first row"),
+                  ("t.parquet:3", "third row")]
+  with pytest.raises(ValueError, match=r"t.parquet: no column 'text' \(data.text_field\)"):
+    list(sources.documents(str(tmp_path / "t.parquet"), "t.parquet"))
+
+
+def test_prepare_is_deterministic_resumable_and_reads_back(tmp_path):
+  _corpus(tmp_path / "src")
+  spec = f"files:{tmp_path}/src/**/*.py,{tmp_path}/src/*.jsonl*"
+  tok = prepared.TokenizerSpec("bytes")
+  options = prepared.Options(validation_fraction=0.2)
+  one = prepared.prepare(spec, str(tmp_path / "one"), tok, options, shard_bytes=400)
+  two = prepared.prepare(spec, str(tmp_path / "two"), tok, options, workers=2, shard_bytes=400)
+  assert len(one["shards"]) > 3 and one["splits"] == two["splits"]
+  for split in prepared.SPLITS:
+    for name in sorted(os.listdir(tmp_path / "one" / split)):
+      assert (tmp_path / "one" / split / name).read_bytes() == \
+          (tmp_path / "two" / split / name).read_bytes(), name
+  # Counts: every document once, eos after each, UTF-8 bytes of the text.
+  files = sources.expand(spec[len("files:"):])
+  docs = [d for path, key in files for d in sources.documents(path, key)]
+  assert sum(one["splits"][s]["documents"] for s in prepared.SPLITS) == len(docs)
+  assert sum(one["splits"][s]["bytes"] for s in prepared.SPLITS) == \
+      sum(len(t.encode()) for _, t in docs)
+  # The stream is the documents of the split in order, each followed by eos.
+  store = prepared.TokenStore(str(tmp_path / "one"), "train", BYTES)
+  want = [np.append(BYTES.encode(t), BYTES.eos_id) for i, t in docs
+          if not sources.is_validation(i, 0.2)]
+  tokens, doc_ids = store.window(0, len(store))
+  np.testing.assert_array_equal(tokens, np.concatenate(want))
+  np.testing.assert_array_equal(doc_ids, np.repeat(np.arange(1, len(want) + 1),
+                                                   [len(w) for w in want]))
+  middle, _ = store.window(37, 500)  # across shard boundaries
+  np.testing.assert_array_equal(middle, np.concatenate(want)[37:537])
+  # Killed half-way: the finished shards stay, the rest is redone, same bytes.
+  os.remove(tmp_path / "one" / "manifest.json")
+  os.remove(tmp_path / "one" / "shards" / "00001.json")
+  os.remove(tmp_path / "one" / "train" / "00001.tokens.npy")
+  again = prepared.prepare(spec, str(tmp_path / "one"), tok, options, shard_bytes=400)
+  assert again == one
+  # Another tokenizer cannot read it; another corpus is not written into it.
+  with pytest.raises(ValueError, match="tokenizer"):
+    prepared.TokenStore(str(tmp_path / "one"), "train",
+                        tokenizer_lib.load_tokenizer("sentencepiece", vocab_size=2048))
+  with pytest.raises(ValueError, match="holds a prepared corpus of other sources"):
+    prepared.prepare(f"files:{tmp_path}/src/*.jsonl", str(tmp_path / "one"), tok, options)
+
+
+def test_config_names_the_corpus_forms():
+  assert config_lib.DataConfig(corpus="files:a/*.txt").corpus == "files:a/*.txt"
+  with pytest.raises(config_lib.ConfigError, match=r"data.corpus='wiki' is invalid: "
+                     r"expected shakespeare, files:GLOB\[,GLOB...\] or prepared:DIR"):
+    config_lib.DataConfig(corpus="wiki")
+  with pytest.raises(config_lib.ConfigError, match="data.validation_fraction"):
+    config_lib.DataConfig(validation_fraction=0.0)
+
+
+def test_train_on_files_prepares_once_and_on_prepared_dir(tmp_path):
+  _corpus(tmp_path / "src")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
+  tiny = ["--experiment=shakespeare_char", "--set=model.d_model=32", "--set=model.n_layers=1",
+          "--set=model.n_heads=2", "--set=data.seq_len=32", "--set=model.max_seq_len=32",
+          "--set=train.batch_size=4", "--set=train.steps=3", "--set=train.log_every=1",
+          "--set=train.eval_every=0", "--set=train.sample_tokens=0", "--set=mesh.data=1",
+          "--set=data.validation_fraction=0.2", f"--set=data.cache_dir={tmp_path}/cache"]
+  corpus = f"--set=data.corpus=files:{tmp_path}/src/**/*.py,{tmp_path}/src/*.jsonl*"
+
+  def main(*args):
+    return subprocess.run([sys.executable, "-m", "jaxlm.main", *tiny, *args], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+  first = main(corpus, f"--workdir={tmp_path}/r1")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "preparing data.corpus=files:" in first.stdout and "step 3/3" in first.stdout
+  second = main(corpus, f"--workdir={tmp_path}/r2")  # the cache is reused
+  assert second.returncode == 0 and "preparing" not in second.stdout, second.stderr[-3000:]
+  cached, = os.listdir(tmp_path / "cache")
+  losses = [[json.loads(l)["loss"] for l in open(tmp_path / r / "metrics.jsonl")
+             if "loss" in json.loads(l)] for r in ("r1", "r2")]
+  assert losses[0] == losses[1]
+  # The prepare command line writes the same shards; a run on them trains the same.
+  cmd = subprocess.run([sys.executable, "-m", "jaxlm.data.prepare",
+                        f"--corpus={corpus.split('=', 2)[2]}", f"--out={tmp_path}/p",
+                        "--validation_fraction=0.2", "--workers=2"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert cmd.returncode == 0, cmd.stderr[-3000:]
+  assert "train with --set data.corpus=prepared:" in cmd.stdout
+  third = main(f"--set=data.corpus=prepared:{tmp_path}/p", f"--workdir={tmp_path}/r3")
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert [json.loads(l)["loss"] for l in open(tmp_path / "r3" / "metrics.jsonl")
+          if "loss" in json.loads(l)] == losses[0]
+  bad = main("--set=data.corpus=prepared:/nonexistent", f"--workdir={tmp_path}/r4")
+  assert bad.returncode == 2 and bad.stderr.strip().startswith(
+      "error: data.corpus=prepared:/nonexistent has no manifest.json")
