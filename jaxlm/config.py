@@ -130,7 +130,7 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Corpus, tokenizer and sequence packing."""
-  corpus: str = "shakespeare"  # shakespeare | files:GLOB[,GLOB...] | prepared:DIR (docs/data.md)
+  corpus: str = "shakespeare"  # shakespeare | files:GLOB,... | hf:NAME | prepared:DIR (docs/data.md)
   tokenizer: str = "sentencepiece"  # sentencepiece | bytes
   tokenizer_path: str = ""          # "" means the committed model for vocab_size
   vocab_size: int = 0               # tokenizer vocabulary; 0 means model.vocab_size
@@ -140,12 +140,15 @@ class DataConfig:
   text_field: str = "text"     # files: the text of a .jsonl record or .parquet row
   validation_fraction: float = 0.01  # files: documents held out, by a hash of their identity
   cache_dir: str = ""          # where files: corpora are prepared ("": ~/.cache/jaxlm/prepared)
+  hf_config: str = ""          # hf: the dataset's configuration (load_dataset's name)
+  hf_split: str = "train"      # hf: the split whose documents are used
 
   def __post_init__(self):
     kind, sep, arg = self.corpus.partition(":")
-    _check(self.corpus == "shakespeare" or (kind in ("files", "prepared") and sep
+    _check(self.corpus == "shakespeare" or (kind in ("files", "hf", "prepared") and sep
                                            and arg.strip()),
-           "data.corpus", self.corpus, "shakespeare, files:GLOB[,GLOB...] or prepared:DIR")
+           "data.corpus", self.corpus,
+           "shakespeare, files:GLOB[,GLOB...], hf:NAME_OR_DIR or prepared:DIR")
     _check(0 < self.validation_fraction < 1, "data.validation_fraction",
            self.validation_fraction, "in (0, 1)")
     _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes"))

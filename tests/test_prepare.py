@@ -12,7 +12,7 @@ import pytest
 
 from conftest import xla_flags
 from jaxlm import config as config_lib
-from jaxlm.data import prepared, sources
+from jaxlm.data import pipeline, prepared, sources
 from jaxlm.data import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,10 +118,42 @@ def test_prepare_is_deterministic_resumable_and_reads_back(tmp_path):
     prepared.prepare(f"files:{tmp_path}/src/*.jsonl", str(tmp_path / "one"), tok, options)
 
 
+def test_hugging_face_datasets_saved_or_cached(tmp_path):
+  datasets = pytest.importorskip("datasets")
+  rows = [f"row {i} " + "abc " * (i % 7) for i in range(50)]
+  datasets.DatasetDict({
+      "train": datasets.Dataset.from_dict({"text": rows, "n": list(range(50))}),
+      "test": datasets.Dataset.from_dict({"text": ["held"], "n": [0]})}).save_to_disk(
+          str(tmp_path / "ds"))
+  options = prepared.Options(validation_fraction=0.2)
+  manifest = prepared.prepare(f"hf:{tmp_path}/ds", str(tmp_path / "p"),
+                              prepared.TokenizerSpec("bytes"), options, rows_per_shard=16,
+                              workers=2)
+  assert len(manifest["shards"]) == 4 and manifest["sources"][0]["rows"] == 50
+  assert sum(manifest["splits"][s]["documents"] for s in prepared.SPLITS) == 50
+  train = [r for i, r in enumerate(rows, start=1) if not sources.is_validation(f"ds:{i}", 0.2)]
+  tokens, _ = prepared.TokenStore(str(tmp_path / "p"), "train", BYTES).window(0, 10 ** 6)
+  np.testing.assert_array_equal(
+      tokens, np.concatenate([np.append(BYTES.encode(r), BYTES.eos_id) for r in train]))
+  # A run's pipeline prepares it into data.cache_dir and reads the same stream.
+  data = config_lib.DataConfig(corpus=f"hf:{tmp_path}/ds", tokenizer="bytes",
+                               validation_fraction=0.2, cache_dir=str(tmp_path / "cache"))
+  stream = pipeline.token_stream(data, "train", BYTES)
+  np.testing.assert_array_equal(stream.window(0, len(stream))[0], tokens)
+  test = prepared.Source.of(f"hf:{tmp_path}/ds", prepared.Options(hf_split="test"))
+  assert test.listing[0]["rows"] == 1
+  with pytest.raises(ValueError, match=r"has splits \['test', 'train'\]; data.hf_split="
+                     r"'dev' is not one"):
+    prepared.Source.of(f"hf:{tmp_path}/ds", prepared.Options(hf_split="dev"))
+  with pytest.raises(ValueError, match=r"data.corpus=hf:.*no_such_dataset.* does not load"):
+    prepared.Source.of(f"hf:{tmp_path}/no_such_dataset", options)
+
+
 def test_config_names_the_corpus_forms():
   assert config_lib.DataConfig(corpus="files:a/*.txt").corpus == "files:a/*.txt"
   with pytest.raises(config_lib.ConfigError, match=r"data.corpus='wiki' is invalid: "
-                     r"expected shakespeare, files:GLOB\[,GLOB...\] or prepared:DIR"):
+                     r"expected shakespeare, files:GLOB\[,GLOB...\], hf:NAME_OR_DIR or "
+                     r"prepared:DIR"):
     config_lib.DataConfig(corpus="wiki")
   with pytest.raises(config_lib.ConfigError, match="data.validation_fraction"):
     config_lib.DataConfig(validation_fraction=0.0)

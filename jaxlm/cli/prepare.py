@@ -3,6 +3,7 @@
   python -m jaxlm.data.prepare --corpus='files:data/**/*.jsonl.zst' --out=DIR \
       [--tokenizer=bytes | --tokenizer=sentencepiece --tokenizer_path=M.model] \
       [--text_field=text] [--validation_fraction=0.01] [--workers=N]
+  python -m jaxlm.data.prepare --corpus=hf:DIR_OR_NAME [--hf_config=C --hf_split=S] --out=DIR
 
 Writes token shards and DIR/manifest.json (jaxlm/data/prepared.py); train on it
 with `--set data.corpus=prepared:DIR` and the same tokenizer settings. Rerunning
@@ -22,7 +23,9 @@ from jaxlm.data import prepared, sources
 from jaxlm.run import loggers
 
 flags.DEFINE_string("corpus", None, "files:GLOB[,GLOB...] (.jsonl, .parquet, plain text; "
-                    ".gz/.zst/.xz).")
+                    ".gz/.zst/.xz) or hf:NAME_OR_DIR (a datasets dataset).")
+flags.DEFINE_string("hf_config", "", "hf: the dataset's configuration (data.hf_config).")
+flags.DEFINE_string("hf_split", "train", "hf: the split to read (data.hf_split).")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_string("tokenizer", "bytes", "bytes | sentencepiece (data.tokenizer).")
 flags.DEFINE_string("tokenizer_path", "", "A sentencepiece .model (data.tokenizer_path).")
@@ -46,7 +49,7 @@ def main(argv):
   if F.shard_mb < 1:
     fail(f"--shard_mb={F.shard_mb} is invalid: expected a positive integer")
   spec = prepared.TokenizerSpec(F.tokenizer, F.tokenizer_path, F.vocab_size)
-  options = prepared.Options(F.text_field, F.validation_fraction)
+  options = prepared.Options(F.text_field, F.validation_fraction, F.hf_config, F.hf_split)
   bar, began, done = None, time.time(), {"documents": 0, "bytes": 0}
 
   def progress(record, n_shards):

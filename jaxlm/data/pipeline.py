@@ -2,9 +2,9 @@
 
 The documents of a split are tokenized once and concatenated, each followed by
 the end-of-sequence id, into one stream: in memory for the embedded corpus
-(ArrayStream), memory-mapped from prepared shards for `files:` and `prepared:`
-corpora (jaxlm/data/prepared.py; a `files:` corpus is prepared into
-data.cache_dir on first use and reused while its files are unchanged). Training draws windows of seq_len + 1
+(ArrayStream), memory-mapped from prepared shards for `files:`, `hf:` and
+`prepared:` corpora (jaxlm/data/prepared.py; a `files:` or `hf:` corpus is
+prepared into data.cache_dir on first use and reused while it is unchanged). Training draws windows of seq_len + 1
 tokens from it (inputs and next-token targets), in a new random order and at a
 new random offset each epoch; packing keeps document boundaries as segment ids,
 so attention never crosses documents and positions restart in each one.
@@ -77,11 +77,13 @@ def _prepared(config: DataConfig, tok: tokenizer_lib.Tokenizer) -> str:
   if kind == "prepared":
     return arg
   spec = prepared.TokenizerSpec(config.tokenizer, config.tokenizer_path, tok.vocab_size)
-  options = prepared.Options(config.text_field, config.validation_fraction)
-  files = sources.expand(arg)
-  out = os.path.join(cache_dir(config), prepared.fingerprint(files, tok, options))
+  options = prepared.Options(config.text_field, config.validation_fraction,
+                             config.hf_config, config.hf_split)
+  source = prepared.Source.of(config.corpus, options)
+  out = os.path.join(cache_dir(config), prepared.fingerprint(source, tok, options))
   if not os.path.exists(os.path.join(out, prepared.MANIFEST)):
-    print(f"preparing data.corpus={config.corpus} ({len(files)} files) into {out}", flush=True)
+    print(f"preparing data.corpus={config.corpus} ({len(source.shards)} shards) into {out}",
+          flush=True)
   manifest = prepared.prepare(config.corpus, out, spec, options)
   counts = ", ".join(f"{s} {manifest['splits'][s]['tokens']:,} tokens" for s in prepared.SPLITS)
   print(f"data.corpus={config.corpus}: {counts} (prepared in {out})", flush=True)

@@ -50,10 +50,14 @@ class TokenizerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """How documents become tokens: the keys that change the output."""
+  """How documents are read and split: the keys that change the output."""
   text_field: str = "text"
   validation_fraction: float = 0.01
+  hf_config: str = ""    # hf: sources
+  hf_split: str = "train"
 
+
+ROWS_PER_SHARD = 20_000  # hf: sources are sharded by rows
 
 def plan(files: list[tuple[str, str]], shard_bytes: int = SHARD_BYTES) -> list[list]:
   """Consecutive (path, key) files grouped into shards of about shard_bytes each."""
@@ -67,14 +71,58 @@ def plan(files: list[tuple[str, str]], shard_bytes: int = SHARD_BYTES) -> list[l
   return shards + ([current] if current else [])
 
 
-def fingerprint(files: list[tuple[str, str]], tok: tokenizer_lib.Tokenizer,
-                options: Options, shard_bytes: int = SHARD_BYTES) -> str:
-  """A digest of everything that decides the prepared output: the files (key, size,
-  modification time), the tokenizer, the options and the format."""
+@dataclasses.dataclass
+class Source:
+  """The documents of a files: or hf: corpus spec, cut into shards.
+
+  shards: per shard, what _documents reads: [(path, key), ...] of files, or
+  (name, first row, end row) of a dataset. identity: what fingerprint() hashes.
+  """
+  kind: str
+  shards: list
+  identity: list
+  listing: list  # the manifest's "sources"
+
+  @staticmethod
+  def of(spec: str, options: Options, shard_bytes: int = SHARD_BYTES,
+         rows_per_shard: int = ROWS_PER_SHARD) -> Source:
+    kind, arg = sources.parse(spec)
+    if kind == "files":
+      files = sources.expand(arg)
+      stats = [(key, os.stat(path)) for path, key in files]
+      return Source(kind, plan(files, shard_bytes),
+                    [(k, st.st_size, st.st_mtime_ns) for k, st in stats],
+                    [{"key": k, "bytes": st.st_size} for k, st in stats])
+    if kind == "hf":
+      ds = sources.hf_dataset(arg, options.hf_config, options.hf_split)
+      n = len(ds)
+      return Source(kind, [(arg, a, min(a + rows_per_shard, n))
+                           for a in range(0, n, rows_per_shard)],
+                    [arg, n, getattr(ds, "_fingerprint", "")],
+                    [{"dataset": arg, "config": options.hf_config, "split": options.hf_split,
+                      "rows": n}])
+    raise ValueError(f"data.corpus={spec!r}: only files: and hf: corpora are prepared")
+
+
+def _documents(kind: str, members, options: Options):
+  """(identity, text) of one shard's documents."""
+  if kind == "files":
+    for path, key in members:
+      yield from sources.documents(path, key, options.text_field)
+    return
+  name, start, stop = members
+  ds = sources.hf_dataset(name, options.hf_config, options.hf_split)
+  key = os.path.basename(os.path.normpath(name))
+  yield from sources.hf_documents(ds, key, start, stop, options.text_field)
+
+
+def fingerprint(source: Source, tok: tokenizer_lib.Tokenizer, options: Options,
+                shard_bytes: int = SHARD_BYTES) -> str:
+  """A digest of everything that decides the prepared output: the source (files' keys,
+  sizes and modification times, or the dataset's name, rows and fingerprint), the
+  tokenizer, the options and the format."""
   h = hashlib.blake2b(digest_size=12)
-  for path, key in files:
-    st = os.stat(path)
-    h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  h.update(json.dumps(source.identity).encode())
   h.update(json.dumps([FORMAT, tok.fingerprint, dataclasses.asdict(options),
                        shard_bytes]).encode())
   return h.hexdigest()
@@ -99,7 +147,7 @@ def _shard_name(index: int) -> str:
 
 def _prepare_shard(job) -> dict:
   """Tokenizes one shard's files into its split files; returns (and records) its counts."""
-  index, members, out, spec, options = job
+  index, kind, members, out, spec, options = job
   done = os.path.join(out, "shards", _shard_name(index) + ".json")
   if os.path.exists(done):  # finished by an earlier (killed) prepare
     with open(done) as f:
@@ -107,17 +155,17 @@ def _prepare_shard(job) -> dict:
   tok = spec.load()
   dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
   parts = {s: {"ids": [], "ends": [], "documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
-  for path, key in members:
-    for identity, text in sources.documents(path, key, options.text_field):
-      part = parts["validation" if sources.is_validation(
-          identity, options.validation_fraction) else "train"]
-      ids = np.append(tok.encode(text), tok.eos_id).astype(dtype)
-      part["ids"].append(ids)
-      part["tokens"] += len(ids)
-      part["ends"].append(part["tokens"])
-      part["documents"] += 1
-      part["bytes"] += len(text.encode("utf-8"))
-  record = {"shard": index, "files": [key for _, key in members]}
+  for identity, text in _documents(kind, members, options):
+    part = parts["validation" if sources.is_validation(
+        identity, options.validation_fraction) else "train"]
+    ids = np.append(tok.encode(text), tok.eos_id).astype(dtype)
+    part["ids"].append(ids)
+    part["tokens"] += len(ids)
+    part["ends"].append(part["tokens"])
+    part["documents"] += 1
+    part["bytes"] += len(text.encode("utf-8"))
+  record = {"shard": index, **({"files": [key for _, key in members]} if kind == "files"
+                               else {"rows": list(members[1:])})}
   for split, part in parts.items():
     os.makedirs(os.path.join(out, split), exist_ok=True)
     base = os.path.join(out, split, _shard_name(index))
@@ -131,21 +179,19 @@ def _prepare_shard(job) -> dict:
 
 def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Options(),
             workers: int = 1, shard_bytes: int = SHARD_BYTES,
-            progress: Callable[[dict, int], None] | None = None) -> dict:
-  """Tokenizes the documents of a files: corpus spec into `out`; returns the manifest.
+            progress: Callable[[dict, int], None] | None = None,
+            rows_per_shard: int = ROWS_PER_SHARD) -> dict:
+  """Tokenizes the documents of a files: or hf: corpus spec into `out`; returns the manifest.
 
   progress(shard record, number of shards), if given, is called as each shard is done.
   A complete `out` with the same fingerprint is returned as it is; ValueError if
   `out` holds another corpus's shards.
   """
-  kind, arg = sources.parse(spec)
-  if kind != "files":
-    raise ValueError(f"--corpus={spec!r}: prepare reads files:GLOB[,GLOB...] sources")
   if workers < 1:
     raise ValueError(f"--workers={workers} is invalid: expected a positive integer")
-  files = sources.expand(arg)
+  source = Source.of(spec, options, shard_bytes, rows_per_shard)
   tok = tokenizer.load()
-  digest = fingerprint(files, tok, options, shard_bytes)
+  digest = fingerprint(source, tok, options, shard_bytes)
   manifest_path = os.path.join(out, MANIFEST)
   if os.path.exists(manifest_path):
     manifest = read_manifest(out)
@@ -161,8 +207,8 @@ def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Op
         raise ValueError(f"--out={out} holds shards of another preparation; expected an "
                          "empty or new directory, or the same command that wrote them")
   _write_json(marker, digest)
-  shards = plan(files, shard_bytes)
-  jobs = [(i, members, out, tokenizer, options) for i, members in enumerate(shards)]
+  jobs = [(i, source.kind, members, out, tokenizer, options)
+          for i, members in enumerate(source.shards)]
   records = []
   if workers == 1:
     for job in jobs:
@@ -184,7 +230,7 @@ def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Op
       "splits": {s: {k: sum(r[s][k] for r in records) for k in ("documents", "tokens", "bytes")}
                  for s in SPLITS},
       "shards": records,
-      "sources": [{"key": key, "bytes": os.path.getsize(path)} for path, key in files]}
+      "sources": source.listing}
   _write_json(manifest_path, manifest)
   return manifest
 

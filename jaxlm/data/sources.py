@@ -5,6 +5,9 @@
                             .parquet (column data.text_field; needs pyarrow),
                             any other file as plain text, a document a file;
                             each may be .gz, .zst (needs zstandard) or .xz
+  hf:NAME_OR_DIR            a Hugging Face `datasets` dataset: a directory saved with
+                            save_to_disk, or one load_dataset finds locally or in its
+                            cache (data.hf_config, data.hf_split); field data.text_field
   prepared:DIR              token shards written by `python -m jaxlm.data.prepare`
 
 A document's split is a pure function of its identity (its path below the
@@ -23,7 +26,7 @@ import lzma
 import os
 from typing import Iterator
 
-KINDS = ("shakespeare", "files", "prepared")
+KINDS = ("shakespeare", "files", "hf", "prepared")
 _COMPRESSED = (".gz", ".zst", ".xz")
 
 
@@ -32,10 +35,10 @@ def parse(spec: str) -> tuple[str, str]:
   kind, sep, arg = spec.partition(":")
   if spec == "shakespeare":
     return "shakespeare", ""
-  if kind in ("files", "prepared") and sep and arg.strip():
+  if kind in KINDS[1:] and sep and arg.strip():
     return kind, arg.strip()
   raise ValueError(f"data.corpus={spec!r} is invalid: expected shakespeare, "
-                   "files:GLOB[,GLOB...] or prepared:DIR")
+                   "files:GLOB[,GLOB...], hf:NAME_OR_DIR or prepared:DIR")
 
 
 def expand(globs: str) -> list[tuple[str, str]]:
@@ -131,6 +134,44 @@ def documents(path: str, key: str, text_field: str = "text") -> Iterator[tuple[s
   else:
     with _open(path) as f:
       yield key, f.read()
+
+
+def hf_dataset(name: str, config: str = "", split: str = "train"):
+  """The `datasets.Dataset` that hf:NAME_OR_DIR names: load_from_disk for a directory
+  saved with save_to_disk, else load_dataset (local files or the cache; offline works)."""
+  try:
+    import datasets  # deferred: an optional dependency (the `data` extra)
+  except ImportError:
+    raise ValueError(f"data.corpus=hf:{name} needs the datasets library: pip install "
+                     "'jaxlm[data]'") from None
+  saved = any(os.path.exists(os.path.join(name, f))
+              for f in ("state.json", "dataset_dict.json"))
+  try:
+    ds = datasets.load_from_disk(name) if saved else \
+        datasets.load_dataset(name, config or None, split=split)
+  except Exception as e:  # noqa: BLE001  (datasets raises many kinds; all are bad input here)
+    raise ValueError(f"data.corpus=hf:{name} (data.hf_config={config!r}, data.hf_split="
+                     f"{split!r}) does not load: {type(e).__name__}: {e}") from None
+  if isinstance(ds, datasets.DatasetDict):
+    if split not in ds:
+      raise ValueError(f"data.corpus=hf:{name} has splits {sorted(ds)}; data.hf_split="
+                       f"{split!r} is not one")
+    ds = ds[split]
+  return ds
+
+
+def hf_documents(ds, key: str, start: int, stop: int,
+                 text_field: str = "text") -> Iterator[tuple[str, str]]:
+  """(identity, text) of rows [start, stop) of a dataset; identity is key:row."""
+  if text_field not in ds.column_names:
+    raise ValueError(f"data.corpus=hf:{key} has no column {text_field!r} (data.text_field); "
+                     f"columns {ds.column_names}")
+  row = start
+  for batch in ds.select_columns([text_field]).select(range(start, stop)).iter(batch_size=1024):
+    for text in batch[text_field]:
+      row += 1
+      if text is not None:
+        yield f"{key}:{row}", text
 
 
 def is_validation(identity: str, fraction: float) -> bool:
