@@ -40,15 +40,21 @@ def _corpus(root) -> dict[str, str]:
 
 
 def test_documents_are_read_by_kind_and_split_by_identity(tmp_path):
-  made = _corpus(tmp_path)
-  files = sources.expand(f"{tmp_path}/*.jsonl*,{tmp_path}/**/*.py,{tmp_path}/*.xz")
+  made = _corpus(tmp_path / "corpus")
+  root = tmp_path / "corpus"
+  files = sources.expand(f"{root}/*.jsonl*,{root}/**/*.py,{root}/*.xz")
   keys = [k for _, k in files]
-  assert keys == sorted(keys) and "sub/m3.py" in keys and "b.jsonl.gz" in keys
+  assert keys == sorted(keys) and "corpus/sub/m3.py" in keys and "corpus/b.jsonl.gz" in keys
   docs = [d for path, key in files for d in sources.documents(path, key)]
-  assert [t for i, t in docs if i.startswith("a.jsonl:")] == made["records"][:20]
-  assert [t for i, t in docs if i.startswith("b.jsonl.gz:")] == made["records"][20:]
-  assert dict(docs)["sub/m4.py"] == made["sub/m4.py"]
-  assert "ünïcode" in dict(docs)["notes.md.xz"]
+  assert [t for i, t in docs if i.startswith("corpus/a.jsonl:")] == made["records"][:20]
+  assert [t for i, t in docs if i.startswith("corpus/b.jsonl.gz:")] == made["records"][20:]
+  assert dict(docs)["corpus/sub/m4.py"] == made["sub/m4.py"]
+  assert "ünïcode" in dict(docs)["corpus/notes.md.xz"]
+  # Two directories of one name would give two files one key.
+  (tmp_path / "other" / "corpus").mkdir(parents=True)
+  (tmp_path / "other" / "corpus" / "a.jsonl").write_text('{"text": "x"}\n')
+  with pytest.raises(ValueError, match=r"would both be known as corpus/a.jsonl"):
+    sources.expand(f"{root}/*.jsonl,{tmp_path}/other/corpus/*.jsonl")
   # The split is a function of the identity alone: about the fraction, stable.
   held = [i for i, _ in docs if sources.is_validation(i, 0.25)]
   assert 0 < len(held) < len(docs) and held == [
@@ -64,16 +70,17 @@ def test_documents_are_read_by_kind_and_split_by_identity(tmp_path):
 def test_parquet_and_zstandard_files(tmp_path):
   pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
   zstandard = pytest.importorskip("zstandard")
+  (tmp_path / "d").mkdir()
   pq.write_table(pa.table({"body": ["first row", None, "third row"], "n": [1, 2, 3]}),
-                 tmp_path / "t.parquet")
-  with open(tmp_path / "c.jsonl.zst", "wb") as f:
+                 tmp_path / "d" / "t.parquet")
+  with open(tmp_path / "d" / "c.jsonl.zst", "wb") as f:
     f.write(zstandard.ZstdCompressor().compress(b'{"body": "zst doc"}\n'))
-  docs = [d for path, key in sources.expand(f"{tmp_path}/*")
+  docs = [d for path, key in sources.expand(f"{tmp_path}/d/*")
           for d in sources.documents(path, key, text_field="body")]
-  assert docs == [("c.jsonl.zst:1", "zst doc"), ("t.parquet:1", "first row"),
-                  ("t.parquet:3", "third row")]
+  assert docs == [("d/c.jsonl.zst:1", "zst doc"), ("d/t.parquet:1", "first row"),
+                  ("d/t.parquet:3", "third row")]
   with pytest.raises(ValueError, match=r"t.parquet: no column 'text' \(data.text_field\)"):
-    list(sources.documents(str(tmp_path / "t.parquet"), "t.parquet"))
+    list(sources.documents(str(tmp_path / "d" / "t.parquet"), "t.parquet"))
 
 
 def test_prepare_is_deterministic_resumable_and_reads_back(tmp_path):

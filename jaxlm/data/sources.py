@@ -10,7 +10,7 @@
                             cache (data.hf_config, data.hf_split); field data.text_field
   prepared:DIR              token shards written by `python -m jaxlm.data.prepare`
 
-A document's split is a pure function of its identity (its path below the
+A document's split is a pure function of its identity (its path from the
 glob's directory, and its line or row number), so adding files never moves a
 document from one split to the other.
 """
@@ -44,8 +44,9 @@ def parse(spec: str) -> tuple[str, str]:
 def expand(globs: str) -> list[tuple[str, str]]:
   """(path, key) of every file the comma-separated globs match, sorted by key.
 
-  The key is the path below the glob's fixed directory (e.g. 'a/b.txt' for
-  'corpus/**/*.txt'): moving the corpus elsewhere keeps every key.
+  The key is the path from the glob's fixed directory, that directory's name
+  included ('corpus/a/b.txt' for '/data/corpus/**/*.txt'): moving the corpus
+  elsewhere keeps every key. Two files with one key are an error.
   """
   out = {}
   for pattern in (g.strip() for g in globs.split(",") if g.strip()):
@@ -53,9 +54,12 @@ def expand(globs: str) -> list[tuple[str, str]]:
     matched = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
     if not matched:
       raise FileNotFoundError(f"data.corpus: files:{pattern} matches no file")
-    base = _fixed_dir(pattern)
+    base = os.path.abspath(_fixed_dir(pattern))
     for path in matched:
-      out[os.path.relpath(path, base)] = path
+      key = os.path.join(os.path.basename(base), os.path.relpath(path, base))
+      if out.setdefault(key, path) != path and not os.path.samefile(out[key], path):
+        raise ValueError(f"data.corpus: {out[key]} and {path} would both be known as {key}; "
+                         "expected globs whose directories have distinct names")
   return [(out[key], key) for key in sorted(out)]
 
 
