@@ -96,10 +96,11 @@ def test_bad_mesh_is_a_config_error():
     MeshConfig(data=-1, fsdp=-1)
 
 
-# One experiment of each family: GPT-2 (learned positions, tied embeddings), Llama (RoPE,
-# GQA, untied), the classifier, SFT and the encoder-decoder.
-FAMILIES = ("gpt2_small", "llama_small", "shakespeare_genre", "shakespeare_speaker",
-            "shakespeare_restore")
+# One experiment of each model family: GPT-2 (learned positions, tied embeddings), Llama
+# (RoPE, GQA, untied), the classifier (its own head and loss) and the encoder-decoder.
+# SFT (shakespeare_speaker) is the language model's step with masked targets: it was in
+# this list when the test was written and raised no warning; left out to save a minute.
+FAMILIES = ("gpt2_small", "llama_small", "shakespeare_genre", "shakespeare_restore")
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
 COMPILE_ALL = f"""
 import os, sys
