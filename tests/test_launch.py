@@ -288,6 +288,26 @@ def test_sweep_run_restarts_a_point_that_fails_with_a_fault(tmp_path, monkeypatc
   assert not os.path.exists(os.path.join(sweep_dir, runs[2].name, "restarts.jsonl"))
 
 
+def test_sweep_run_runs_a_parent_listed_after_its_branch(tmp_path, monkeypatch, capsys):
+  # A TPU VM's (or an array task's) list may hold a branch before its own parent: the
+  # branch waits while the parent runs in the same process (it once waited first, forever).
+  sweep_dir = str(tmp_path / "wsd")
+  runs = {r.name: r for r in sweep_run.load("shakespeare_wsd_tiny")[1]}
+  branch = runs["wsd-C4e8-N1.2e4"]
+  parent = runs[branch.after]
+  # Each point's command writes its checkpoint at the branch step and a summary.
+  script = ("import json, os, sys; w = sys.argv[1]; "
+            "os.makedirs(os.path.join(w, 'checkpoints', sys.argv[2])); "
+            "json.dump({}, open(os.path.join(w, 'summary.json'), 'w'))")
+  monkeypatch.setattr(sweep_run, "command", lambda base, d, r, python=None: _python(script) + [
+      os.path.join(d, r.name), str(branch.at_step)])
+  counts = sweep_run.run_points("unused", sweep_dir, [branch, parent], parents_elsewhere=True,
+                                poll_seconds=0.1)
+  assert counts == {"ok": 2}, (counts, capsys.readouterr().out)
+  out = capsys.readouterr().out
+  assert out.index(f"start       {parent.name}") < out.index(f"start       {branch.name}")
+
+
 def _fake_slurm(tmp_path, srun_status: int | None) -> dict:
   """PATH with an srun that runs until SIGTERM (or exits with srun_status) and an
   scontrol that records its arguments, both writing to tmp_path/calls."""
