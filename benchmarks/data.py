@@ -10,7 +10,9 @@ stdlib directory, site-packages left out; about 30 MB, on every machine):
   (grain, packed windows, the default experiment's batch), against the default
   experiment's training tokens/s (docs/benchmarks.md). Goal: at least 20x.
 - memory: the peak resident memory of prepare and of the reader on the corpus,
-  and on the corpus repeated --repeat times (goal: the same).
+  and on the corpus repeated --repeat times (goal: the same); for the reader
+  also its anonymous memory (RssAnon) at the end, which leaves out the mapped
+  shards' pages that peak RSS counts.
 
   python benchmarks/data.py [--workers 2] [--tokenizer sentencepiece] [--repeat 10]
 """
@@ -89,11 +91,15 @@ def tokenizer_alone(globs: str, spec: prepared.TokenizerSpec, workers: int) -> f
 
 
 # Appended to each measured child: its own peak resident memory and its workers' largest.
+# RssAnon: memory the process holds itself, without the pages of the memory-mapped shards
+# (the kernel's page cache, shared and given back under pressure), which peak RSS counts.
 PEAK = """
 import resource
+anon = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon:")]
 print(json.dumps({**result, "peak_mb": max(
     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024}))
+    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024,
+    "anon_mb_at_end": anon[0] / 1024}))
 """
 
 
@@ -157,16 +163,19 @@ def main():
       measured[name] = {**prep, "prepare_bytes_per_sec": prep["bytes"] / prep["seconds"],
                         "prepare_peak_rss_mb": prep["peak_mb"],
                         "tokens_per_sec": read["tokens_per_sec"],
-                        "reader_peak_rss_mb": read["peak_mb"]}
+                        "reader_peak_rss_mb": read["peak_mb"],
+                        "reader_anon_mb_at_end": read["anon_mb_at_end"]}
       m = measured[name]
       rows.append([name, f"{m['bytes'] / 1e6:.1f}", f"{m['prepare_bytes_per_sec'] / 1e6:.2f}",
                    f"{m['prepare_bytes_per_sec'] / alone:.2f}",
                    f"{m['tokens_per_sec']:,.0f}",
                    f"{m['tokens_per_sec'] / DEFAULT_TRAIN_TOKENS_PER_SEC:.0f}x",
-                   f"{m['prepare_peak_rss_mb']:.0f}", f"{m['reader_peak_rss_mb']:.0f}"])
+                   f"{m['prepare_peak_rss_mb']:.0f}", f"{m['reader_peak_rss_mb']:.0f}",
+                   f"{m['reader_anon_mb_at_end']:.0f}"])
   print(f"tokenizer alone ({args.tokenizer}, {args.workers} processes): {alone / 1e6:.2f} MB/s")
   print(report.table(["corpus", "MB", "prepare MB/s", "vs tokenizer alone", "reader tokens/s",
-                      "vs default training", "prepare peak MB", "reader peak MB"], rows))
+                      "vs default training", "prepare peak MB", "reader peak MB",
+                      "reader anon MB"], rows))
   report.write(args.out, {**result, "tokenizer_alone_bytes_per_sec": alone,
                           "default_train_tokens_per_sec": DEFAULT_TRAIN_TOKENS_PER_SEC,
                           "corpora": measured})

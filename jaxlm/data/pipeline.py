@@ -84,7 +84,8 @@ def _prepared(config: DataConfig, tok: tokenizer_lib.Tokenizer) -> str:
   if not os.path.exists(os.path.join(out, prepared.MANIFEST)):
     print(f"preparing data.corpus={config.corpus} ({len(source.shards)} shards) into {out}",
           flush=True)
-  manifest = prepared.prepare(config.corpus, out, spec, options)
+  manifest = prepared.prepare(config.corpus, out, spec, options,
+                              workers=min(os.cpu_count() or 1, len(source.shards)))
   counts = ", ".join(f"{s} {manifest['splits'][s]['tokens']:,} tokens" for s in prepared.SPLITS)
   print(f"data.corpus={config.corpus}: {counts} (prepared in {out})", flush=True)
   return out

@@ -33,7 +33,9 @@ from jaxlm.data import tokenizer as tokenizer_lib
 FORMAT = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
-SHARD_BYTES = 64 << 20  # source bytes per shard
+# Source bytes per shard: small enough that a 30 MB corpus keeps two workers busy and a
+# worker's memory (one shard's text and tokens) stays small, large enough for few files.
+SHARD_BYTES = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
