@@ -130,15 +130,17 @@ def test_sft_exact_match_equals_greedy_generation():
   assert sums["examples"] == host["inputs"].shape[0]
 
 
-def _pretrain(tmp_path, **dotted):
-  config = tiny_config(**{"train.steps": 2, **dotted})
-  workdir = str(tmp_path / "pre")
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """(config, workdir) of a 2-step language-model run, shared by the fine-tuning tests."""
+  config = tiny_config(**{"train.steps": 2})
+  workdir = str(tmp_path_factory.mktemp("pre"))
   loop.run(loop.setup(config, workdir))
   return config, workdir
 
 
-def test_fine_tuning_starts_from_the_pretrained_params(tmp_path):
-  pre, pre_dir = _pretrain(tmp_path)
+def test_fine_tuning_starts_from_the_pretrained_params(tmp_path, pretrained):
+  pre, pre_dir = pretrained
   config = config_lib.replace(pre, **{"task.kind": "classify", "init.from_workdir": pre_dir})
   r = loop.setup(config, str(tmp_path / "ft"))
   abstract = jax.eval_shape(lambda: transformer.init(pre.model, jax.random.key(0)))
@@ -152,8 +154,8 @@ def test_fine_tuning_starts_from_the_pretrained_params(tmp_path):
   assert {"final_val_loss", "final_val_accuracy", "final_val_balanced_accuracy"} <= set(summary)
 
 
-def test_fine_tuning_source_errors_name_the_key(tmp_path):
-  pre, pre_dir = _pretrain(tmp_path)
+def test_fine_tuning_source_errors_name_the_key(tmp_path, pretrained):
+  pre, pre_dir = pretrained
   with pytest.raises(config_lib.ConfigError, match="init.from_workdir.*no config.json"):
     loop.setup(config_lib.replace(pre, **{"init.from_workdir": str(tmp_path / "nope")}),
                 str(tmp_path / "a"))
