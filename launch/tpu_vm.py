@@ -5,6 +5,13 @@
 
 jax.distributed discovers the slice's workers itself. --setup first clones or
 updates the repository on each worker and installs it (`pip install -e .`).
+With --max_restarts N, a run that ends with a status a restart may cure
+(jaxlm.exit_status: not bad input, not a non-finite loss) is started again on
+every worker, which resumes from the last checkpoint, after --restart_backoff
+seconds (doubled each time), up to N times. The restarts are printed here, not
+counted in the run's summary.json (the workdir is on the workers or in a
+bucket), and a dead worker stops the others only by the runtime's heartbeat
+timeout (about a minute), since gcloud returns when every worker has ended.
 """
 
 from __future__ import annotations
@@ -13,6 +20,10 @@ import argparse
 import shlex
 import subprocess
 import sys
+import time
+
+import supervise
+from jaxlm import exit_status
 
 
 def gcloud(args, remote: str) -> list[str]:
@@ -51,15 +62,36 @@ def main(argv=None):
   parser.add_argument("--dir", default="jaxlm", help="checkout directory on the workers")
   parser.add_argument("--git", default="", help="repository URL to clone (with --setup)")
   parser.add_argument("--setup", action="store_true")
+  parser.add_argument("--max_restarts", type=int, default=0,
+                      help="start the run again after up to N faults (it resumes)")
+  parser.add_argument("--restart_backoff", type=float, default=10.0,
+                      help="seconds before the first restart, doubled for each next one")
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
   args = parser.parse_args(argv[:split])
   if args.setup and not args.git:
     parser.error("--setup needs --git URL of the repository to clone on the workers")
-  for cmd in commands(args, argv[split + 1:]):
-    if args.dry_run:
+  if args.max_restarts < 0 or args.restart_backoff < 0:
+    parser.error("--max_restarts and --restart_backoff are invalid below 0")
+  *setup, run = commands(args, argv[split + 1:])
+  if args.dry_run:
+    for cmd in [*setup, run]:
       print(" ".join(shlex.quote(c) for c in cmd))
-    elif subprocess.call(cmd):
+    return 0
+  for cmd in setup:
+    if subprocess.call(cmd):
       return 1
+  for attempt in range(args.max_restarts + 1):
+    status = subprocess.call(run)
+    if status == 0 or not exit_status.restartable(status) or attempt == args.max_restarts:
+      if status:
+        print(f"error: the run ended with {exit_status.describe(status)}; resume with the "
+              "same command", file=sys.stderr, flush=True)
+      return status
+    backoff = supervise.backoff_seconds(attempt + 1, args.restart_backoff)
+    print(f"error: the run ended with {exit_status.describe(status)}; restart "
+          f"{attempt + 1} of {args.max_restarts} in {backoff:g}s from the last checkpoint",
+          file=sys.stderr, flush=True)
+    time.sleep(backoff)
   return 0
 
 

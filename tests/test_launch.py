@@ -462,3 +462,23 @@ def _restarts(workdir: str) -> list[dict]:
     return [json.loads(l) for l in open(os.path.join(workdir, "restarts.jsonl"))]
   except OSError:
     return []
+
+
+def test_tpu_vm_restarts_a_run_that_failed_with_a_fault(tmp_path, capsys, monkeypatch):
+  # A fake gcloud: the run fails with a fault twice, then finishes; bad input never repeats.
+  calls = tmp_path / "calls"
+  gcloud = tmp_path / "bin" / "gcloud"
+  gcloud.parent.mkdir()
+  gcloud.write_text(f"#!/bin/bash\necho x >> {calls}\nn=$(wc -l < {calls})\n"
+                    f"[ -n \"$FAIL_WITH\" ] && exit $FAIL_WITH\n[ $n -le 2 ] && exit 1\nexit 0\n")
+  os.chmod(gcloud, 0o755)
+  monkeypatch.setenv("PATH", f"{gcloud.parent}:{os.environ['PATH']}")
+  args = ["--tpu", "t", "--zone", "z", "--max_restarts", "3", "--restart_backoff", "0", "--",
+          "--experiment=x", "--workdir=gs://b/r"]
+  assert tpu_vm.main(args) == 0 and len(calls.read_text().splitlines()) == 3
+  err = capsys.readouterr().err
+  assert "exit status 1 (a Python error); restart 1 of 3 in 0s" in err and "restart 2 of 3" in err
+  calls.unlink()
+  monkeypatch.setenv("FAIL_WITH", "2")
+  assert tpu_vm.main(args) == 2 and len(calls.read_text().splitlines()) == 1
+  assert "ended with exit status 2 (bad input); resume with" in capsys.readouterr().err
