@@ -83,7 +83,8 @@ def shakespeare_wsd_tiny():
                  n_ranges=((2e3, 4e3), (4e3, 8e3)), aspect=8.0, head_dim=8,
                  extra=_QUIET + ("data.seq_len=32", "model.max_seq_len=32",
                                  "train.batch_size=8", "train.eval_batches=1",
-                                 "train.log_every=1", "train.eval_every=0", "checkpoint.every=0"))
+                                 "train.final_eval_batches=8", "train.log_every=1",
+                                 "train.eval_every=0", "checkpoint.every=0"))
 
 
 @register_sweep
@@ -111,7 +112,7 @@ def shakespeare_isoflop_tiny():
   return IsoFlopSpec(base="shakespeare", budgets=(3e8, 6e8), n_ranges=((1e3, 3e4),) * 2,
                      sizes=3, aspect=8.0, head_dim=8,
                      extra=_QUIET + ("train.batch_size=8", "train.eval_batches=1",
-                                     "train.log_every=1"))
+                                     "train.final_eval_batches=8", "train.log_every=1"))
 
 
 @register_sweep
@@ -174,4 +175,5 @@ def shakespeare_mutransfer_tiny():
   return LrTransferSpec(base="shakespeare_char", widths=(16, 32), lrs=(3e-3, 1e-2), head_dim=8,
                         extra=_MUTRANSFER + ("train.steps=3", "optim.warmup_steps=1",
                                              "train.batch_size=4", "train.eval_batches=1",
+                                             "train.final_eval_batches=8",
                                              "train.log_every=1"))

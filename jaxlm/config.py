@@ -211,6 +211,7 @@ class TrainConfig:
   log_every: int = 25          # steps between progress lines / metrics.jsonl records
   eval_every: int = 250       # 0: evaluate only at the end
   eval_batches: int = 16      # validation batches per evaluation
+  final_eval_batches: int = 0  # batches of the final evaluation (0: the whole validation split)
   loss_chunk: int = 0         # rows of batch*length per loss chunk (0: all at once)
   sample_tokens: int = 200    # tokens sampled at the end of the run (0: none)
   sample_prompt: str = "ROMEO.\n"  # prompt of the end-of-run sample
@@ -230,6 +231,8 @@ class TrainConfig:
     for key in ("steps", "batch_size", "log_every", "eval_batches"):
       _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "a positive integer")
     _check(self.eval_every >= 0, "train.eval_every", self.eval_every, ">= 0")
+    _check(self.final_eval_batches >= 0, "train.final_eval_batches", self.final_eval_batches,
+           ">= 0 (0: the whole validation split)")
     _choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
     _check(self.spike_factor == 0 or self.spike_factor > 1, "train.spike_factor",
            self.spike_factor, "0 (off) or a float > 1")

@@ -30,6 +30,7 @@ TINY = ["--experiment=shakespeare_char", "--set=model.d_model=32", "--set=model.
         "--set=model.n_heads=2", "--set=data.seq_len=32", "--set=model.max_seq_len=32",
         "--set=train.batch_size=8", "--set=train.steps=4", "--set=train.log_every=1",
         "--set=train.eval_every=0", "--set=train.eval_batches=1", "--set=train.sample_tokens=0",
+        "--set=train.final_eval_batches=4",
         "--set=checkpoint.every=0"]
 
 

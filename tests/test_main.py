@@ -13,6 +13,7 @@ TINY = ["--set=model.d_model=32", "--set=model.n_layers=1", "--set=model.n_heads
         "--set=data.seq_len=32", "--set=model.max_seq_len=32", "--set=train.batch_size=8",
         "--set=train.steps=4", "--set=train.log_every=2", "--set=train.eval_every=2",
         "--set=train.eval_batches=2", "--set=checkpoint.every=2", "--set=train.sample_tokens=8",
+        "--set=train.final_eval_batches=4",
         "--set=mesh.data=1"]
 
 

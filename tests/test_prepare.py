@@ -173,6 +173,7 @@ def test_train_on_files_prepares_once_and_on_prepared_dir(tmp_path):
           "--set=model.n_heads=2", "--set=data.seq_len=32", "--set=model.max_seq_len=32",
           "--set=train.batch_size=4", "--set=train.steps=3", "--set=train.log_every=1",
           "--set=train.eval_every=0", "--set=train.sample_tokens=0", "--set=mesh.data=1",
+          "--set=train.final_eval_batches=4",
           "--set=data.validation_fraction=0.2", f"--set=data.cache_dir={tmp_path}/cache"]
   corpus = f"--set=data.corpus=files:{tmp_path}/src/**/*.py,{tmp_path}/src/*.jsonl*"
 

@@ -164,7 +164,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
     return trainer.run_eval(state.params, watchdog.beating(batches, "an evaluation"))
 
   def evaluate(step: int, final: bool) -> dict:
-    result = evaluate_batches(0 if final else c.train.eval_batches)
+    result = evaluate_batches(c.train.final_eval_batches if final else c.train.eval_batches)
     report.eval(step, result)
     return result
 

@@ -22,7 +22,8 @@ from jaxlm.run import files
 WORKDIR_MODES = ("auto", "resume", "overwrite")
 # Keys that say how a run is watched, not what it trains: they may change on a resume.
 WATCHING = ("train.loggers", "train.wandb_project", "train.wandb_mode", "train.layer_stats",
-            "train.profile", "train.log_every", "train.hang_timeout", "data.cache_dir")
+            "train.profile", "train.log_every", "train.hang_timeout", "data.cache_dir",
+            "train.final_eval_batches")
 
 
 def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[str]:
