@@ -205,6 +205,20 @@ def test_train_on_files_prepares_once_and_on_prepared_dir(tmp_path):
   assert third.returncode == 0, third.stderr[-3000:]
   assert [json.loads(l)["loss"] for l in open(tmp_path / "r3" / "metrics.jsonl")
           if "loss" in json.loads(l)] == losses[0]
+  # Two processes read their halves of each batch from the same shards: the same losses.
+  two = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes", "2",
+       "--cpu_devices_per_process", "1", "--",
+       *[a for a in tiny if a != "--set=mesh.data=1"], "--set=mesh.data=2",
+       f"--set=data.corpus=prepared:{tmp_path}/p", f"--workdir={tmp_path}/r5"],
+      env=dict(env, XLA_FLAGS=xla_flags()), cwd=ROOT, capture_output=True, text=True,
+      timeout=600)
+  assert two.returncode == 0, two.stderr[-3000:]
+  two_losses = [json.loads(l)["loss"] for l in open(tmp_path / "r5" / "metrics.jsonl")
+                if "loss" in json.loads(l)]
+  assert len(two_losses) == len(losses[0]) == 3
+  for x, y in zip(two_losses, losses[0]):
+    assert abs(x - y) <= 1e-4 * abs(y), (two_losses, losses[0])
   bad = main("--set=data.corpus=prepared:/nonexistent", f"--workdir={tmp_path}/r4")
   assert bad.returncode == 2 and bad.stderr.strip().startswith(
       "error: data.corpus=prepared:/nonexistent has no manifest.json")
