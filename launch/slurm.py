@@ -28,7 +28,7 @@ def script(args, jaxlm_args: list[str]) -> str:
            f"#SBATCH --job-name={args.job_name}",
            f"#SBATCH --nodes={args.nodes}",
            f"#SBATCH --ntasks-per-node={args.gpus_per_node}",
-           "#SBATCH --gpus-per-task=1",
+           *(["#SBATCH --gpus-per-task=1"] if args.gpus_per_task else []),
            f"#SBATCH --cpus-per-task={args.cpus_per_task}",
            f"#SBATCH --time={args.time}",
            f"#SBATCH --output={args.log_dir}/%x-%j.out"]
@@ -44,15 +44,19 @@ def script(args, jaxlm_args: list[str]) -> str:
     lines.append(args.setup)
   cmd = ["python", "-m", "jaxlm.main", *jaxlm_args]
   lines += requeue_lines("srun " + " ".join(shlex.quote(c) for c in cmd),
-                         shlex.quote(args.workdir), args.max_restarts, on_fault=True)
+                         shlex.quote(args.workdir), args.max_restarts, on_fault=True,
+                         steps=True)
   return "\n".join(lines) + "\n"
 
 
-def requeue_lines(command: str, workdir: str, max_requeues: int, on_fault: bool) -> list[str]:
+def requeue_lines(command: str, workdir: str, max_requeues: int, on_fault: bool,
+                  steps: bool = False) -> list[str]:
   """Bash lines that run `command` and requeue the job when it stops unfinished.
 
   SIGTERM to the batch shell (the time limit's --signal=B:TERM@120, or a
-  preemption) is passed on to the run, which saves a checkpoint and exits; then,
+  preemption) is passed on to the run, which saves a checkpoint and exits (with
+  `steps`, to the tasks of the job's srun steps through `scancel --signal=TERM`:
+  srun itself answers SIGTERM by killing its tasks at once); then,
   unless WORKDIR/summary.json says the run finished, the job requeues itself
   (`scontrol requeue`), at most max_requeues times (SLURM counts them in
   SLURM_RESTART_COUNT), recording each in WORKDIR/restarts.jsonl. With on_fault,
@@ -80,7 +84,9 @@ def requeue_lines(command: str, workdir: str, max_requeues: int, on_fault: bool)
       "RUN=",
       "on_term() {  # the time limit or a preemption: the run checkpoints, then requeue",
       "  local pid=${RUN:-${!:-}}  # $! if the signal came just before RUN was set",
-      '  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" || true; fi',
+      ('  scancel --signal=TERM "$SLURM_JOB_ID" || true' if steps else
+       '  [ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null || true; }'),
+      '  if [ -n "$pid" ]; then wait "$pid" || true; fi',
       '  requeue "SIGTERM (time limit or preemption)"',
       "  exit 0",
       "}",
@@ -100,7 +106,10 @@ def main(argv=None):
   split = argv.index("--")
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--nodes", type=int, default=1)
-  parser.add_argument("--gpus_per_node", type=int, default=8)
+  parser.add_argument("--gpus_per_node", type=int, default=8,
+                      help="processes per node, one GPU each")
+  parser.add_argument("--gpus_per_task", type=int, default=1, choices=(0, 1),
+                      help="0: ask SLURM for no GPU (CPU clusters)")
   parser.add_argument("--cpus_per_task", type=int, default=8)
   parser.add_argument("--time", default="24:00:00")
   parser.add_argument("--partition", default="")

@@ -317,9 +317,13 @@ def _fake_slurm(tmp_path, srun_status: int | None) -> dict:
   calls = tmp_path / "calls"
   run = (f"exit {srun_status}" if srun_status is not None else
          f"trap 'kill $S; echo saved >> {calls}; exit 0' TERM\nsleep 60 & S=$!\nwait $S")
-  (bin_dir / "srun").write_text(f"#!/bin/bash\necho srun $@ >> {calls}\n{run}\n")
+  # The tasks of srun's step: what `scancel --signal=TERM JOB` reaches (srun itself would
+  # kill them at once).
+  (bin_dir / "srun").write_text(f"#!/bin/bash\necho $$ > {tmp_path}/step.pid\n"
+                                f"echo srun $@ >> {calls}\n{run}\n")
   (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho scontrol $@ >> {calls}\n")
-  for f in ("srun", "scontrol"):
+  (bin_dir / "scancel").write_text(f"#!/bin/bash\nkill -TERM $(cat {tmp_path}/step.pid)\n")
+  for f in ("srun", "scontrol", "scancel"):
     os.chmod(bin_dir / f, 0o755)
   return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77"}
 
