@@ -5,7 +5,9 @@
 
 Writes an sbatch script next to the workdir (or prints it with --dry_run).
 jax.distributed reads the SLURM environment, so the processes need no
-coordinator flags. SLURM sends the batch shell SIGTERM two minutes before
+coordinator flags. Each task's stderr goes to WORKDIR/logs/process_<task>.log;
+the job's output keeps process 0's progress and one line when the run fails.
+SLURM sends the batch shell SIGTERM two minutes before
 --time runs out: the run saves a checkpoint, and with --max_restarts N the job
 requeues itself (also after a preemption or a fault), up to N times, each
 recorded in WORKDIR/restarts.jsonl; a requeued job resumes from the checkpoint.
@@ -43,8 +45,12 @@ def script(args, jaxlm_args: list[str]) -> str:
   if args.setup:
     lines.append(args.setup)
   cmd = ["python", "-m", "jaxlm.main", *jaxlm_args]
-  lines += requeue_lines("srun " + " ".join(shlex.quote(c) for c in cmd),
-                         shlex.quote(args.workdir), args.max_restarts, on_fault=True,
+  # Each task's stderr (tracebacks, XLA's and the distributed runtime's messages) into the
+  # run's logs; this job's output keeps process 0's progress and one line per ending.
+  logs = shlex.quote(os.path.join(args.workdir, "logs"))
+  lines.append(f"mkdir -p {logs}")
+  srun = f"srun --error={logs}/process_%t.log " + " ".join(shlex.quote(c) for c in cmd)
+  lines += requeue_lines(srun, shlex.quote(args.workdir), args.max_restarts, on_fault=True,
                          steps=True)
   return "\n".join(lines) + "\n"
 
@@ -94,7 +100,12 @@ def requeue_lines(command: str, workdir: str, max_requeues: int, on_fault: bool,
       f"{command} &",
       "RUN=$!",
       'STATUS=0; wait "$RUN" || STATUS=$?',
-      *(['case "$STATUS" in 0|2|3) ;; *) requeue "exit status $STATUS";; esac']
+      *(['[ "$STATUS" = 0 ] || echo "error: the run ended with exit status $STATUS; each '
+         'task\'s messages and tracebacks are in $WORKDIR/logs/process_<task>.log" >&2',
+         # jaxlm's own one-line errors (bad input, a full disk, a hang) from those logs.
+         'grep -h "^error:" "$WORKDIR"/logs/process_*.log 2>/dev/null | sort -u | head -3 >&2 '
+         '|| true',
+         'case "$STATUS" in 0|2|3) ;; *) requeue "exit status $STATUS";; esac']
         if on_fault else []),
       'exit "$STATUS"']
 

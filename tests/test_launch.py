@@ -43,7 +43,8 @@ def test_dry_runs_print_commands(capsys):
                      "--experiment=gpt2_small", "--workdir=/shared/g"]) == 0
   out = capsys.readouterr().out
   assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=4" in out
-  assert "srun python -m jaxlm.main --experiment=gpt2_small --workdir=/shared/g &" in out
+  assert ("srun --error=/shared/g/logs/process_%t.log python -m jaxlm.main "
+          "--experiment=gpt2_small --workdir=/shared/g &") in out
   assert "#SBATCH --signal=B:TERM@120" in out and "--requeue" not in out
   with pytest.raises(SystemExit):  # a requeued job must find its run: --workdir is required
     slurm.main(["--dry_run", "--", "--experiment=gpt2_small"])
@@ -355,7 +356,8 @@ def test_slurm_job_checkpoints_and_requeues_itself(tmp_path, capsys):
     time.sleep(0.05)
   job.send_signal(signal.SIGTERM)
   assert job.wait(timeout=30) == 0
-  assert _calls(tmp_path) == [f"srun python -m jaxlm.main --experiment=x --workdir={workdir}",
+  assert _calls(tmp_path) == [f"srun --error={workdir}/logs/process_%t.log python -m "
+                              f"jaxlm.main --experiment=x --workdir={workdir}",
                               "saved", "scontrol requeue 77"]
   record, = [json.loads(l) for l in open(workdir / "restarts.jsonl")]
   assert record["restart"] == 1 and record["slurm_job"] == "77"
@@ -375,6 +377,8 @@ def test_slurm_job_checkpoints_and_requeues_itself(tmp_path, capsys):
     env = _fake_slurm(tmp_path, status)
     done = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
     assert done.returncode == status
+    assert (f"error: the run ended with exit status {status}; each task's messages and "
+            f"tracebacks are in {workdir}/logs/process_<task>.log") in done.stderr
     assert (_calls(tmp_path)[-1] == "scontrol requeue 77") == requeued, (status, done.stderr)
   (workdir / "summary.json").write_text("{}")
   (tmp_path / "calls").unlink()
