@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = tiny_config(**{"train.steps": 6, "train.log_every": 1, "train.eval_every": 3,
                         "checkpoint.every": 2, "checkpoint.keep": 5, "train.sample_tokens": 8,
                         "train.loggers": "stdout,jsonl,tensorboard,wandb",
-                        "train.wandb_mode": "offline", "train.profile": "2:3"})
+                        "train.wandb_mode": "offline", "train.profile": "2:3",
+                        "train.final_eval_batches": 8})
 
 
 def _jsonl(workdir):
@@ -142,7 +143,7 @@ def _cli(workdir, tty: bool):
           "--set=model.n_heads=2", "--set=data.seq_len=32", "--set=model.max_seq_len=32",
           "--set=train.batch_size=8", "--set=train.steps=4", "--set=train.log_every=1",
           "--set=train.eval_every=2", "--set=train.eval_batches=1", "--set=checkpoint.every=2",
-          "--set=train.sample_tokens=0", "--set=mesh.data=1"]
+          "--set=train.sample_tokens=0", "--set=mesh.data=1", "--set=train.final_eval_batches=4"]
   env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT, COLUMNS="120")
   if not tty:
     return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True,
