@@ -32,6 +32,19 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
   _check(value in choices, key, value, "one of " + ", ".join(choices))
 
 
+CORPUS_KINDS = ("shakespeare", "files", "hf", "prepared")
+
+
+def parse_corpus(spec: str) -> tuple[str, str]:
+  """(kind, argument) of a data.corpus spec (docs/data.md); ConfigError if it is not one."""
+  kind, sep, arg = spec.partition(":")
+  if spec == "shakespeare":
+    return "shakespeare", ""
+  _check(kind in CORPUS_KINDS[1:] and bool(sep) and bool(arg.strip()), "data.corpus", spec,
+         "shakespeare, files:GLOB[,GLOB...], hf:NAME_OR_DIR or prepared:DIR")
+  return kind, arg.strip()
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Transformer shape and options: decoder-only, or encoder-decoder if encoder_layers > 0."""
@@ -144,11 +157,7 @@ class DataConfig:
   hf_split: str = "train"      # hf: the split whose documents are used
 
   def __post_init__(self):
-    kind, sep, arg = self.corpus.partition(":")
-    _check(self.corpus == "shakespeare" or (kind in ("files", "hf", "prepared") and sep
-                                           and arg.strip()),
-           "data.corpus", self.corpus,
-           "shakespeare, files:GLOB[,GLOB...], hf:NAME_OR_DIR or prepared:DIR")
+    parse_corpus(self.corpus)
     _check(0 < self.validation_fraction < 1, "data.validation_fraction",
            self.validation_fraction, "in (0, 1)")
     _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes"))

@@ -19,7 +19,7 @@ from absl import app, flags
 
 from jaxlm import cli
 from jaxlm.cli import fail
-from jaxlm.data import prepared, sources
+from jaxlm.data import prepared
 from jaxlm.run import loggers
 
 flags.DEFINE_string("corpus", None, "files:GLOB[,GLOB...] (.jsonl, .parquet, plain text; "
@@ -65,7 +65,6 @@ def main(argv):
     bar.update()
 
   try:
-    sources.parse(F.corpus)
     manifest = prepared.prepare(F.corpus, F.out, spec, options, workers=F.workers,
                                 shard_bytes=F.shard_mb << 20, progress=progress)
   except (ValueError, KeyError, FileNotFoundError) as e:

@@ -23,9 +23,10 @@ import os
 import grain
 import numpy as np
 
+from jaxlm import config as config_lib
 from jaxlm.config import DataConfig
 from jaxlm.data import corpus as corpus_lib
-from jaxlm.data import prepared, sources
+from jaxlm.data import prepared
 from jaxlm.data import tokenizer as tokenizer_lib
 
 
@@ -73,7 +74,7 @@ def cache_dir(config: DataConfig) -> str:
 @functools.lru_cache(maxsize=8)
 def _prepared(config: DataConfig, tok: tokenizer_lib.Tokenizer) -> str:
   """The prepared directory of config.corpus, preparing a files: corpus on first use."""
-  kind, arg = sources.parse(config.corpus)
+  kind, arg = config_lib.parse_corpus(config.corpus)
   if kind == "prepared":
     return arg
   spec = prepared.TokenizerSpec(config.tokenizer, config.tokenizer_path, tok.vocab_size)

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxlm import config as config_lib
 from jaxlm.data import sources
 from jaxlm.data import tokenizer as tokenizer_lib
 
@@ -88,7 +89,7 @@ class Source:
   @staticmethod
   def of(spec: str, options: Options, shard_bytes: int = SHARD_BYTES,
          rows_per_shard: int = ROWS_PER_SHARD) -> Source:
-    kind, arg = sources.parse(spec)
+    kind, arg = config_lib.parse_corpus(spec)
     if kind == "files":
       files = sources.expand(arg)
       stats = [(key, os.stat(path)) for path, key in files]

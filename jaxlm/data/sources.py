@@ -10,9 +10,9 @@
                             cache (data.hf_config, data.hf_split); field data.text_field
   prepared:DIR              token shards written by `python -m jaxlm.data.prepare`
 
-A document's split is a pure function of its identity (its path from the
-glob's directory, and its line or row number), so adding files never moves a
-document from one split to the other.
+jaxlm.config.parse_corpus reads the spec. A document's split is a pure function
+of its identity (its path from the glob's directory, and its line or row
+number), so adding files never moves a document from one split to the other.
 """
 
 from __future__ import annotations
@@ -26,19 +26,7 @@ import lzma
 import os
 from typing import Iterator
 
-KINDS = ("shakespeare", "files", "hf", "prepared")
 _COMPRESSED = (".gz", ".zst", ".xz")
-
-
-def parse(spec: str) -> tuple[str, str]:
-  """(kind, argument) of a corpus spec; ValueError naming data.corpus if it is not one."""
-  kind, sep, arg = spec.partition(":")
-  if spec == "shakespeare":
-    return "shakespeare", ""
-  if kind in KINDS[1:] and sep and arg.strip():
-    return kind, arg.strip()
-  raise ValueError(f"data.corpus={spec!r} is invalid: expected shakespeare, "
-                   "files:GLOB[,GLOB...], hf:NAME_OR_DIR or prepared:DIR")
 
 
 def expand(globs: str) -> list[tuple[str, str]]:
