@@ -71,26 +71,20 @@ def main(argv=None):
   ours, sep, theirs = (argv[:argv.index("--")], "--", argv[argv.index("--") + 1:]) \
       if "--" in argv else (argv, "", [])
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--num_processes", type=int, default=2)
+  parser.add_argument("--num_processes", type=supervise.at_least(1), default=2)
   parser.add_argument("--cpu_devices_per_process", type=int, default=0)
   parser.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one "
                       "per start)")
-  parser.add_argument("--max_restarts", type=int, default=0,
+  parser.add_argument("--max_restarts", type=supervise.at_least(0), default=0,
                       help="restart the group from its last checkpoint after up to N faults")
-  parser.add_argument("--restart_backoff", type=float, default=2.0,
+  parser.add_argument("--restart_backoff", type=supervise.at_least(0, float), default=2.0,
                       help="seconds before the first restart, doubled for each next one")
-  parser.add_argument("--grace_seconds", type=float, default=3.0,
+  parser.add_argument("--grace_seconds", type=supervise.at_least(0, float), default=3.0,
                       help="after a fault, seconds between SIGTERM and SIGKILL to the others")
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
   args = parser.parse_args(ours)
   if not theirs:
     parser.error("give the jaxlm.main arguments after --")
-  for key in ("num_processes",):
-    if getattr(args, key) < 1:
-      parser.error(f"--{key}={getattr(args, key)} is invalid: expected a positive integer")
-  for key in ("max_restarts", "restart_backoff", "grace_seconds"):
-    if getattr(args, key) < 0:
-      parser.error(f"--{key}={getattr(args, key)} is invalid: expected >= 0")
   if args.dry_run:
     for env, cmd in commands(args, theirs):
       print(" ".join([f"{k}={shlex.quote(v)}" for k, v in env.items()] +

@@ -22,6 +22,8 @@ import subprocess
 import sys
 
 import local
+import supervise
+from jaxlm.run import files
 
 
 def script(args, jaxlm_args: list[str]) -> str:
@@ -47,7 +49,7 @@ def script(args, jaxlm_args: list[str]) -> str:
   cmd = ["python", "-m", "jaxlm.main", *jaxlm_args]
   # Each task's stderr (tracebacks, XLA's and the distributed runtime's messages) into the
   # run's logs; this job's output keeps process 0's progress and one line per ending.
-  logs = shlex.quote(os.path.join(args.workdir, "logs"))
+  logs = shlex.quote(os.path.join(args.workdir, files.LOGS))
   lines.append(f"mkdir -p {logs}")
   srun = f"srun --error={logs}/process_%t.log " + " ".join(shlex.quote(c) for c in cmd)
   lines += requeue_lines(srun, shlex.quote(args.workdir), args.max_restarts, on_fault=True,
@@ -101,10 +103,11 @@ def requeue_lines(command: str, workdir: str, max_requeues: int, on_fault: bool,
       "RUN=$!",
       'STATUS=0; wait "$RUN" || STATUS=$?',
       *(['[ "$STATUS" = 0 ] || echo "error: the run ended with exit status $STATUS; each '
-         'task\'s messages and tracebacks are in $WORKDIR/logs/process_<task>.log" >&2',
+         f'task\'s messages and tracebacks are in $WORKDIR/{files.LOGS}/process_<task>.log" '
+         '>&2',
          # jaxlm's own one-line errors (bad input, a full disk, a hang) from those logs.
-         'grep -h "^error:" "$WORKDIR"/logs/process_*.log 2>/dev/null | sort -u | head -3 >&2 '
-         '|| true',
+         f'grep -h "^error:" "$WORKDIR"/{files.LOGS}/process_*.log 2>/dev/null | sort -u | '
+         'head -3 >&2 || true',
          'case "$STATUS" in 0|2|3) ;; *) requeue "exit status $STATUS";; esac']
         if on_fault else []),
       'exit "$STATUS"']
@@ -130,13 +133,11 @@ def main(argv=None):
   parser.add_argument("--repo", default=os.getcwd(), help="checkout to run from")
   parser.add_argument("--setup", default="", help="shell line run first (e.g. venv activate)")
   parser.add_argument("--script", default="", help="where to write the sbatch script")
-  parser.add_argument("--max_restarts", type=int, default=0,
+  parser.add_argument("--max_restarts", type=supervise.at_least(0), default=0,
                       help="requeue the job after a time limit, preemption or fault, up to "
                       "N times; it resumes from its last checkpoint")
   parser.add_argument("--dry_run", action="store_true", help="print the script and command")
   args = parser.parse_args(argv[:split])
-  if args.max_restarts < 0:
-    parser.error(f"--max_restarts={args.max_restarts} is invalid: expected >= 0")
   args.workdir = local.workdir_of(argv[split + 1:])
   if not args.workdir:
     parser.error("give --workdir=DIR among the jaxlm.main arguments, on a filesystem the "

@@ -12,6 +12,7 @@ WORKDIR/restarts.jsonl, which the run counts in its summary.json.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import os
@@ -101,26 +102,24 @@ class Group:
 
   def wait(self, poll_seconds: float = 0.05) -> Ending:
     """Waits for every process; the first abnormal ending stops the rest."""
-    first, stopping_since, killed = None, None, False
-    while any([p.poll() is None for p in self.procs]):  # a list: poll() every process
+    first, killed = None, False  # (process, returncode, when seen) of the first to fail
+    while True:
+      alive = [p.poll() is None for p in self.procs]  # poll() every process
       if first is None:
         ended = [(i, p.returncode) for i, p in enumerate(self.procs)
                  if p.returncode not in (None, 0)]
         if ended:
-          i, returncode = min(ended, key=_cause_first)
-          first, stopping_since = (i, returncode, time.monotonic()), time.monotonic()
-          if not self._interrupts:
+          first = (*min(ended, key=_cause_first), time.monotonic())
+          if any(alive) and not self._interrupts:
             self._signal(signal.SIGTERM)
-      elif not killed and time.monotonic() - stopping_since > self.grace:
+      elif any(alive) and not killed and time.monotonic() - first[2] > self.grace:
         self._signal(signal.SIGKILL)  # a peer stuck in a collective never sees SIGTERM through
         killed = True
+      if not any(alive):
+        break
       time.sleep(poll_seconds)
     for t in self._threads:
       t.join(timeout=5)
-    if first is None:  # ended together between two polls
-      bad = [(i, p.returncode) for i, p in enumerate(self.procs) if p.returncode != 0]
-      if bad:
-        first = (*min(bad, key=_cause_first), time.monotonic())
     if first is None:
       return Ending(0, interrupted=bool(self._interrupts))
     i, returncode, when = first
@@ -146,6 +145,17 @@ def _tee(stream, log, terminal, prefixes) -> None:
   log.flush()
 
 
+def at_least(low: int, kind=int):
+  """An argparse type: `kind` of the text, refused below `low` (the launchers' counts and
+  seconds)."""
+  def parse(text: str):
+    value = kind(text)
+    if value < low:
+      raise argparse.ArgumentTypeError(f"{value} is invalid: expected >= {low}")
+    return value
+  return parse
+
+
 def backoff_seconds(restart: int, base: float) -> float:
   """The wait before restart number `restart` (1, 2, ...): base doubled each time, <= 60 s."""
   return min(base * 2 ** (restart - 1), 60.0) if base > 0 else 0.0
@@ -153,14 +163,12 @@ def backoff_seconds(restart: int, base: float) -> float:
 
 def record_restart(workdir: str, ending: Ending, backoff: float, **extra) -> int:
   """Writes the restart after `ending` into WORKDIR/restarts.jsonl; returns its number."""
-  n = len(files.read_restarts(workdir)) + 1
-  files.record_restart(workdir, {
-      "restart": n, "time": datetime.datetime.now().isoformat(timespec="seconds"),
+  return files.record_restart(workdir, {
+      "time": datetime.datetime.now().isoformat(timespec="seconds"),
       "process": ending.process, "returncode": ending.returncode,
       "ended": exit_status.describe(ending.returncode),
       "stopped_seconds": round(ending.stopped_seconds, 3),
       "last_checkpoint": files.last_checkpoint(workdir), "backoff_seconds": backoff, **extra})
-  return n
 
 
 def report(ending: Ending, workdir: str, log: str) -> str:

@@ -295,16 +295,9 @@ def main(argv=None) -> int:
 
 def add_restart_flag(parser) -> None:
   """--max_restarts, shared by the sweep launchers."""
-  parser.add_argument("--max_restarts", type=_non_negative, default=0,
+  parser.add_argument("--max_restarts", type=supervise.at_least(0), default=0,
                       help="restart a point that fails with a fault from its last checkpoint, "
                       "up to N times")
-
-
-def _non_negative(text: str) -> int:
-  value = int(text)
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"{value} is invalid: expected >= 0")
-  return value
 
 
 if __name__ == "__main__":

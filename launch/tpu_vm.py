@@ -62,16 +62,14 @@ def main(argv=None):
   parser.add_argument("--dir", default="jaxlm", help="checkout directory on the workers")
   parser.add_argument("--git", default="", help="repository URL to clone (with --setup)")
   parser.add_argument("--setup", action="store_true")
-  parser.add_argument("--max_restarts", type=int, default=0,
+  parser.add_argument("--max_restarts", type=supervise.at_least(0), default=0,
                       help="start the run again after up to N faults (it resumes)")
-  parser.add_argument("--restart_backoff", type=float, default=10.0,
+  parser.add_argument("--restart_backoff", type=supervise.at_least(0, float), default=10.0,
                       help="seconds before the first restart, doubled for each next one")
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
   args = parser.parse_args(argv[:split])
   if args.setup and not args.git:
     parser.error("--setup needs --git URL of the repository to clone on the workers")
-  if args.max_restarts < 0 or args.restart_backoff < 0:
-    parser.error("--max_restarts and --restart_backoff are invalid below 0")
   *setup, run = commands(args, argv[split + 1:])
   if args.dry_run:
     for cmd in [*setup, run]:

@@ -94,8 +94,10 @@ def read_restarts(workdir: str) -> list[dict]:
 
 
 def record_restart(workdir: str, record: dict) -> int:
-  """Appends a restart's record to WORKDIR/restarts.jsonl; returns the restarts so far."""
-  records = read_restarts(workdir) + [record]
+  """Appends a restart's record, numbered ("restart": 1, 2, ...), to WORKDIR/restarts.jsonl;
+  returns its number."""
+  records = read_restarts(workdir)
+  records.append({"restart": len(records) + 1, **record})
   write_atomic(os.path.join(workdir, RESTARTS),
                "".join(json.dumps(r) + "\n" for r in records))
   return len(records)
