@@ -8,6 +8,8 @@ What is converted and how: jaxlm/convert/__init__.py and docs/convert.md.
 
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 
 from jaxlm import cli
@@ -38,8 +40,10 @@ def main(argv):
     else:
       arch, step = hf.to_hf(FLAGS.workdir, FLAGS.to_hf, None if FLAGS.step < 0 else FLAGS.step,
                             FLAGS.dtype)
-      print(f"wrote step {step} of {FLAGS.workdir} as a {arch} in {FLAGS.to_hf}")
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+      with_tok = os.path.isfile(os.path.join(FLAGS.to_hf, "tokenizer.json"))
+      print(f"wrote step {step} of {FLAGS.workdir} as a {arch} in {FLAGS.to_hf}"
+            f"{' with its byte tokenizer' if with_tok else ' (its tokenizer is not converted)'}")
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
     fail(str(e))
 
 

@@ -9,8 +9,9 @@ LlamaForCausalLM or MistralForCausalLM and writes a new jaxlm run (config.json
 and an Orbax checkpoint at step 0) that `python -m jaxlm.generate` and
 `python -m jaxlm.evaluate` read. `--to_hf` writes a run's checkpoint as
 config.json and model.safetensors that `transformers.AutoModelForCausalLM.
-from_pretrained` loads. Tokenizers are not converted: a converted run names
-jaxlm's byte tokenizer. Unsupported options are errors that name the key.
+from_pretrained` loads, and for a byte-level run a tokenizer.json that
+`AutoTokenizer` loads (jaxlm/convert/hf_tokenizer.py). Other tokenizers are not
+converted: a run imported with `--from_hf` names jaxlm's byte tokenizer. Unsupported options are errors that name the key.
 """
 
 from jaxlm.convert.hf import from_hf, model_config, read_hf, to_hf

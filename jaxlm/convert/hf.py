@@ -24,7 +24,8 @@ from safetensors.numpy import save_file
 
 from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError, DataConfig, ModelConfig
-from jaxlm.convert import gpt2, llama
+from jaxlm.convert import gpt2, hf_tokenizer, llama
+from jaxlm.data.tokenizer import ByteTokenizer
 from jaxlm.run import checkpoint, files, loggers
 from jaxlm.run.load import load_run
 
@@ -166,11 +167,14 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
   if dtype is not None:
     _check_dtype(dtype)
   config, step = checkpoint.restore_config(workdir, step)
-  c = (config or files.read_config(workdir)).model
+  config = config or files.read_config(workdir)
+  c = config.model
   hf = hf_model_config(c)  # before reading params: a model with no HF equivalent stops here
   module = MODEL_TYPES[hf["model_type"]]
   dtype = dtype or c.param_dtype
-  hf.update(dtype=dtype, bos_token_id=None, eos_token_id=None)  # jaxlm has no HF tokenizer
+  # A byte-level run's tokenizer has an HF twin (hf_tokenizer.py); a sentencepiece one not yet.
+  eos = ByteTokenizer.eos_id if config.data.tokenizer == "bytes" else None
+  hf.update(dtype=dtype, bos_token_id=eos, eos_token_id=eos)
   params = load_run(workdir, step).params
   tensors = {k: np.ascontiguousarray(np.asarray(v).astype(jnp.dtype(dtype)))
              for k, v in module.params_to_hf(params, c).items()}
@@ -179,6 +183,8 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf, f, indent=2)
     save_file(tensors, os.path.join(tmp, _SINGLE), metadata={"format": "pt"})
+    if eos is not None:
+      hf_tokenizer.write_byte_tokenizer(tmp, c.max_seq_len)
 
   _write_new_dir(hf_dir, write)
   return hf["architectures"][0], step
