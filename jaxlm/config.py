@@ -235,6 +235,11 @@ class TrainConfig:
   microbatches: int = 1       # gradient accumulation: each batch in this many sequential parts
   z_loss: float = 0.0         # coefficient of mean(logsumexp(logits)^2) added to the loss
   hang_timeout: float = 1800.0  # seconds without progress before the run is taken for hung
+  harness_tasks: str = ""     # LM Evaluation Harness tasks scored during training, comma-separated
+  harness_every: int = 0      # steps between harness evaluations (0: only at the end)
+  harness_limit: int = 0      # examples per harness task (0: all)
+  harness_fewshot: int = -1   # few-shot examples per harness prompt (-1: each task's own)
+  harness_include: str = ""   # directories of lm-eval task YAMLs, comma-separated
 
   def __post_init__(self):
     for key in ("steps", "batch_size", "log_every", "eval_batches"):
@@ -262,10 +267,23 @@ class TrainConfig:
     _check(self.z_loss >= 0, "train.z_loss", self.z_loss, ">= 0 (0: off)")
     _check(self.hang_timeout >= 0, "train.hang_timeout", self.hang_timeout,
            ">= 0 seconds (0: no watchdog)")
+    _check(self.harness_every >= 0, "train.harness_every", self.harness_every,
+           ">= 0 (0: only at the end)")
+    _check(self.harness_limit >= 0, "train.harness_limit", self.harness_limit, ">= 0 (0: all)")
+    _check(self.harness_fewshot >= -1, "train.harness_fewshot", self.harness_fewshot,
+           ">= 0, or -1 for each task's own")
 
   @property
   def logger_names(self) -> tuple[str, ...]:
     return tuple(n.strip() for n in self.loggers.split(",") if n.strip())
+
+  @property
+  def harness_task_names(self) -> tuple[str, ...]:
+    return tuple(n.strip() for n in self.harness_tasks.split(",") if n.strip())
+
+  @property
+  def harness_include_dirs(self) -> tuple[str, ...]:
+    return tuple(n.strip() for n in self.harness_include.split(",") if n.strip())
 
   @property
   def profile_steps(self) -> tuple[int, int] | None:

@@ -21,7 +21,10 @@ from jaxlm.convert.hf_tokenizer import write_byte_tokenizer  # noqa: E402
 from jaxlm.inference import harness  # noqa: E402
 from jaxlm.inference import scoring  # noqa: E402
 from jaxlm.inference.scoring import Scorer, buckets  # noqa: E402
+from jaxlm.config import ConfigError  # noqa: E402
 from jaxlm.run.load import load_run  # noqa: E402
+from jaxlm.train import loop  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_LEN = 32  # short, so that long requests are truncated and texts span several windows
@@ -177,3 +180,39 @@ def test_scorer_batches_by_length_bucket_and_pads_without_leaking(models):
   alone = [scorer.loglikelihood([p])[0] for p in pairs[:4]]
   np.testing.assert_allclose([t[0] for t in together[:4]], [a[0] for a in alone], atol=1e-5)
   assert [t[1] for t in together[:4]] == [a[1] for a in alone]
+
+
+def test_training_scores_harness_tasks_into_metrics_and_summary(tmp_path):
+  config = tiny_config(**{"train.steps": 4, "train.harness_tasks": "shakespeare_word",
+                          "train.harness_every": 2, "train.harness_limit": 4,
+                          "train.final_eval_batches": 1})
+  summary = loop.run(loop.setup(config, str(tmp_path / "run")))
+  records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+  scored = [r for r in records if "harness/shakespeare_word/acc" in r]
+  assert [r["step"] for r in scored] == [2, 4]
+  assert all(0 <= r["harness/shakespeare_word/acc"] <= 1 for r in scored)
+  assert summary["harness"]["step"] == 4
+  assert summary["harness"]["tasks"]["shakespeare_word"]["acc"] == \
+      scored[-1]["harness/shakespeare_word/acc"]
+  on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert on_disk["harness"] == summary["harness"]
+  for bad, message in [({"train.harness_tasks": "no_such_task"}, "no_such_task not found"),
+                       ({"train.harness_tasks": "shakespeare_word", "task.kind": "classify",
+                         "task.pooling": "mean"}, "scores language models")]:
+    with pytest.raises(ConfigError, match=message):
+      loop.setup(tiny_config(**bad), str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()  # refused before the workdir is written
+
+
+def test_the_shipped_task_data_is_what_the_builder_makes(tmp_path):
+  out = subprocess.run([sys.executable, "scripts/build_harness_tasks.py", f"--out={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
+  built = sorted(p.name for p in tmp_path.iterdir())
+  assert built == sorted(p.name for p in harness.TASKS_DIR.glob("*.jsonl"))
+  for name in built:
+    assert (tmp_path / name).read_bytes() == (harness.TASKS_DIR / name).read_bytes(), name
+  rows = [json.loads(line) for line in (tmp_path / "shakespeare_word.jsonl").open()]
+  assert len(rows) == 400 and {r["work"] for r in rows} == {"hamlet", "henry_v",
+                                                             "rape_of_lucrece", "twelfth_night"}
+  assert all(len({len(c) for c in r["choices"]}) == 1 for r in rows)  # no length cue

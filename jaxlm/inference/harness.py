@@ -53,12 +53,13 @@ class JaxlmLM(TemplateLM):
     params, config, tokenizer, mesh: a run's (see jaxlm.run.load.load_run).
     batch_size: requests per forward pass or generation batch.
     max_gen_toks: tokens generated per request where a task does not say.
+    on_batch: called after each batch (a training run's watchdog beats).
   """
 
   def __init__(self, params, config: Config, tokenizer, mesh, batch_size: int = 16,
-               max_gen_toks: int = 256):
+               max_gen_toks: int = 256, on_batch=None):
     super().__init__()
-    self.scorer = Scorer(params, config.model, mesh, config.mesh.rules, batch_size)
+    self.scorer = Scorer(params, config.model, mesh, config.mesh.rules, batch_size, on_batch)
     self.params, self.config, self.tok, self.mesh = params, config, tokenizer, mesh
     self.max_gen_toks = max_gen_toks
     self.requests = 0  # answered so far, of all three kinds
@@ -139,6 +140,7 @@ class JaxlmLM(TemplateLM):
           out[i] = model_utils.postprocess_generated_text(text, until, None)
           self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
         bar.update(len(chunk))
+        self.scorer.on_batch()
     bar.close()
     return out
 

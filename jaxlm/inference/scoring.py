@@ -61,9 +61,11 @@ class Scorer:
     mesh, rules: the device mesh and logical-axis rules of the activations.
     batch_size: rows per forward pass; rounded up to a multiple of the mesh's
       batch-parallel devices.
+    on_batch: called after each batch (a training run's watchdog beats).
   """
 
-  def __init__(self, params, config: ModelConfig, mesh, rules, batch_size: int = 16):
+  def __init__(self, params, config: ModelConfig, mesh, rules, batch_size: int = 16,
+               on_batch=None):
     if config.encoder_layers:
       raise ValueError("scoring continuations needs a decoder-only model; this one has "
                        f"model.encoder_layers={config.encoder_layers}")
@@ -74,6 +76,7 @@ class Scorer:
     ways = int(np.prod([mesh.shape[a] for a in _axes(self._sharding.spec[0])]))
     self.batch_size = -(-batch_size // ways) * ways
     self._buckets = buckets(config.max_seq_len)
+    self.on_batch = on_batch or (lambda: None)
 
   @property
   def max_length(self) -> int:
@@ -105,6 +108,7 @@ class Scorer:
       for i, lp, g in zip(chunk, logp_B, greedy_B):
         out[i] = (float(lp), bool(g))
       bar.update(len(chunk))
+      self.on_batch()
     bar.close()
     return out
 

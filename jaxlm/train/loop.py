@@ -10,6 +10,7 @@ saves, and writes summary.json and an end-of-run sample.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import time
@@ -21,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from jaxlm import params as params_lib
 from jaxlm import sharding
-from jaxlm.config import Config
+from jaxlm.config import Config, ConfigError
 from jaxlm.data import pipeline
 from jaxlm.inference.generate import generate
 from jaxlm.run import checkpoint, files, loggers
@@ -47,6 +48,7 @@ class Run:
   checkpoints: Any = None  # the Orbax CheckpointManager of workdir
   restored: Any = None     # (state, data iterator state) of the checkpoint resumed from
   branched: bool = False   # restored is init.from_workdir's at init.from_step (a new branch)
+  harness: Any = None      # (params, beat) -> {task: {metric: value}}: train.harness_tasks
 
 
 def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
@@ -69,6 +71,7 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
     compiled = plan.compile_step(trainer)
     plan.check_fits(compiled, config)
     trainer.step = compiled
+  harness = _harness(config, tok, mesh) if config.train.harness_task_names else None
   changed = prepare_workdir(config, workdir, mode)
   mngr = checkpoint.manager(workdir, config.checkpoint.keep,
                             keep_steps=config.checkpoint.at_steps)
@@ -83,7 +86,33 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
   if changed and jax.process_index() == 0:
     print(f"continuing the run in {workdir} with new {', '.join(changed[:6])}", flush=True)
     files.write_config(workdir, config)
-  return Run(config, workdir, tok, trainer, dataset, mngr, restored, branched)
+  return Run(config, workdir, tok, trainer, dataset, mngr, restored, branched, harness)
+
+
+def _harness(config: Config, tok, mesh):
+  """The scorer of train.harness_tasks, its task names and directories checked."""
+  t = config.train
+  if config.task.kind != "lm" or config.model.encoder_layers:
+    raise ConfigError(f"train.harness_tasks={t.harness_tasks!r} scores language models; "
+                      f"this run has task.kind={config.task.kind!r} and "
+                      f"model.encoder_layers={config.model.encoder_layers} (expected lm, 0)")
+  if importlib.util.find_spec("lm_eval") is None:
+    raise ConfigError(f"train.harness_tasks={t.harness_tasks!r} needs the LM Evaluation "
+                      "Harness; install it with `pip install 'jaxlm[harness]'`")
+  from jaxlm.inference import harness  # lm-eval is optional: imported only when asked for
+  names = t.harness_task_names
+  try:
+    manager = harness.task_manager(names, t.harness_include_dirs)
+  except ValueError as e:
+    raise ConfigError(f"train.harness_tasks / train.harness_include: {e}") from None
+
+  def score(params, beat) -> dict:
+    lm = harness.JaxlmLM(params, config, tok, mesh, t.batch_size, on_batch=beat)
+    return harness.metrics(harness.evaluate(
+        lm, names, num_fewshot=None if t.harness_fewshot < 0 else t.harness_fewshot,
+        limit=t.harness_limit or None, manager=manager, seed=config.seed))
+
+  return score
 
 
 def run(r: Run) -> dict:
@@ -152,7 +181,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
   schedule = optim.schedule(c.optim, c.train.steps)
   start_step = int(state.step)
   last_time, last_step = None, start_step
-  val, loss_mean = {}, None
+  val, loss_mean, scored = {}, None, None
   checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
   waiting = loggers.Timer()  # time spent waiting for the next batch
   profile = Profile(c.train.profile_steps, os.path.join(r.workdir, "tensorboard"), report)
@@ -242,6 +271,15 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
         val = evaluated = evaluate(step, final)
         if last_time is not None:  # keep evaluation time out of the training throughput
           last_time += time.perf_counter() - eval_start
+      if r.harness and ((c.train.harness_every and step % c.train.harness_every == 0)
+                        or final) and not preempted:
+        harness_start = time.perf_counter()
+        scored = {"step": step, "tasks": r.harness(
+            state.params, lambda: watchdog.beat(f"harness tasks at step {step}"))}
+        report.eval(step, {f"harness/{task}/{k}": v for task, row in scored["tasks"].items()
+                           for k, v in row.items()})
+        if last_time is not None:  # and the harness's out of the throughput too
+          last_time += time.perf_counter() - harness_start
       if ((c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted
           or step in c.checkpoint.at_steps):
         check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
@@ -263,6 +301,9 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       saved = checkpoint.saved_metrics(mngr, c.train.steps) or {}
       full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
       val = full or saved or evaluate(c.train.steps, True)
+    if r.harness and scored is None:  # resumed a finished run: score its final params again
+      scored = {"step": c.train.steps, "tasks": r.harness(
+          state.params, lambda: watchdog.beat("harness tasks"))}
     watchdog.beat("the last checkpoint's write")
     checkpoint.finish(mngr)
   mngr.close()
@@ -276,6 +317,8 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
              "wall_seconds": wall_seconds(),
              # Restarts of the run after faults, recorded by the launchers.
              "restarts": len(files.read_restarts(r.workdir))}
+  if scored is not None:
+    summary["harness"] = scored
   if c.init.from_step:  # a branch: tokens and FLOPs above count the whole path; its parent's
     parent = c.init.from_step * tokens_per_step
     summary["parent"] = {"workdir": c.init.from_workdir, "step": c.init.from_step,
