@@ -102,6 +102,20 @@ def _transfer(args):
     print(f"wrote {args.plot}")
 
 
+def _downstream(args):
+  data = collect.read_runs(args.runs)
+  columns = plots.downstream(data, args.plot, args.metric)
+  best = plots.best_per_budget(data)
+  tasks = [c.rsplit("/", 1)[0] for c in columns]
+  print(f"{args.metric} of each budget's lowest-loss run ({len(data['loss'])} runs in "
+        f"{args.runs}):")
+  print(f"{'FLOPs':>9} {'params':>8} {'loss':>7} " + " ".join(f"{t:>18}" for t in tasks))
+  for i in best:
+    print(f"{data['flops'][i]:9.3g} {data['params'][i]:8.3g} {data['loss'][i]:7.4f} "
+          + " ".join(f"{data['downstream'][c][i]:18.4f}" for c in columns))
+  print(f"wrote {args.plot}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m jaxlm.scaling",
                                    description=__doc__.splitlines()[0])
@@ -128,10 +142,14 @@ def main(argv=None):
   p.add_argument("--runs", required=True, help="runs.csv of a LrTransferSpec sweep")
   p.add_argument("--out", required=True, help="transfer.json to write")
   p.add_argument("--plot", default="", help="PNG: loss against lr, a panel per parameterization")
+  p = sub.add_parser("downstream", help="harness task scores against compute and loss")
+  p.add_argument("--runs", required=True, help="runs.csv with <task>/<metric> columns")
+  p.add_argument("--plot", required=True, help="PNG to write")
+  p.add_argument("--metric", default="acc", help="the metric of each task (default acc)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   try:
     {"sweep": _sweep, "collect": _collect, "fit": _fit, "predict": _predict,
-     "transfer": _transfer}[args.command](args)
+     "transfer": _transfer, "downstream": _downstream}[args.command](args)
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
 

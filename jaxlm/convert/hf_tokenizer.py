@@ -26,9 +26,9 @@ def byte_to_unicode() -> dict[int, str]:
 
 def write_byte_tokenizer(out_dir: str, model_max_length: int) -> None:
   """Writes tokenizer.json and tokenizer_config.json of the byte tokenizer into out_dir."""
-  try:
+  try:  # optional (it comes with transformers): only a byte-level export writes a tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-  except ImportError:  # optional: only a byte-level export writes a tokenizer
+  except ImportError:
     raise ImportError("writing the byte tokenizer needs the tokenizers library; install it "
                       "with `pip install tokenizers` (it comes with transformers)") from None
   vocab = {ch: b for b, ch in byte_to_unicode().items()}

@@ -22,6 +22,7 @@ Tasks are looked up in the task directories shipped with jaxlm
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import time
@@ -41,7 +42,7 @@ from jaxlm.run import files, loggers
 from jaxlm.run.load import load_run
 
 TASKS_DIR = pathlib.Path(__file__).resolve().parent / "harness_tasks"
-RESULTS, SUMMARY = "harness_results.json", "harness_summary.json"
+RESULTS, SUMMARY = files.HARNESS_RESULTS, files.HARNESS_SUMMARY
 # The metric keys of a task's results that are not metrics.
 _NOT_METRICS = ("alias", "name", "sample_len", "sample_count")
 
@@ -198,6 +199,7 @@ def evaluate(lm: JaxlmLM, names: Sequence[str], *, num_fewshot: int | None = Non
   """Runs harness tasks on lm; returns lm-eval's results dict, and under "jaxlm" the
   seconds taken, the examples and the requests answered."""
   manager = manager or task_manager(names, include)
+  _quiet_custom_dataset_notes()
   started, answered = time.perf_counter(), getattr(lm, "requests", 0)
   results = evaluator.simple_evaluate(
       model=lm, tasks=list(names), num_fewshot=num_fewshot, limit=limit,
@@ -209,6 +211,20 @@ def evaluate(lm: JaxlmLM, names: Sequence[str], *, num_fewshot: int | None = Non
   if hasattr(lm, "requests"):  # lm-eval's own models do not count theirs
     results["jaxlm"]["requests"] = lm.requests - answered
   return results
+
+
+class _CustomDatasetNote(logging.Filter):
+  """Drops lm-eval's note, printed for every task with a custom_dataset loader (jaxlm's
+  own tasks), on passing --metadata to it: none of jaxlm's loaders takes any."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Custom kwargs can be passed" not in record.getMessage()
+
+
+def _quiet_custom_dataset_notes() -> None:
+  log = logging.getLogger("lm_eval.api.task")
+  if not any(isinstance(f, _CustomDatasetNote) for f in log.filters):
+    log.addFilter(_CustomDatasetNote())
 
 
 def metrics(results: dict) -> dict[str, dict[str, float]]:

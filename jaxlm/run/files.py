@@ -14,6 +14,8 @@ from jaxlm import config as config_lib
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+# python -m jaxlm.evaluate --tasks: lm-eval's results, and the metrics per task with the step.
+HARNESS_RESULTS, HARNESS_SUMMARY = "harness_results.json", "harness_summary.json"
 RESTARTS = "restarts.jsonl"  # one record per restart after a fault, written by the launchers
 LOGS = "logs"  # each process's output under a launcher, the watchdog's stack dumps
 CHECKPOINTS = "checkpoints"

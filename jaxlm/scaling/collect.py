@@ -18,6 +18,9 @@ from jaxlm.scaling import flops as flops_lib
 COLUMNS = ("name", "status", "role", "params", "non_embedding_params", "tokens", "flops",
            "spent_flops", "flops_convention", "loss", "bpb", "lr", "steps", "wall_seconds",
            "d_model", "parameterization", "mup_base_width", "seed")
+# Beside these, one column per downstream metric a run was scored on (`<task>/<metric>`,
+# e.g. shakespeare_word/acc) from its harness_summary.json (python -m jaxlm.evaluate
+# --tasks) or its summary.json's "harness" (train.harness_tasks).
 # role: point (an ordinary run), stable (a WSD study's constant-rate run: spent, not fitted)
 # or branch (its cooldowns: tokens and flops count the whole path, spent_flops their own).
 
@@ -104,6 +107,10 @@ def _row(sweep_dir: str, name: str, convention: str, role: str = "point") -> dic
     summary = _read_json(summary_path)
     row.update(loss=summary["final_val_loss"], bpb=summary["final_val_bpb"],
                wall_seconds=summary["wall_seconds"], tokens=summary["tokens"])
+    harness = _read_json(os.path.join(workdir, files.HARNESS_SUMMARY)) \
+        if os.path.exists(os.path.join(workdir, files.HARNESS_SUMMARY)) else summary.get("harness")
+    for task, metrics in (harness or {}).get("tasks", {}).items():
+      row.update({f"{task}/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")})
   return row
 
 
@@ -130,16 +137,18 @@ def collect(sweep_dir: str, convention: str = "6ND") -> list[dict]:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-  """Writes rows with the COLUMNS header; missing values are empty cells."""
+  """Writes rows with the COLUMNS header and any downstream columns; missing values are
+  empty cells."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  columns = COLUMNS + tuple(sorted({k for row in rows for k in row if "/" in k}))
   with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
       writer.writerow({k: ("" if row.get(k) is None else
                            repr(float(row[k])) if isinstance(row[k], (float, np.floating))
                            else row[k])
-                       for k in COLUMNS})
+                       for k in columns})
 
 
 def read_runs(path: str) -> dict:
@@ -162,7 +171,9 @@ def read_runs(path: str) -> dict:
                          f"tokens, loss (optional flops); found {', '.join(header) or 'none'}")
     rows = list(reader)
   has_flops = "flops" in header
+  downstream = [c for c in header if "/" in c]
   out = {"params": [], "tokens": [], "loss": [], "flops": [], "names": []}
+  scores = {c: [] for c in downstream}
   for i, row in enumerate(rows, start=1):
     if row.get("status", "ok") not in ("ok", "") or row.get("role") == "stable":
       continue
@@ -183,8 +194,12 @@ def read_runs(path: str) -> dict:
     out["flops"].append(values["flops"] if has_flops
                         else flops_lib.six_nd(values["params"], values["tokens"]))
     out["names"].append(row.get("name", str(i)))
+    for c in downstream:
+      scores[c].append(float(row[c]) if (row.get(c) or "").strip() else math.nan)
   arrays = {k: np.asarray(v, dtype=np.float64) for k, v in out.items() if k != "names"}
   arrays["names"] = out["names"]
+  # Downstream scores by column (NaN where a run has none); not checked: never fitted.
+  arrays["downstream"] = {c: np.asarray(v, dtype=np.float64) for c, v in scores.items()}
   arrays["flops_convention"] = _convention(rows, header, arrays)
   return arrays
 

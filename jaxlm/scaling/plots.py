@@ -1,4 +1,5 @@
-"""PNG plots: a fit's IsoFLOP profiles, frontier and N_opt/D_opt; learning-rate transfer."""
+"""PNG plots: a fit's IsoFLOP profiles, frontier and N_opt/D_opt; learning-rate transfer;
+downstream task scores against compute and loss."""
 
 from __future__ import annotations
 
@@ -85,6 +86,43 @@ def optimal_allocation(data: dict, result: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def best_per_budget(data: dict, tolerance: float = 0.15) -> list[int]:
+  """Index of the lowest-loss run in each IsoFLOP budget, budgets in increasing order."""
+  groups = fit_lib.group_budgets(data["flops"], tolerance)
+  best = [int(np.flatnonzero(groups == g)[np.argmin(data["loss"][groups == g])])
+          for g in np.unique(groups)]
+  return sorted(best, key=lambda i: data["flops"][i])
+
+
+def downstream(data: dict, path: str, metric: str = "acc") -> list[str]:
+  """Each task's `metric` against training FLOPs (every run; a line through each budget's
+  lowest-loss run) and against validation loss. Returns the columns plotted."""
+  columns = [c for c in data["downstream"] if c.rsplit("/", 1)[1] == metric]
+  if not columns:
+    raise ValueError(f"no <task>/{metric} column in the runs; expected runs scored with "
+                     "`python -m jaxlm.evaluate --tasks` (or train.harness_tasks) before "
+                     f"collect; found {', '.join(data['downstream']) or 'no downstream columns'}")
+  plt = _pyplot()
+  fig, (by_flops, by_loss) = plt.subplots(1, 2, figsize=(11, 4.5))
+  best = best_per_budget(data)
+  for k, column in enumerate(columns):
+    y, color = data["downstream"][column], f"C{k}"
+    task = column.rsplit("/", 1)[0]
+    by_flops.scatter(data["flops"], y, color=color, s=14, alpha=0.5)
+    by_flops.plot(data["flops"][best], y[best], "o-", color=color, label=task)
+    by_loss.scatter(data["loss"], y, color=color, s=18, label=task)
+  by_flops.set(xscale="log", xlabel="training FLOPs", ylabel=metric,
+               title="Downstream vs compute (line: each budget's best-loss run)")
+  by_loss.set(xlabel="validation loss", ylabel=metric, title="Downstream vs loss")
+  by_loss.invert_xaxis()
+  for ax in (by_flops, by_loss):
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return columns
 
 
 def write_all(data: dict, result: dict, out_dir: str) -> list[str]:
