@@ -43,16 +43,16 @@ def _step(params, cache: dict, tok_B, config: ModelConfig):
   return step(params, cache, tok_B, config)
 
 
-def _pick(logits_BV, done_B, key, i, sampling, eos_id):
+def _pick(logits_BV, done_B, key, i, sampling, stops_S):
   tok_B = sample_logits(jax.random.fold_in(key, i), logits_BV, *sampling)
   tok_B = jnp.where(done_B, -1, tok_B)  # -1: this row has ended
-  return tok_B, done_B | (tok_B == eos_id)
+  return tok_B, done_B | jnp.any(tok_B[:, None] == stops_S[None, :], axis=1)
 
 
-def _step_pick(params, cache, tok_B, done_B, key, i, sampling, eos_id, config):
+def _step_pick(params, cache, tok_B, done_B, key, i, sampling, stops_S, config):
   """Feeds each row's last token (an ended row's -1 as 0) and draws the next."""
   logits_BV, cache = _step(params, cache, jnp.maximum(tok_B, 0), config)
-  return (*_pick(logits_BV, done_B, key, i, sampling, eos_id), cache)
+  return (*_pick(logits_BV, done_B, key, i, sampling, stops_S), cache)
 
 
 def _scope(shard):
@@ -62,28 +62,28 @@ def _scope(shard):
 
 # The streaming path: a jitted start, then one jitted step per token from Python.
 @functools.partial(jax.jit, static_argnames=("config", "n_max", "shard"))
-def _first(params, inputs, done_B, key, i, sampling, eos_id, *, config: ModelConfig,
+def _first(params, inputs, done_B, key, i, sampling, stops_S, *, config: ModelConfig,
            n_max: int, shard):
   with _scope(shard):
     logits_BV, cache = _start(params, inputs, config, n_max)
-    return (*_pick(logits_BV, done_B, key, i, sampling, eos_id), cache)
+    return (*_pick(logits_BV, done_B, key, i, sampling, stops_S), cache)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "shard"), donate_argnames="cache")
-def _next(params, cache, tok_B, done_B, key, i, sampling, eos_id, *, config: ModelConfig,
+def _next(params, cache, tok_B, done_B, key, i, sampling, stops_S, *, config: ModelConfig,
           shard):
   with _scope(shard):
-    return _step_pick(params, cache, tok_B, done_B, key, i, sampling, eos_id, config)
+    return _step_pick(params, cache, tok_B, done_B, key, i, sampling, stops_S, config)
 
 
 # The batch path: start and the whole decode loop in one jitted call.
 @functools.partial(jax.jit, static_argnames=("config", "n_max", "shard"))
-def _window(params, inputs, done_B, key, i0, n, sampling, eos_id, *, config: ModelConfig,
+def _window(params, inputs, done_B, key, i0, n, sampling, stops_S, *, config: ModelConfig,
             n_max: int, shard):
   """Up to n (<= n_max) new tokens (B, n_max) from one start and a decode loop; -1 pads."""
   with _scope(shard):
     logits_BV, cache = _start(params, inputs, config, n_max)
-    tok_B, done_B = _pick(logits_BV, done_B, key, i0, sampling, eos_id)
+    tok_B, done_B = _pick(logits_BV, done_B, key, i0, sampling, stops_S)
     out_BM = jnp.full((tok_B.shape[0], n_max), -1, jnp.int32).at[:, 0].set(tok_B)
 
     def cond(carry):
@@ -93,7 +93,7 @@ def _window(params, inputs, done_B, key, i0, n, sampling, eos_id, *, config: Mod
     def body(carry):
       i, tok_B, done_B, cache, out_BM = carry
       tok_B, done_B, cache = _step_pick(params, cache, tok_B, done_B, key, i0 + i, sampling,
-                                        eos_id, config)
+                                        stops_S, config)
       out_BM = jax.lax.dynamic_update_slice(out_BM, tok_B[:, None], (0, i))
       return i + 1, tok_B, done_B, cache, out_BM
 
@@ -101,7 +101,7 @@ def _window(params, inputs, done_B, key, i0, n, sampling, eos_id, *, config: Mod
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 
-def _windows(prompts, max_new_tokens: int, max_len: int, eos_id: int,
+def _windows(prompts, max_new_tokens: int, max_len: int, stops: np.ndarray,
              run: Callable) -> Iterator[np.ndarray]:
   """Yields (B, m) blocks of new tokens (-1 once a row has ended), a context window at a time.
 
@@ -131,7 +131,7 @@ def _windows(prompts, max_new_tokens: int, max_len: int, eos_id: int,
     for block_BM in run(inputs, done_B.copy(), drawn, n, n_max):
       yield block_BM
       history = [np.concatenate([h, row[row >= 0]]) for h, row in zip(history, block_BM)]
-      done_B |= ((block_BM < 0) | (block_BM == eos_id)).any(axis=1)
+      done_B |= ((block_BM < 0) | np.isin(block_BM, stops)).any(axis=1)
       drawn += block_BM.shape[1]
 
 
@@ -155,11 +155,11 @@ def _sources(config: ModelConfig, sources, max_new_tokens: int, start_id: int,
           "start": np.full((len(sources),), start_id, np.int32)}
 
 
-def _blocks(config: ModelConfig, prompts, max_new_tokens: int, eos_id: int, run: Callable,
-            start_id, source_len) -> Iterator[np.ndarray]:
+def _blocks(config: ModelConfig, prompts, max_new_tokens: int, stops: np.ndarray,
+            run: Callable, start_id, source_len) -> Iterator[np.ndarray]:
   """The blocks of new tokens `run` yields over the whole generation (see _windows)."""
   if not config.encoder_layers:
-    return _windows(prompts, max_new_tokens, config.max_seq_len, eos_id, run)
+    return _windows(prompts, max_new_tokens, config.max_seq_len, stops, run)
   if start_id is None:
     raise ValueError("an encoder-decoder needs start_id (or eos_id): the decoder's first input")
   inputs = _sources(config, prompts, max_new_tokens, start_id, source_len)
@@ -167,7 +167,7 @@ def _blocks(config: ModelConfig, prompts, max_new_tokens: int, eos_id: int, run:
 
 
 def _prepare(params, config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top_p,
-             seed, eos_id, mesh, rules, vocab_limit=0):
+             seed, eos_id, mesh, rules, vocab_limit=0, stop_ids=()):
   """Checks inputs at the boundary; returns what both drivers pass to the jitted steps."""
   if ("encoder" in params) != bool(config.encoder_layers):
     kind = "an encoder-decoder's" if "encoder" in params else "a decoder-only model's"
@@ -189,15 +189,15 @@ def _prepare(params, config: ModelConfig, prompts, max_new_tokens, temperature, 
                        f"model.vocab_size={config.vocab_size}")
   sampling = Sampling(temperature, top_k, top_p, vocab_limit).arrays()
   shard = None if mesh is None else (mesh, tuple(rules or config_lib.DEFAULT_RULES))
-  eos = jnp.int32(-1 if eos_id is None else eos_id)
-  return sampling, jax.random.key(seed), shard, eos
+  stops_S = np.array([-1 if eos_id is None else eos_id, *stop_ids], np.int32)
+  return sampling, jax.random.key(seed), shard, stops_S
 
 
 def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
              max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, eos_id: int | None = None, mesh=None,
              rules=None, vocab_limit: int = 0, start_id: int | None = None,
-             source_len: int | None = None) -> list[np.ndarray]:
+             source_len: int | None = None, stop_ids: Sequence[int] = ()) -> list[np.ndarray]:
   """Up to max_new_tokens new tokens per row, each window in one jitted loop.
 
   Args:
@@ -210,6 +210,8 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
     temperature, top_k, top_p: see Sampling; temperature 0 is greedy.
     seed: the same seed gives the same tokens.
     eos_id: end-of-sequence id (kept as the row's last token), or None.
+    stop_ids: more ids that end a row like eos_id (e.g. a newline's, for a
+      generation that stops at the end of a line).
     mesh, rules: a device mesh and logical-axis rules (default config.DEFAULT_RULES)
       for the activations; None runs wherever params live.
     vocab_limit: if > 0, ids >= it are never drawn (the tokenizer's vocabulary size).
@@ -219,15 +221,16 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
   Returns:
     One int32 array of new tokens per row.
   """
-  sampling, key, shard, eos = _prepare(params, config, prompts, max_new_tokens, temperature,
-                                       top_k, top_p, seed, eos_id, mesh, rules, vocab_limit)
+  sampling, key, shard, stops = _prepare(params, config, prompts, max_new_tokens, temperature,
+                                         top_k, top_p, seed, eos_id, mesh, rules, vocab_limit,
+                                         stop_ids)
 
   def run(inputs, done_B, i0, n, n_max):
-    out_BM = _window(params, inputs, done_B, key, i0, n, sampling, eos, config=config,
+    out_BM = _window(params, inputs, done_B, key, i0, n, sampling, stops, config=config,
                      n_max=n_max, shard=shard)
     yield np.asarray(out_BM)[:, :n]
 
-  blocks = list(_blocks(config, prompts, max_new_tokens, int(eos), run,
+  blocks = list(_blocks(config, prompts, max_new_tokens, stops, run,
                         eos_id if start_id is None else start_id, source_len))
   out_BM = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(prompts), 0), np.int32)
   return [row[row >= 0] for row in out_BM]
@@ -237,25 +240,26 @@ def stream(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
            max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, seed: int = 0, eos_id: int | None = None, mesh=None,
            rules=None, vocab_limit: int = 0, start_id: int | None = None,
-           source_len: int | None = None) -> Iterator[np.ndarray]:
+           source_len: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
   """Like generate(), but yields each step's tokens (B,) as drawn; -1 marks an ended row.
 
   Inputs are checked on the call, not on the first token.
   """
-  sampling, key, shard, eos = _prepare(params, config, prompts, max_new_tokens, temperature,
-                                       top_k, top_p, seed, eos_id, mesh, rules, vocab_limit)
+  sampling, key, shard, stops = _prepare(params, config, prompts, max_new_tokens, temperature,
+                                         top_k, top_p, seed, eos_id, mesh, rules, vocab_limit,
+                                         stop_ids)
 
   def run(inputs, done_B, i0, n, n_max):
-    tok_B, done_B, cache = _first(params, inputs, done_B, key, i0, sampling, eos,
+    tok_B, done_B, cache = _first(params, inputs, done_B, key, i0, sampling, stops,
                                   config=config, n_max=n_max, shard=shard)
     yield np.asarray(tok_B)[:, None]
     for i in range(1, n):
       if np.all(done_B):
         return
-      tok_B, done_B, cache = _next(params, cache, tok_B, done_B, key, i0 + i, sampling, eos,
+      tok_B, done_B, cache = _next(params, cache, tok_B, done_B, key, i0 + i, sampling, stops,
                                    config=config, shard=shard)
       yield np.asarray(tok_B)[:, None]
 
-  blocks = _blocks(config, prompts, max_new_tokens, int(eos), run,
+  blocks = _blocks(config, prompts, max_new_tokens, stops, run,
                    eos_id if start_id is None else start_id, source_len)
   return (block_B1[:, 0] for block_B1 in blocks)

@@ -7,8 +7,8 @@ Behind `python -m jaxlm.evaluate --workdir=DIR --tasks=a,b` and training's
 `loglikelihood` and `loglikelihood_rolling` with the jitted forward pass of
 jaxlm/inference/scoring.py (length buckets, few compilations), and
 `generate_until` with the key/value-cache generation of
-jaxlm/inference/generate.py, stopping a batch once every row has met a stop
-sequence or the end-of-text id. Tokens come from the run's tokenizer; the
+jaxlm/inference/generate.py, one jitted loop per batch that ends a row at its
+end-of-text id or a one-token stop sequence. Tokens come from the run's tokenizer; the
 end-of-text id stands in for an empty context, as in the harness's `hf` model,
 whose truncation and stop rules these follow, so that the same weights score
 the same (tests/test_harness.py checks it against `hf`).
@@ -147,27 +147,18 @@ class JaxlmLM(TemplateLM):
 
   def _generate(self, prompts: list[list[int]], until: list[str], max_gen: int,
                 kwargs: dict) -> list[str]:
-    """Draws until each row has a stop sequence, its end-of-text, or max_gen tokens."""
-    n = len(prompts)
-    rows = prompts + [prompts[0]] * (self.batch_size - n)  # one shape: one compilation
-    tokens = generate.stream(
+    """Draws up to max_gen tokens per row in one jitted loop; a row ends at its end-of-text
+    or at a stop sequence that is one token. A stop sequence inside a longer token (or
+    of several) ends no row early: the text is cut at it afterwards, the same text."""
+    stop_ids = [ids[0] for ids in map(self.tok_encode, until) if len(ids) == 1]
+    rows = prompts + [prompts[0]] * (self.batch_size - len(prompts))  # one shape: one compile
+    new = generate.generate(
         self.params, self.config.model, rows, max_gen,
         temperature=float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0,
         top_k=int(kwargs.get("top_k") or 0), top_p=float(kwargs.get("top_p") or 1.0),
         seed=int(kwargs.get("seed") or 0), eos_id=self.eot_token_id, mesh=self.mesh,
-        rules=self.config.mesh.rules, vocab_limit=self.tok.vocab_size)
-    drawn = [[] for _ in range(n)]
-    done = np.zeros(n, bool)
-    for tok_B in tokens:
-      for b in np.flatnonzero(~done):
-        if tok_B[b] < 0 or tok_B[b] == self.eot_token_id:
-          done[b] = True
-          continue
-        drawn[b].append(int(tok_B[b]))
-        done[b] = any(s and s in self.tok_decode(drawn[b]) for s in until)
-      if done.all():
-        break
-    return [self.tok_decode(d) for d in drawn]
+        rules=self.config.mesh.rules, vocab_limit=self.tok.vocab_size, stop_ids=stop_ids)
+    return [self.tok_decode(row) for row in new[:len(prompts)]]
 
 
 def task_manager(names: Sequence[str], include: Sequence[str] = ()) -> TaskManager:
