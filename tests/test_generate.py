@@ -252,3 +252,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(workdir, tmp_path):
   assert "Traceback" not in out.stderr
   with pytest.raises(FileNotFoundError, match="has no config.json"):
     load_run(str(tmp_path / "nonexistent"))
+
+
+def test_stop_ids_end_a_row_like_eos():
+  config = GQA
+  params = transformer.init(config, jax.random.key(0))
+  prompts = [[1, 2, 3], [4, 5]]
+  free = generate.generate(params, config, prompts, 8, temperature=0.0)
+  stop = int(free[0][2])  # the third token row 0 draws
+  stopped = generate.generate(params, config, prompts, 8, temperature=0.0, stop_ids=[stop])
+  for row, cut in zip(free, stopped):
+    ends = list(row).index(stop) + 1 if stop in row else len(row)
+    assert list(cut) == list(row[:ends])  # kept as the last token, nothing after it
+  assert len(stopped[0]) <= 3
