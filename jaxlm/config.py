@@ -144,8 +144,8 @@ class ModelConfig:
 class DataConfig:
   """Corpus, tokenizer and sequence packing."""
   corpus: str = "shakespeare"  # shakespeare | files:GLOB,... | hf:NAME | prepared:DIR (docs/data.md)
-  tokenizer: str = "sentencepiece"  # sentencepiece | bytes
-  tokenizer_path: str = ""          # "" means the committed model for vocab_size
+  tokenizer: str = "sentencepiece"  # sentencepiece | bytes | hf (a Hugging Face tokenizer)
+  tokenizer_path: str = ""          # sentencepiece: "" is the committed model; hf: its directory
   vocab_size: int = 0               # tokenizer vocabulary; 0 means model.vocab_size
   seq_len: int = 256           # tokens per training window
   mask_documents: bool = True       # packed documents never attend to each other
@@ -160,7 +160,9 @@ class DataConfig:
     parse_corpus(self.corpus)
     _check(0 < self.validation_fraction < 1, "data.validation_fraction",
            self.validation_fraction, "in (0, 1)")
-    _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes"))
+    _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes", "hf"))
+    _check(self.tokenizer != "hf" or bool(self.tokenizer_path), "data.tokenizer_path",
+           self.tokenizer_path, "a Hugging Face tokenizer directory with data.tokenizer=hf")
     _check(self.seq_len > 0, "data.seq_len", self.seq_len, "a positive integer")
     _check(self.source_len >= 0, "data.source_len", self.source_len,
            ">= 0 (0 means data.seq_len)")

@@ -150,10 +150,13 @@ def test_task_scores_match_hf_and_the_command_line_writes_them(models):
 
 def test_bad_input_is_one_line(models, tmp_path):
   tmp, _, _ = models
-  cases = [([f"--workdir={tmp / 'run'}", "--tasks=no_such_task"], "no_such_task not found"),
-           ([f"--workdir={tmp / 'run'}", "--tasks=tiny_choice", f"--include={tmp_path}/x"],
+  with pytest.raises(ValueError, match="no_such_task not found; expected names of jaxlm's"):
+    harness.task_manager(["shakespeare_word", "no_such_task"])  # looked up in lm-eval's too
+  cases = [([f"--workdir={tmp / 'run'}", "--tasks=tiny_choice", f"--include={tmp_path}/x"],
             "is not a directory"),
-           ([f"--workdir={tmp_path}", "--tasks=shakespeare_cloze"], "has no config.json")]
+           ([f"--workdir={tmp_path}", "--tasks=shakespeare_cloze"], "has no config.json"),
+           ([f"--workdir={tmp / 'run'}", "--tasks=shakespeare_cloze", "--limit=0"],
+            "--limit=0.0 is invalid")]
   for args, message in cases:
     out = subprocess.run([sys.executable, "-m", "jaxlm.evaluate", *args], capture_output=True,
                          text=True, cwd=ROOT)
@@ -196,6 +199,16 @@ def test_training_scores_harness_tasks_into_metrics_and_summary(tmp_path):
       scored[-1]["harness/shakespeare_word/acc"]
   on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert on_disk["harness"] == summary["harness"]
+  # A task that fails mid-run is a warning: training goes on and saves its checkpoints.
+  r = loop.setup(config, str(tmp_path / "failing"))
+
+  def fail(params, beat):
+    raise ValueError("a task asks for max_gen_toks=999")
+
+  r.harness = fail
+  summary = loop.run(r)
+  assert summary["steps"] == 4 and "harness" not in summary
+  assert sorted(os.listdir(tmp_path / "failing" / "checkpoints")) == ["4"]
   for bad, message in [({"train.harness_tasks": "no_such_task"}, "no_such_task not found"),
                        ({"train.harness_tasks": "shakespeare_word", "task.kind": "classify",
                          "task.pooling": "mean"}, "scores language models")]:
@@ -216,3 +229,13 @@ def test_the_shipped_task_data_is_what_the_builder_makes(tmp_path):
   assert len(rows) == 400 and {r["work"] for r in rows} == {"hamlet", "henry_v",
                                                              "rape_of_lucrece", "twelfth_night"}
   assert all(len({len(c) for c in r["choices"]}) == 1 for r in rows)  # no length cue
+
+
+def test_imported_run_keeps_its_tokenizer_both_ways(models):
+  tmp, _, ours = models
+  assert ours.config.data.tokenizer == "hf"  # from_hf copied tokenizer.json into the run
+  assert ours.tok.encode("ab\n").tolist() == [97, 98, 10] and ours.eot_token_id == 256
+  convert.to_hf(str(tmp / "run"), str(tmp / "back"))
+  assert (tmp / "back" / "tokenizer.json").read_bytes() == \
+      (tmp / "hf" / "tokenizer.json").read_bytes()
+  assert json.loads((tmp / "back" / "config.json").read_text())["eos_token_id"] == 256

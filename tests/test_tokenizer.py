@@ -133,3 +133,54 @@ def test_non_model_file_names_the_key(tmp_path):
   expected = r"data\.tokenizer_path=.*junk\.model.*not a sentencepiece"
   with pytest.raises(ValueError, match=expected):
     tokenizer.load_tokenizer("sentencepiece", str(path))
+
+
+def _hf_tokenizer(out, eos="<|endoftext|>", vocab_size=400):
+  """A byte-level BPE (GPT-2's kind) trained with the tokenizers library on a corpus sample."""
+  tokenizers = pytest.importorskip("tokenizers")
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=[eos] if eos else [],
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator([corpus.load_works("train")[0].text[:100_000]], trainer)
+  out.mkdir()
+  tok.save(str(out / "tokenizer.json"))
+  return str(out)
+
+
+def test_hugging_face_tokenizer_round_trips_and_counts_bytes(tmp_path):
+  tok = tokenizer.load_tokenizer("hf", _hf_tokenizer(tmp_path / "bpe"))
+  assert tok.vocab_size == 400 and tok.eos_id == 0 and tok.token_bytes()[tok.eos_id] == 0
+  for text in TRICKY + [corpus.load_works("validation")[0].text[:20_000]]:
+    ids = tok.encode(text)
+    assert tok.eos_id not in ids and tok.decode(ids) == text
+    assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8"))  # bits per byte
+  assert len(tok.encode("the king")) < len("the king")  # merges learned
+  other = tokenizer.load_tokenizer("hf", _hf_tokenizer(tmp_path / "bpe2", vocab_size=300))
+  assert other.fingerprint != tok.fingerprint
+
+
+def test_hugging_face_tokenizer_errors_name_the_problem(tmp_path):
+  with pytest.raises(ValueError, match="needs data.tokenizer_path"):
+    tokenizer.load_tokenizer("hf", "")
+  with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
+    tokenizer.load_tokenizer("hf", str(tmp_path))
+  with pytest.raises(ValueError, match="no end-of-text token"):
+    tokenizer.load_tokenizer("hf", _hf_tokenizer(tmp_path / "no_eos", eos=None))
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "tokenizer.json").write_text("{not json")
+  with pytest.raises(ValueError, match="is not a tokenizer.json"):
+    tokenizer.load_tokenizer("hf", str(tmp_path / "bad"))
+
+
+def test_a_run_trains_and_reports_bits_per_byte_with_a_hugging_face_tokenizer(tmp_path):
+  from jaxlm.train import loop
+  from tests.helpers import tiny_config
+  path = _hf_tokenizer(tmp_path / "bpe")
+  config = tiny_config(**{"data.tokenizer": "hf", "data.tokenizer_path": path,
+                          "model.vocab_size": 512, "train.final_eval_batches": 2})
+  summary = loop.run(loop.setup(config, str(tmp_path / "run")))
+  # More bytes per token than bytes: bpb below the loss in bits per token.
+  assert 0 < summary["final_val_bpb"] < summary["final_val_loss"] / np.log(2)

@@ -35,8 +35,13 @@ def main(argv):
   try:
     if FLAGS.from_hf is not None:
       config = hf.from_hf(FLAGS.from_hf, FLAGS.workdir, FLAGS.dtype or "float32")
+      if config.data.tokenizer == "hf":
+        tokenizer = f"with its tokenizer in {config.data.tokenizer_path}"
+      else:
+        why = hf.usable_tokenizer(FLAGS.from_hf, config.model.vocab_size)[1]
+        tokenizer = f"naming the byte tokenizer: its own is not used ({why})"
       print(f"wrote {FLAGS.from_hf} as the jaxlm run {FLAGS.workdir} ({config.name}, "
-            f"{config.model.param_dtype}); its tokenizer is not converted")
+            f"{config.model.param_dtype}), {tokenizer}")
     else:
       arch, step = hf.to_hf(FLAGS.workdir, FLAGS.to_hf, None if FLAGS.step < 0 else FLAGS.step,
                             FLAGS.dtype)

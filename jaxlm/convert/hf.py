@@ -25,13 +25,16 @@ from safetensors.numpy import save_file
 from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError, DataConfig, ModelConfig
 from jaxlm.convert import gpt2, hf_tokenizer, llama
-from jaxlm.data.tokenizer import ByteTokenizer
+from jaxlm.data.tokenizer import ByteTokenizer, HFTokenizer
 from jaxlm.run import checkpoint, files, loggers
 from jaxlm.run.load import load_run
 
 # model_type -> the module that converts it.
 MODEL_TYPES = {"gpt2": gpt2, "llama": llama, "mistral": llama}
 LM_HEAD = "lm_head.weight"
+# A Hugging Face tokenizer's files that an imported run keeps, in WORKDIR/tokenizer/.
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _SINGLE, _INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
@@ -108,10 +111,26 @@ def hf_model_config(c: ModelConfig) -> dict:
   return (gpt2 if c.positions == "learned" else llama).config_to_hf(c)
 
 
-def run_config(model: ModelConfig, name: str) -> Config:
-  """A run around a converted model; it names the byte tokenizer, as HF's is not converted."""
-  data = DataConfig(tokenizer="bytes", seq_len=min(DataConfig.seq_len, model.max_seq_len))
+def run_config(model: ModelConfig, name: str, tokenizer_dir: str = "") -> Config:
+  """A run around a converted model: with the Hugging Face tokenizer in tokenizer_dir, or
+  (none given) jaxlm's byte tokenizer."""
+  data = DataConfig(tokenizer="hf" if tokenizer_dir else "bytes", tokenizer_path=tokenizer_dir,
+                    seq_len=min(DataConfig.seq_len, model.max_seq_len))
   return Config(name=name, model=model, data=data)
+
+
+def usable_tokenizer(hf_dir: str, vocab_size: int) -> tuple[bool, str]:
+  """(whether hf_dir's tokenizer can be a run's data.tokenizer=hf, and why not)."""
+  if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+    return False, "it has no tokenizer.json"
+  try:
+    tok = HFTokenizer(hf_dir)
+  except (ImportError, ValueError) as e:
+    return False, str(e)
+  if tok.vocab_size > vocab_size:
+    return False, (f"its vocabulary ({tok.vocab_size}) is larger than the model's "
+                   f"({vocab_size})")
+  return True, ""
 
 
 def read_hf(hf_dir: str, dtype: str = "float32") -> tuple[Config, dict]:
@@ -141,11 +160,25 @@ def read_hf(hf_dir: str, dtype: str = "float32") -> tuple[Config, dict]:
 
 
 def from_hf(hf_dir: str, workdir: str, dtype: str = "float32") -> Config:
-  """Converts a save_pretrained directory into a new jaxlm run in workdir; returns its config."""
+  """Converts a save_pretrained directory into a new jaxlm run in workdir; returns its config.
+
+  The tokenizer files found in hf_dir (tokenizer.json and its configs) are copied into
+  WORKDIR/tokenizer/ and named by the run's config (data.tokenizer=hf) when jaxlm can
+  use them (usable_tokenizer); otherwise the run names the byte tokenizer.
+  """
   _refuse_existing(workdir, "--workdir")
   config, params = read_hf(hf_dir, dtype)
+  copy_tokenizer = usable_tokenizer(hf_dir, config.model.vocab_size)[0]
+  if copy_tokenizer:
+    config = run_config(config.model, config.name,
+                        os.path.join(os.path.abspath(workdir), TOKENIZER_DIR))
 
   def write(tmp):
+    if copy_tokenizer:
+      os.makedirs(os.path.join(tmp, TOKENIZER_DIR))
+      for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(hf_dir, name)):
+          shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, TOKENIZER_DIR, name))
     files.write_config(tmp, config)
     mngr = checkpoint.manager(tmp, keep=1, async_save=False)
     state = {"step": np.zeros((), np.int32), "params": params}
@@ -172,8 +205,11 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
   hf = hf_model_config(c)  # before reading params: a model with no HF equivalent stops here
   module = MODEL_TYPES[hf["model_type"]]
   dtype = dtype or c.param_dtype
-  # A byte-level run's tokenizer has an HF twin (hf_tokenizer.py); a sentencepiece one not yet.
-  eos = ByteTokenizer.eos_id if config.data.tokenizer == "bytes" else None
+  # A byte-level run's tokenizer has an HF twin (hf_tokenizer.py), an hf one is copied
+  # back; a sentencepiece one is not converted yet.
+  kind, tok_dir = config.data.tokenizer, config.data.tokenizer_path
+  eos = {"bytes": lambda: ByteTokenizer.eos_id, "hf": lambda: HFTokenizer(tok_dir).eos_id}.get(
+      kind, lambda: None)()
   hf.update(dtype=dtype, bos_token_id=eos, eos_token_id=eos)
   params = load_run(workdir, step).params
   tensors = {k: np.ascontiguousarray(np.asarray(v).astype(jnp.dtype(dtype)))
@@ -183,8 +219,13 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf, f, indent=2)
     save_file(tensors, os.path.join(tmp, _SINGLE), metadata={"format": "pt"})
-    if eos is not None:
+    if kind == "bytes":
       hf_tokenizer.write_byte_tokenizer(tmp, c.max_seq_len)
+    elif kind == "hf":
+      root = tok_dir if os.path.isdir(tok_dir) else os.path.dirname(tok_dir)
+      for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(root, name)):
+          shutil.copy2(os.path.join(root, name), os.path.join(tmp, name))
 
   _write_new_dir(hf_dir, write)
   return hf["architectures"][0], step

@@ -13,15 +13,9 @@ from __future__ import annotations
 import json
 import os
 
+from jaxlm.data.tokenizer import byte_to_unicode
+
 EOS = "<|endoftext|>"
-
-
-def byte_to_unicode() -> dict[int, str]:
-  """GPT-2's printable stand-in character of each byte (the ByteLevel alphabet)."""
-  keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
-          *range(ord("\xae"), ord("\xff") + 1)]
-  extra = iter(range(256, 512))
-  return {b: chr(b if b in keep else next(extra)) for b in range(256)}
 
 
 def write_byte_tokenizer(out_dir: str, model_max_length: int) -> None:

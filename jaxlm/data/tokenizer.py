@@ -1,7 +1,7 @@
-"""Byte and sentencepiece tokenizers behind one interface.
+"""Byte, sentencepiece and Hugging Face tokenizers behind one interface.
 
-Both round-trip text exactly, and both say how many UTF-8 bytes each id stands
-for (`token_bytes`): that turns a loss per token into bits per byte, the one
+Each round-trips text, and each says how many UTF-8 bytes each id stands for
+(`token_bytes`): that turns a loss per token into bits per byte, the one
 number comparable across tokenizers.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import pathlib
 from typing import Protocol, Sequence
 
@@ -16,7 +17,9 @@ import numpy as np
 import sentencepiece as spm
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
-KINDS = ("sentencepiece", "bytes")
+KINDS = ("sentencepiece", "bytes", "hf")
+# End-of-text tokens of common Hugging Face tokenizers, for those whose config names none.
+EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
 
 
 class Tokenizer(Protocol):
@@ -118,6 +121,92 @@ class SentencePieceTokenizer:
     return self._token_bytes.copy()
 
 
+def byte_to_unicode() -> dict[int, str]:
+  """GPT-2's printable stand-in character of each byte (the ByteLevel alphabet)."""
+  keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+          *range(ord("\xae"), ord("\xff") + 1)]
+  extra = iter(range(256, 512))
+  return {b: chr(b if b in keep else next(extra)) for b in range(256)}
+
+
+class HFTokenizer:
+  """A Hugging Face tokenizer: a directory holding tokenizer.json (what save_pretrained
+  writes), read with the `tokenizers` library.
+
+  The end-of-text id is the config's eos_token (tokenizer_config.json), else the
+  first of EOS_NAMES it has. Bytes per id: a byte-level token's bytes (GPT-2,
+  Llama 3), 1 for a byte-fallback piece <0xNN>, a piece's UTF-8 with U+2581 as a
+  space (sentencepiece-style), 0 for special tokens. For byte-level tokenizers
+  and those without a dummy-prefix space, ids sum to the text's exact bytes.
+  """
+
+  def __init__(self, path: str):
+    try:  # optional: only data.tokenizer=hf needs it (it comes with transformers)
+      from tokenizers import Tokenizer as HFTokenizerModel
+    except ImportError:
+      raise ImportError("data.tokenizer=hf needs the tokenizers library; install it with "
+                        "`pip install 'jaxlm[data]'` (or `pip install tokenizers`)") from None
+    root = pathlib.Path(path)
+    file = root / "tokenizer.json" if root.is_dir() else root
+    if not file.is_file():
+      raise FileNotFoundError(f"data.tokenizer_path={path!r} has no tokenizer.json; expected "
+                              "a Hugging Face tokenizer directory (save_pretrained) or file")
+    blob = file.read_bytes()
+    try:
+      self._tok = HFTokenizerModel.from_str(blob.decode("utf-8"))
+    except Exception as e:  # tokenizers raises its own Exception type for a bad file
+      raise ValueError(f"data.tokenizer_path={path!r}: {file} is not a tokenizer.json the "
+                       f"tokenizers library reads ({e})") from None
+    self.name = (root if root.is_dir() else root.parent).name
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    self.fingerprint = "hf:" + hashlib.blake2b(blob, digest_size=12).hexdigest()
+    special = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+    self.eos_id = self._find_eos(file.parent / "tokenizer_config.json", path)
+    self._token_bytes = self._count_bytes(special)
+    self._keep = self._token_bytes > 0
+
+  def _find_eos(self, config_file: pathlib.Path, path: str) -> int:
+    names = list(EOS_NAMES)
+    if config_file.is_file():
+      eos = json.loads(config_file.read_text()).get("eos_token")
+      eos = eos.get("content") if isinstance(eos, dict) else eos
+      names = [eos] if eos else names
+    for name in names:
+      if (i := self._tok.token_to_id(name)) is not None:
+        return i
+    raise ValueError(f"data.tokenizer_path={path!r} has no end-of-text token (looked for "
+                     f"{', '.join(names)}); jaxlm separates documents with one")
+
+  def _count_bytes(self, special: set[int]) -> np.ndarray:
+    byte_of = {c: b for b, c in byte_to_unicode().items()}
+    byte_level = "ByteLevel" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
+    counts = np.zeros(self.vocab_size, dtype=np.int32)
+    for i in range(self.vocab_size):
+      piece = self._tok.id_to_token(i)
+      if i in special or piece is None:
+        continue
+      if byte_level and all(c in byte_of for c in piece):
+        counts[i] = len(piece)
+      elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        counts[i] = 1
+      else:
+        counts[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
+    return counts
+
+  def encode(self, text: str) -> np.ndarray:
+    """Returns the int32 ids of `text`, with no special tokens added."""
+    return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """Returns the text of `ids`, skipping special tokens."""
+    ids = _as_ids(ids, self.vocab_size)
+    return self._tok.decode(ids[self._keep[ids]].tolist(), skip_special_tokens=True)
+
+  def token_bytes(self) -> np.ndarray:
+    """Returns int32 (vocab_size,): the UTF-8 bytes each id decodes to, 0 for special ids."""
+    return self._token_bytes.copy()
+
+
 def committed_vocab_sizes() -> list[int]:
   """The vocab sizes of the sentencepiece models committed under jaxlm/data/assets/."""
   sizes = []
@@ -142,6 +231,11 @@ def load_tokenizer(kind: str, path: str = "", vocab_size: int = 0) -> Tokenizer:
   """
   if kind == "bytes":
     return _BYTES
+  if kind == "hf":
+    if not path:
+      raise ValueError("data.tokenizer=hf needs data.tokenizer_path: a Hugging Face tokenizer "
+                       "directory (with tokenizer.json)")
+    return _load_hf(str(pathlib.Path(path).resolve()))
   if kind != "sentencepiece":
     raise ValueError(f"data.tokenizer={kind!r} is not a tokenizer; expected one of {KINDS}")
   if not path:
@@ -156,6 +250,11 @@ def load_tokenizer(kind: str, path: str = "", vocab_size: int = 0) -> Tokenizer:
     raise FileNotFoundError(
         f"data.tokenizer_path={path!r} is not a file; expected a sentencepiece .model file")
   return _load_sentencepiece(str(pathlib.Path(path).resolve()))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_hf(path: str) -> HFTokenizer:
+  return HFTokenizer(path)
 
 
 @functools.lru_cache(maxsize=16)

@@ -271,15 +271,6 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
         val = evaluated = evaluate(step, final)
         if last_time is not None:  # keep evaluation time out of the training throughput
           last_time += time.perf_counter() - eval_start
-      if r.harness and ((c.train.harness_every and step % c.train.harness_every == 0)
-                        or final) and not preempted:
-        harness_start = time.perf_counter()
-        scored = {"step": step, "tasks": r.harness(
-            state.params, lambda: watchdog.beat(f"harness tasks at step {step}"))}
-        report.eval(step, {f"harness/{task}/{k}": v for task, row in scored["tasks"].items()
-                           for k, v in row.items()})
-        if last_time is not None:  # and the harness's out of the throughput too
-          last_time += time.perf_counter() - harness_start
       if ((c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted
           or step in c.checkpoint.at_steps):
         check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
@@ -289,6 +280,12 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
         checkpoint.save(mngr, step, state, it.get_state(), c, metrics=evaluated,
                         wait=preempted, wall_seconds=wall_seconds())
         report.print(f"saving checkpoint {step} in {mngr.directory}")
+      if r.harness and ((c.train.harness_every and step % c.train.harness_every == 0)
+                        or final) and not preempted:
+        harness_start = time.perf_counter()
+        scored = _score_harness(r, state.params, step, report, watchdog) or scored
+        if last_time is not None:  # the harness's time stays out of the throughput too
+          last_time += time.perf_counter() - harness_start
       if preempted:
         profile.stop()
         by = f" by {preemption.signal}" if preemption.signal else ""
@@ -302,8 +299,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
       val = full or saved or evaluate(c.train.steps, True)
     if r.harness and scored is None:  # resumed a finished run: score its final params again
-      scored = {"step": c.train.steps, "tasks": r.harness(
-          state.params, lambda: watchdog.beat("harness tasks"))}
+      scored = _score_harness(r, state.params, c.train.steps, report, watchdog)
     watchdog.beat("the last checkpoint's write")
     checkpoint.finish(mngr)
   mngr.close()
@@ -354,6 +350,19 @@ class Profile:
       self.tracing = False
       self.report.print(f"profile of steps {self.steps[0]}-{self.steps[1]} written to "
                         f"{self.logdir} (tensorboard --logdir {self.logdir}, Profile tab)")
+
+
+def _score_harness(r: Run, params, step: int, report: loggers.Reporter, watchdog) -> dict | None:
+  """Scores train.harness_tasks and reports them; a failure is a warning, not the run's end
+  (the checkpoint of this step is already saved)."""
+  try:
+    tasks = r.harness(params, lambda: watchdog.beat(f"harness tasks at step {step}"))
+  except Exception as e:  # a task's data or settings: the training itself is fine
+    report.print(f"warning: harness tasks at step {step} failed: {type(e).__name__}: {e}")
+    return None
+  report.eval(step, {f"harness/{task}/{k}": v for task, row in tasks.items()
+                     for k, v in row.items()})
+  return {"step": step, "tasks": tasks}
 
 
 def _log_spike(report, step: int, loss: float, mean: float | None, factor: float,
