@@ -19,6 +19,11 @@ LOGGERS = ("stdout", "jsonl", "tensorboard", "wandb")
 OPTIMIZERS = ("adamw", "lion", "adafactor", "muon")
 
 
+def names(text: str) -> tuple[str, ...]:
+  """The items of a comma-separated key (train.loggers, train.harness_tasks, ...)."""
+  return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 class ConfigError(ValueError):
   """Bad configuration input; the message names the key and what was expected."""
 
@@ -277,15 +282,7 @@ class TrainConfig:
 
   @property
   def logger_names(self) -> tuple[str, ...]:
-    return tuple(n.strip() for n in self.loggers.split(",") if n.strip())
-
-  @property
-  def harness_task_names(self) -> tuple[str, ...]:
-    return tuple(n.strip() for n in self.harness_tasks.split(",") if n.strip())
-
-  @property
-  def harness_include_dirs(self) -> tuple[str, ...]:
-    return tuple(n.strip() for n in self.harness_include.split(",") if n.strip())
+    return names(self.loggers)
 
   @property
   def profile_steps(self) -> tuple[int, int] | None:

@@ -27,8 +27,9 @@ flags.DEFINE_string("corpus", None, "files:GLOB[,GLOB...] (.jsonl, .parquet, pla
 flags.DEFINE_string("hf_config", "", "hf: the dataset's configuration (data.hf_config).")
 flags.DEFINE_string("hf_split", "train", "hf: the split to read (data.hf_split).")
 flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_string("tokenizer", "bytes", "bytes | sentencepiece (data.tokenizer).")
-flags.DEFINE_string("tokenizer_path", "", "A sentencepiece .model (data.tokenizer_path).")
+flags.DEFINE_string("tokenizer", "bytes", "bytes | sentencepiece | hf (data.tokenizer).")
+flags.DEFINE_string("tokenizer_path", "", "A sentencepiece .model, or a Hugging Face tokenizer "
+                    "directory (data.tokenizer_path).")
 flags.DEFINE_integer("vocab_size", 0, "Picks a committed sentencepiece model when "
                      "--tokenizer_path is empty (data.vocab_size).")
 flags.DEFINE_string("text_field", "text", "The text field of .jsonl records and .parquet rows.")

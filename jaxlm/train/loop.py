@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from jaxlm import params as params_lib
 from jaxlm import sharding
+from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError
 from jaxlm.data import pipeline
 from jaxlm.inference.generate import generate
@@ -71,7 +72,7 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
     compiled = plan.compile_step(trainer)
     plan.check_fits(compiled, config)
     trainer.step = compiled
-  harness = _harness(config, tok, mesh) if config.train.harness_task_names else None
+  harness = _harness(config, tok, mesh) if config.train.harness_tasks.strip() else None
   changed = prepare_workdir(config, workdir, mode)
   mngr = checkpoint.manager(workdir, config.checkpoint.keep,
                             keep_steps=config.checkpoint.at_steps)
@@ -100,9 +101,9 @@ def _harness(config: Config, tok, mesh):
     raise ConfigError(f"train.harness_tasks={t.harness_tasks!r} needs the LM Evaluation "
                       "Harness; install it with `pip install 'jaxlm[harness]'`")
   from jaxlm.inference import harness  # lm-eval is optional: imported only when asked for
-  names = t.harness_task_names
+  names = config_lib.names(t.harness_tasks)
   try:
-    manager = harness.task_manager(names, t.harness_include_dirs)
+    manager = harness.task_manager(names, config_lib.names(t.harness_include))
   except ValueError as e:
     raise ConfigError(f"train.harness_tasks / train.harness_include: {e}") from None
 
