@@ -33,7 +33,7 @@ LAYERS = [
 # `python -m jaxlm.<name>` modules: thin aliases of jaxlm/cli/, above everything.
 ALIASES = ("jaxlm.main", "jaxlm.generate", "jaxlm.evaluate", "jaxlm.export",
            "jaxlm.seq2seq_generate", "jaxlm.convert.__main__", "jaxlm.scaling.__main__",
-           "jaxlm.data.prepare")
+           "jaxlm.data.prepare", "jaxlm.data.tokenizer.__main__")
 
 
 def _modules() -> dict[str, pathlib.Path]:

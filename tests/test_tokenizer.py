@@ -1,5 +1,7 @@
 """Tests for jaxlm.data.tokenizer: exact round trips and bytes per token."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -184,3 +186,33 @@ def test_a_run_trains_and_reports_bits_per_byte_with_a_hugging_face_tokenizer(tm
   summary = loop.run(loop.setup(config, str(tmp_path / "run")))
   # More bytes per token than bytes: bpb below the loss in bits per token.
   assert 0 < summary["final_val_bpb"] < summary["final_val_loss"] / np.log(2)
+
+
+def test_training_reproduces_the_committed_sentencepiece_model(tmp_path):
+  from jaxlm.data.tokenizer import training
+  out = str(tmp_path / "sp512.model")
+  training.train("sentencepiece", [w.text for w in corpus.load_works("train")], 512, out)
+  assert open(out, "rb").read() == (tokenizer.ASSETS / "shakespeare_sp512.model").read_bytes()
+
+
+def test_train_command_learns_a_byte_level_bpe_from_files(tmp_path):
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parent.parent
+  works = corpus.load_works("all")
+  for w in works[:12]:
+    (tmp_path / f"{w.name}.txt").write_text(w.text[:30_000])
+  out = tmp_path / "bpe"
+  run = subprocess.run([sys.executable, "-m", "jaxlm.data.tokenizer", "train",
+                        f"--corpus=files:{tmp_path}/*.txt", "--vocab_size=320", "--kind=bpe",
+                        f"--out={out}", "--validation_fraction=0.2"],
+                       capture_output=True, text=True, cwd=root)
+  assert run.returncode == 0, run.stderr
+  assert f"--set data.tokenizer=hf --set data.tokenizer_path={out}" in run.stdout
+  assert "bytes per token on" in run.stdout  # measured on held-out documents
+  tok = tokenizer.load_tokenizer("hf", str(out))
+  assert tok.vocab_size == 320 and tok.decode(tok.encode(works[20].text)) == works[20].text
+  bad = subprocess.run([sys.executable, "-m", "jaxlm.data.tokenizer", "train",
+                        "--corpus=shakespeare", "--vocab_size=100", f"--out={tmp_path}/x"],
+                       capture_output=True, text=True, cwd=root)
+  assert bad.returncode == 2 and "--vocab_size=100 is too small" in bad.stderr

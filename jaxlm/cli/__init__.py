@@ -3,7 +3,8 @@
 Every flag of jaxlm is defined here and nowhere else: train.py (`python -m
 jaxlm.main`), generate.py, evaluate.py, export.py, convert.py, scaling.py and
 seq2seq.py (`python -m jaxlm.<name>`, through the thin modules of those names),
-prepare.py (`python -m jaxlm.data.prepare`).
+prepare.py (`python -m jaxlm.data.prepare`), tokenizer.py (`python -m
+jaxlm.data.tokenizer train`).
 A command line checks its flags, calls the library, and turns bad input into
 one line `error: ...` on stderr with exit status 2. The library below never
 imports a command line.

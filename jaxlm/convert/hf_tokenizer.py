@@ -10,10 +10,7 @@ document separator. It is a byte-level BPE with no merges, built with the
 
 from __future__ import annotations
 
-import json
-import os
-
-from jaxlm.data.tokenizer import byte_to_unicode
+from jaxlm.data.tokenizer import byte_to_unicode, save_hf
 
 EOS = "<|endoftext|>"
 
@@ -31,8 +28,4 @@ def write_byte_tokenizer(out_dir: str, model_max_length: int) -> None:
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
   tok.decoder = decoders.ByteLevel()
   tok.add_special_tokens([EOS])
-  tok.save(os.path.join(out_dir, "tokenizer.json"))
-  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS, "eos_token": EOS,
-            "model_max_length": model_max_length, "clean_up_tokenization_spaces": False}
-  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-    json.dump(config, f, indent=2)
+  save_hf(tok, out_dir, EOS, model_max_length)

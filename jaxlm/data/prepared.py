@@ -78,7 +78,7 @@ def plan(files: list[tuple[str, str]], shard_bytes: int = SHARD_BYTES) -> list[l
 class Source:
   """The documents of a files: or hf: corpus spec, cut into shards.
 
-  shards: per shard, what _documents reads: [(path, key), ...] of files, or
+  shards: per shard, what documents() reads: [(path, key), ...] of files, or
   (name, first row, end row) of a dataset. identity: what fingerprint() hashes.
   """
   kind: str
@@ -107,7 +107,7 @@ class Source:
     raise ValueError(f"data.corpus={spec!r}: only files: and hf: corpora are prepared")
 
 
-def _documents(kind: str, members, options: Options):
+def documents(kind: str, members, options: Options):
   """(identity, text) of one shard's documents."""
   if kind == "files":
     for path, key in members:
@@ -158,7 +158,7 @@ def _prepare_shard(job) -> dict:
   tok = spec.load()
   dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
   parts = {s: {"ids": [], "ends": [], "documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
-  for identity, text in _documents(kind, members, options):
+  for identity, text in documents(kind, members, options):
     part = parts["validation" if sources.is_validation(
         identity, options.validation_fraction) else "train"]
     ids = np.append(tok.encode(text), tok.eos_id).astype(dtype)

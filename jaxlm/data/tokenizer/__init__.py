@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import pathlib
 from typing import Protocol, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
-ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
+ASSETS = pathlib.Path(__file__).resolve().parent.parent / "assets"
 KINDS = ("sentencepiece", "bytes", "hf")
 # End-of-text tokens of common Hugging Face tokenizers, for those whose config names none.
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
@@ -205,6 +206,19 @@ class HFTokenizer:
   def token_bytes(self) -> np.ndarray:
     """Returns int32 (vocab_size,): the UTF-8 bytes each id decodes to, 0 for special ids."""
     return self._token_bytes.copy()
+
+
+def save_hf(tok, out_dir: str, eos: str, model_max_length: int | None = None) -> None:
+  """Writes a `tokenizers.Tokenizer` as a Hugging Face tokenizer directory: tokenizer.json
+  and the tokenizer_config.json that AutoTokenizer and HFTokenizer read its eos from."""
+  os.makedirs(out_dir, exist_ok=True)
+  tok.save(os.path.join(out_dir, "tokenizer.json"))
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eos, "eos_token": eos,
+            "clean_up_tokenization_spaces": False}
+  if model_max_length:
+    config["model_max_length"] = model_max_length
+  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2)
 
 
 def committed_vocab_sizes() -> list[int]:
