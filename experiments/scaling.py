@@ -33,6 +33,22 @@ def shakespeare_isoflop():
 
 
 @register_sweep
+def python_stdlib_isoflop():
+  """IsoFLOP profiles on the Python standard library, byte-level: 3 budgets x 6 sizes.
+
+  python -m jaxlm.main --experiment=python_stdlib_bytes   # prepares the corpus once, first
+  python launch/sweep_local.py --sweep=python_stdlib_isoflop --dir=runs/isoflop_stdlib --parallel=2
+  """
+  # shakespeare_isoflop's design (byte level, 64 x 64 batches, aspect 16, head dim 8,
+  # lr 0.004 * 64 / d_model) on a corpus six times larger, at budgets a third of a
+  # decade lower, so that no run sees the 31 MB of text more than once: the most
+  # tokens any run takes are 2.1e7 (the smallest model at 1e12).
+  iso = shakespeare_isoflop()
+  return dataclasses.replace(iso, base="python_stdlib_bytes", budgets=(1e11, 3e11, 1e12),
+                             n_ranges=((2e3, 3.2e4), (4e3, 6.4e4), (8e3, 1.28e5)))
+
+
+@register_sweep
 def shakespeare_isoflop_seeds():
   """shakespeare_isoflop with a second seed (init and data order) at every point: 36 runs.
 

@@ -32,8 +32,12 @@ def tiny_config(**dotted) -> Config:
 # keeping its architecture choices (norm, MLP, positions, GQA ratio, dtypes).
 def tiny_variant(config: Config) -> Config:
   ratio = config.model.n_heads // config.model.kv_heads
+  # A corpus of files (python_stdlib's 31 MB) would be prepared first: the embedded one
+  # stands in, read with the experiment's own tokenizer.
+  corpus = "shakespeare" if config.data.corpus.startswith("files:") else config.data.corpus
   return config_lib.replace(
-      config, **{"model.d_model": 32, "model.n_layers": 2, "model.n_heads": 4,
+      config, **{"data.corpus": corpus, "model.d_model": 32, "model.n_layers": 2,
+                 "model.n_heads": 4,
                  "model.n_kv_heads": 4 // ratio, "model.d_ff": 0, "model.max_seq_len": 32,
                  "data.seq_len": 32, "train.batch_size": 8, "train.steps": 2,
                  "train.eval_batches": 1, "train.sample_tokens": 0})

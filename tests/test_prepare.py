@@ -50,6 +50,11 @@ def test_documents_are_read_by_kind_and_split_by_identity(tmp_path):
   assert [t for i, t in docs if i.startswith("corpus/b.jsonl.gz:")] == made["records"][20:]
   assert dict(docs)["corpus/sub/m4.py"] == made["sub/m4.py"]
   assert "ünïcode" in dict(docs)["corpus/notes.md.xz"]
+  # A ! glob leaves out what it matches (the stdlib without site-packages).
+  (root / "top.py").write_text("x = 1\n")
+  assert [k for _, k in sources.expand(f"{root}/**/*.py,!{root}/sub/**")] == ["corpus/top.py"]
+  with pytest.raises(FileNotFoundError, match="leaves no file once the ! globs"):
+    sources.expand(f"{root}/sub/*.py,!{root}/**")
   # Two directories of one name would give two files one key.
   (tmp_path / "other" / "corpus").mkdir(parents=True)
   (tmp_path / "other" / "corpus" / "a.jsonl").write_text('{"text": "x"}\n')

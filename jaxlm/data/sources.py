@@ -34,20 +34,29 @@ def expand(globs: str) -> list[tuple[str, str]]:
 
   The key is the path from the glob's fixed directory, that directory's name
   included ('corpus/a/b.txt' for '/data/corpus/**/*.txt'): moving the corpus
-  elsewhere keeps every key. Two files with one key are an error.
+  elsewhere keeps every key. Two files with one key are an error. A glob
+  starting with `!` excludes the files it matches ('!/usr/lib/python3.11/
+  site-packages/**').
   """
+  patterns = [os.path.expanduser(g.strip()) for g in globs.split(",") if g.strip()]
+  excluded = {os.path.realpath(p) for g in patterns if g.startswith("!")
+              for p in glob.glob(g[1:], recursive=True)}
   out = {}
-  for pattern in (g.strip() for g in globs.split(",") if g.strip()):
-    pattern = os.path.expanduser(pattern)
+  for pattern in (g for g in patterns if not g.startswith("!")):
     matched = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
     if not matched:
       raise FileNotFoundError(f"data.corpus: files:{pattern} matches no file")
     base = os.path.abspath(_fixed_dir(pattern))
     for path in matched:
+      if os.path.realpath(path) in excluded:
+        continue
       key = os.path.join(os.path.basename(base), os.path.relpath(path, base))
       if out.setdefault(key, path) != path and not os.path.samefile(out[key], path):
         raise ValueError(f"data.corpus: {out[key]} and {path} would both be known as {key}; "
                          "expected globs whose directories have distinct names")
+  if not out:
+    raise FileNotFoundError(f"data.corpus: files:{globs} leaves no file once the ! globs "
+                            "are excluded")
   return [(out[key], key) for key in sorted(out)]
 
 
