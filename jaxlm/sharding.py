@@ -139,6 +139,30 @@ def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def over_batch(f, batched: tuple, replicated: tuple):
+  """f(*batched, *replicated) on each device's own rows: a shard_map, manual over the mesh
+  axes of the "batch" rule (the others stay automatic), where arrays in `batched` are
+  split along their first axis and those in `replicated` whole on every such device.
+
+  A value f accumulates over its rows in a loop (a weight's gradient summed over loss
+  chunks) is then summed across devices once, after f, where a loop under automatic
+  sharding all-reduced it in every iteration. Outside activation_rules(): just f.
+  """
+  active = _ACTIVE.get()
+  if active is None:
+    return f(*batched, *replicated)
+  mesh, rules = active
+  spec = logical_to_spec(("batch",), rules, batched[0].shape[:1], mesh)
+  entry = spec[0] if len(spec) else None
+  axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  if not axes:
+    return f(*batched, *replicated)
+  rows = P(entry)
+  return jax.shard_map(f, mesh=mesh, in_specs=(rows,) * len(batched) + (P(),) * len(replicated),
+                       out_specs=rows, axis_names=set(axes), check_vma=False)(
+                           *batched, *replicated)
+
+
 def bytes_per_device(tree) -> np.ndarray:
   """Bytes of a tree of jax.Arrays held by each addressable device."""
   totals: dict = {}

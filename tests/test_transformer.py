@@ -152,6 +152,32 @@ def test_chunked_loss_equals_full_logits_loss(chunk):
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), ga, gb)
 
 
+@pytest.mark.parametrize("mesh", [(2, 4, 1), (1, 4, 2)])
+def test_chunked_loss_on_a_mesh_equals_the_full_loss(mesh):
+  # Under activation_rules the chunks run on each device's own rows (a shard_map over
+  # the batch axes); values and gradients are those of the whole-logits loss.
+  import optax
+  from jaxlm import sharding
+  from jaxlm.config import DEFAULT_RULES, MeshConfig
+  cfg = tiny_model(tie_embeddings=True)
+  m = sharding.make_mesh(MeshConfig(data=mesh[0], fsdp=mesh[1], tensor=mesh[2]))
+  params = transformer.init(cfg, jax.random.key(0))
+  x, t = _tokens(B=8), _tokens(B=8, seed=1)
+
+  @jax.jit
+  def both(p):
+    with sharding.activation_rules(m, DEFAULT_RULES):
+      chunked = jax.value_and_grad(
+          lambda p: transformer.next_token_nll(p, transformer.trunk(p, x, cfg), t, cfg, 8).mean())
+      full = jax.value_and_grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          transformer.apply(p, x, cfg), t).mean())
+      return chunked(p), full(p)
+
+  (a, ga), (b, gb) = both(params)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), ga, gb)
+
+
 # μP: model.parameterization="mup" (Yang et al. 2022), docs/mup.md.
 
 def _adam(model, steps, lr=1e-2, tokens_BT=None):

@@ -119,22 +119,31 @@ def cross_entropy(x_BTD: jax.Array, w_DV: jax.Array, targets_BT: jax.Array,
   B, T, D = x_BTD.shape
   x_RD, t_R = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
 
-  def nll(x_RD, t_R):
+  def nll(x_RD, t_R, w_DV):
     logits_RV = jnp.matmul(x_RD, w_DV.astype(x_RD.dtype), preferred_element_type=jnp.float32)
     picked_R = jnp.take_along_axis(logits_RV, t_R[:, None], axis=-1)[:, 0]
     lse_R = jax.nn.logsumexp(logits_RV, axis=-1)
     return lse_R - picked_R, lse_R
 
-  R = B * T
-  if chunk <= 0 or chunk >= R:
-    nll_R, lse_R = nll(x_RD, t_R)
-  else:
+  def chunked(x_RD, t_R, w_DV):
+    # Each device's own rows (sharding.over_batch), `chunk` at a time: the output
+    # weight's gradient is summed over the chunks on the device and across devices
+    # once; under automatic sharding it was all-reduced in every chunk, and contiguous
+    # chunks of the global rows were gathered whole to every device (docs/sharding.md).
+    R = x_RD.shape[0]
+    if chunk <= 0 or chunk >= R:
+      return nll(x_RD, t_R, w_DV)
     J = -(-R // chunk)
     pad = J * chunk - R
-    x_JRD = jnp.pad(x_RD, ((0, pad), (0, 0))).reshape(J, chunk, D)
+    x_JRD = jnp.pad(x_RD, ((0, pad), (0, 0))).reshape(J, chunk, -1)
     t_JR = jnp.pad(t_R, (0, pad)).reshape(J, chunk)
-    _, (nll_JR, lse_JR) = jax.lax.scan(lambda _, xt: (None, jax.checkpoint(nll)(*xt)), None,
-                                       (x_JRD, t_JR))
-    nll_R, lse_R = nll_JR.reshape(-1)[:R], lse_JR.reshape(-1)[:R]
+    _, (nll_JR, lse_JR) = jax.lax.scan(
+        lambda _, xt: (None, jax.checkpoint(nll)(*xt, w_DV)), None, (x_JRD, t_JR))
+    return nll_JR.reshape(-1)[:R], lse_JR.reshape(-1)[:R]
+
+  if chunk <= 0 or chunk >= B * T:
+    nll_R, lse_R = nll(x_RD, t_R, w_DV)
+  else:
+    nll_R, lse_R = sharding.over_batch(chunked, (x_RD, t_R), (w_DV,))
   nll_BT = nll_R.reshape(B, T)
   return (nll_BT, lse_R.reshape(B, T)) if return_lse else nll_BT

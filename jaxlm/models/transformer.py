@@ -199,11 +199,20 @@ def _readout_input(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.A
   return x_BTD * jnp.asarray(config.readout_mult, x_BTD.dtype)
 
 
+def unembed_weight(params: dict, config: ModelConfig) -> jax.Array:
+  """The output projection (D, V), whole along D like the embedding table at lookup: with D
+  sharded (FSDP) XLA would otherwise all-reduce partial (B, T, V) logits, forward and
+  backward, instead of all-gathering the weight (24 of 42 MiB per step of the default
+  experiment on mesh (2, 4, 1); docs/sharding.md)."""
+  w_DV = params["embed"].T if config.tie_embeddings else params["unembed"]
+  return sharding.constrain(w_DV, ("act_embed", "vocab"))
+
+
 def unembed(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
   """Final norm and output projection: float32 logits (B, T, V)."""
   c = config
   x_BTD = _readout_input(params, x_BTD, c)
-  unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
+  unembed_DV = unembed_weight(params, c)
   logits_BTV = layers.dense(x_BTD, unembed_DV, out_dtype=jnp.float32)
   return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
@@ -287,7 +296,7 @@ def next_token_nll(params: dict, x_BTD: jax.Array, targets_BT: jax.Array,
   """
   c = config
   x_BTD = _readout_input(params, x_BTD, c)
-  unembed_DV = params["embed"].T if c.tie_embeddings else params["unembed"]
+  unembed_DV = unembed_weight(params, c)
   return layers.cross_entropy(x_BTD, unembed_DV, targets_BT, chunk, return_lse)
 
 
@@ -299,7 +308,7 @@ def logits_rms(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array
   sign of instability; Wortsman et al. 2023, "Small-scale proxies").
   """
   x_RD = _readout_input(params, x_BTD, config).reshape(-1, x_BTD.shape[-1]).astype(jnp.float32)
-  w_DV = (params["embed"].T if config.tie_embeddings else params["unembed"]).astype(jnp.float32)
+  w_DV = unembed_weight(params, config).astype(jnp.float32)
   total = jnp.sum((x_RD.T @ x_RD) * (w_DV @ w_DV.T))
   return jnp.sqrt(jnp.maximum(total, 0.0) / (x_RD.shape[0] * w_DV.shape[1]))
 

@@ -1,4 +1,4 @@
-"""Plan a run before spending hardware: parameters, per-device memory, FLOPs.
+"""Plan a run before spending hardware: parameters, per-device memory, FLOPs, communication.
 
 `describe()` backs `--dry_run`; `check_fits()` stops a run whose compiled step
 needs more memory than a device has, before the first step.
@@ -14,6 +14,7 @@ import numpy as np
 from jaxlm import params as params_lib
 from jaxlm import sharding
 from jaxlm.config import Config, ConfigError
+from jaxlm.train import comm
 from jaxlm.train.step import Trainer
 
 
@@ -93,4 +94,18 @@ def describe(config: Config) -> str:
                  "reported on this backend)")
   except ConfigError as e:
     lines.append(f"fits            NO: {e}")
-  return "\n".join(lines)
+  return "\n".join(lines + comm.report(*communication(compiled, trainer, counts["total"])))
+
+
+def communication(compiled, trainer, n_params: int) -> tuple[list, dict]:
+  """(the compiled step's collectives, the analytic minimum for its mesh) (comm.py)."""
+  c, shape = trainer.config, dict(trainer.mesh.shape)
+  replicas = shape.get("data", 1) * shape.get("fsdp", 1)
+  items = comm.collectives(compiled.as_text(), trainer.mesh.size)
+  least = comm.minimum(
+      n_params, shape, tokens_per_device=c.train.batch_size * c.data.seq_len // replicas,
+      d_model=c.model.d_model, n_layers=c.model.n_layers,
+      grad_bytes=np.dtype(c.model.param_dtype).itemsize,
+      param_bytes=np.dtype(c.model.param_dtype).itemsize,
+      act_bytes=np.dtype(c.model.compute_dtype).itemsize)
+  return items, least

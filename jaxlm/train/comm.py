@@ -1,0 +1,197 @@
+"""What a compiled step communicates: each collective, its bytes per device, and the minimum.
+
+Backs the communication lines of `--dry_run` and `benchmarks/comm.py`.
+
+`collectives()` reads the optimized HLO text of a compiled step and lists every
+all-gather, reduce-scatter, all-reduce, all-to-all and collective-permute over
+a group of more than one device, with the bytes each device sends under the
+usual ring algorithms (NCCL's "bus bytes"): for a group of g devices and an
+array of S bytes (the gathered or reduced whole), an all-gather or a
+reduce-scatter moves S (g-1)/g, an all-reduce 2 S (g-1)/g, an all-to-all
+S (g-1)/g, a collective-permute S. The phase is read from the op's name:
+`transpose(` is the backward pass, `jvp(` the forward one, the rest the
+update. A collective inside a while loop's body (a scan over layers or over
+loss chunks) counts once per iteration where XLA knows the trip count (its
+`known_trip_count`), once otherwise.
+
+`minimum()` is the analytic least a step must move for its mesh (D data, F
+fsdp, T tensor ways; P parameters, b the bytes of a gradient element and p of
+a parameter, B the per-device batch in tokens, d the model width, L layers):
+- gradients: a reduce-scatter over F of P/T elements, then an all-reduce over
+  D of the P/(F T) shard: b P/T ((F-1)/F + 2 (D-1)/(D F));
+- FSDP parameters: one all-gather over F: p P/T (F-1)/F (gathering them again
+  for the backward pass, to save memory, doubles it);
+- tensor parallelism: two activation all-reduces per layer forward (after
+  attention and after the MLP) and two backward: 4 L · 2 (T-1)/T · B d a, with
+  a the bytes of an activation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_OP = re.compile(r"=\s*(?P<shape>.*?)\s(?P<kind>" + "|".join(KINDS) + r")(?:-start)?\((?P<rest>.*)$")
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
+_ITEMSIZE = {"pred": 1, "bf16": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+  """One collective of a compiled step."""
+  kind: str
+  group: int          # devices that take part together
+  array_bytes: int    # bytes of the whole gathered / reduced array (a tuple's sum)
+  phase: str          # forward | backward | update
+  op_name: str        # the jax operation it came from
+  shape: str
+
+  @property
+  def moved_bytes(self) -> float:
+    """Bytes one device sends under the ring algorithm of its kind."""
+    share = (self.group - 1) / self.group
+    return {"all-reduce": 2 * share, "collective-permute": 1.0}.get(self.kind, share) * \
+        self.array_bytes
+
+
+def _itemsize(dtype: str) -> int:
+  if dtype in _ITEMSIZE:
+    return _ITEMSIZE[dtype]
+  if dtype.startswith("f8"):
+    return 1
+  return int(re.sub(r"\D", "", dtype)) // 8
+
+
+def _array_bytes(shape: str) -> list[int]:
+  return [math.prod(int(d) for d in dims.split(",") if d) * _itemsize(dtype)
+          for dtype, dims in _ARRAY.findall(shape)]
+
+
+def _group(rest: str, n_devices: int) -> int:
+  """The size of a collective's device groups, from any of XLA's replica_groups forms."""
+  if m := re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", rest):
+    sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
+    return math.prod(int(sizes[a]) for a in re.findall(r"'(\w+)'", m.group(2)))
+  if m := re.search(r"replica_groups=\[([\d,]+)\]<=", rest):
+    return int(m.group(1).split(",")[-1])
+  if m := re.search(r"replica_groups=\{\{([\d,]*)\}", rest):
+    return len(m.group(1).split(","))
+  if m := re.search(r"source_target_pairs=\{", rest):
+    return 2
+  return n_devices  # replica_groups={}: every device
+
+
+_HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_CALLEE = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation)="
+                     r"%?([\w.\-]+)")
+
+
+def _multiplicities(lines: list[str]) -> dict[str, int]:
+  """How many times each computation runs per call of the entry computation."""
+  owner, edges, entry = None, {}, None
+  for line in lines:
+    if m := _HEADER.match(line):
+      owner = m.group(1)
+      entry = owner if line.startswith("ENTRY") else entry
+      edges.setdefault(owner, [])
+      continue
+    if owner is None:
+      continue
+    trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+    for key, callee in _CALLEE.findall(line):
+      edges[owner].append((callee, int(trip.group(1)) if key == "body" and trip else 1))
+    for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
+      edges[owner] += [(b.strip().lstrip("%"), 1) for b in group.split(",") if b.strip()]
+  counts: dict[str, int] = {}
+
+  def visit(name: str, times: int, depth: int = 0) -> None:
+    counts[name] = counts.get(name, 0) + times
+    if depth < 64:
+      for callee, k in edges.get(name, []):
+        visit(callee, times * k, depth + 1)
+
+  if entry is not None:
+    visit(entry, 1)
+  return counts
+
+
+def collectives(hlo_text: str, n_devices: int) -> list[Collective]:
+  """Every collective over more than one device in a compiled module's HLO text, once per
+  execution (a loop body's once per iteration)."""
+  lines = hlo_text.splitlines()
+  runs = _multiplicities(lines)
+  out, owner = [], None
+  for line in lines:
+    if h := _HEADER.match(line):
+      owner = h.group(1)
+      continue
+    m = _OP.search(line)
+    if not m:
+      continue
+    sizes = _array_bytes(m.group("shape"))
+    kind, rest = m.group("kind"), m.group("rest")
+    group = _group(rest, n_devices)
+    if group < 2 or not sizes:
+      continue
+    if kind == "reduce-scatter":  # the result is one shard of the reduced array
+      total = sum(sizes) * group
+    elif "-start(" in line and kind == "all-gather" and len(sizes) > 1:
+      total = max(sizes)  # async form: (operand, result)
+    else:
+      total = sum(sizes)
+    name = re.search(r'op_name="([^"]*)"', rest)
+    op_name = name.group(1) if name else ""
+    phase = ("backward" if "transpose(" in op_name else
+             "forward" if "jvp(" in op_name else "update")
+    c = Collective(kind, group, total, phase, op_name, m.group("shape")[:80])
+    out += [c] * max(runs.get(owner, 1), 1)
+  return out
+
+
+def by_kind(items: list[Collective]) -> dict[str, dict]:
+  """{kind: {"count", "bytes"}} with bytes moved per device, kinds that occur only."""
+  out = {}
+  for c in items:
+    row = out.setdefault(c.kind, {"count": 0, "bytes": 0.0})
+    row["count"] += 1
+    row["bytes"] += c.moved_bytes
+  return out
+
+
+def minimum(params: int, mesh: dict, *, tokens_per_device: int, d_model: int, n_layers: int,
+            grad_bytes: int = 4, param_bytes: int = 4, act_bytes: int = 4) -> dict[str, float]:
+  """The least bytes per device a train step moves on this mesh (module docstring)."""
+  D, F, T = mesh.get("data", 1), mesh.get("fsdp", 1), mesh.get("tensor", 1)
+  per_t = params / T
+  return {
+      "gradients": grad_bytes * per_t * ((F - 1) / F + 2 * (D - 1) / (D * F)),
+      "fsdp parameters": param_bytes * per_t * (F - 1) / F,
+      "tensor activations": 4 * n_layers * 2 * (T - 1) / T * tokens_per_device * d_model
+      * act_bytes,
+  }
+
+
+def report(items: list[Collective], least: dict[str, float], largest: int = 5) -> list[str]:
+  """Lines for --dry_run: bytes per device by kind and phase, against the minimum, and
+  the `largest` collectives with the arrays they move and the operations they serve."""
+  total = sum(c.moved_bytes for c in items)
+  floor = sum(least.values())
+  lines = [f"communication   {total / 2**20:,.2f} MiB per device per step in {len(items)} "
+           f"collectives; analytic minimum {floor / 2**20:,.2f} MiB"
+           + (f" (measured / minimum {total / floor:.2f})" if floor else "")]
+  for kind, row in sorted(by_kind(items).items(), key=lambda kv: -kv[1]["bytes"]):
+    phases = {}
+    for c in items:
+      if c.kind == kind:
+        phases[c.phase] = phases.get(c.phase, 0.0) + c.moved_bytes
+    split = ", ".join(f"{p} {b / 2**20:,.2f}" for p, b in sorted(phases.items()))
+    lines.append(f"  {kind:<18} {row['count']:>4} x, {row['bytes'] / 2**20:>10,.2f} MiB ({split})")
+  for name, b in least.items():
+    if b:
+      lines.append(f"  minimum: {name:<19} {b / 2**20:>10,.2f} MiB")
+  for c in sorted(items, key=lambda c: -c.moved_bytes)[:largest]:
+    lines.append(f"  largest: {c.kind} of {c.group}, {c.moved_bytes / 2**20:,.2f} MiB, {c.phase}, "
+                 f"{c.shape} from {c.op_name.removeprefix('jit(step)/')[-60:]}")
+  return lines

@@ -1,0 +1,84 @@
+"""The collectives of a compiled step, their bytes, and the analytic minimum (jaxlm/train/comm.py)."""
+
+import numpy as np
+import pytest
+
+from jaxlm import config as config_lib
+from jaxlm import params as params_lib
+from jaxlm import registry, sharding
+from jaxlm.train import comm, plan
+from jaxlm.train.step import Trainer
+from tests.helpers import tiny_variant
+
+HLO = """\
+%body.3 (p: (s32[], f32[64])) -> (s32[], f32[64]) {
+  %ar.in = f32[64]{0} all-reduce(f32[64]{0} %x), channel_id=9, replica_groups=[2,4]<=[8], to_apply=%add, metadata={op_name="jit(step)/transpose(jvp())/while/body/dot_general"}
+}
+
+%cond.4 (p: (s32[], f32[64])) -> pred[] {
+  ROOT %lt = pred[] compare(s32[] %i, s32[] %n), direction=LT
+}
+
+ENTRY %main.5 (a: f32[8,16]) -> f32[8,16] {
+  %ag = bf16[8,16]{1,0} all-gather(bf16[2,16]{1,0} %a), channel_id=1, replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'}, dimensions={0}, metadata={op_name="jit(step)/jvp()/dot_general"}
+  %ar = (f32[100]{0}, f32[28]{0}) all-reduce(f32[100]{0} %g, f32[28]{0} %h), replica_groups={{0,1},{2,3},{4,5},{6,7}}, to_apply=%add, metadata={op_name="jit(step)/transpose(jvp())/reduce_sum"}
+  %rs = f32[4]{0} reduce-scatter(f32[16]{0} %k), replica_groups={{0,1,2,3},{4,5,6,7}}, dimensions={0}
+  %one = f32[4]{0} all-reduce(f32[4]{0} %z), replica_groups={{0},{1},{2},{3},{4},{5},{6},{7}}, to_apply=%add
+  %w = (s32[], f32[64]) while((s32[], f32[64]) %t), condition=%cond.4, body=%body.3, backend_config={"known_trip_count":{"n":"3"}}
+}
+"""
+
+
+def test_collectives_are_read_from_every_replica_group_form_and_loop():
+  items = comm.collectives(HLO, n_devices=8)
+  kinds = sorted((c.kind, c.group, c.array_bytes, c.phase) for c in items)
+  assert kinds == [("all-gather", 4, 256, "forward"),        # bf16[8,16], groups over axis_1
+                   ("all-reduce", 2, 512, "backward"),       # a tuple of 128 floats
+                   ("all-reduce", 4, 256, "backward"),       # in the loop body: 3 times
+                   ("all-reduce", 4, 256, "backward"),
+                   ("all-reduce", 4, 256, "backward"),
+                   ("reduce-scatter", 4, 64, "update")]      # the whole 16 floats reduced
+  moved = comm.by_kind(items)  # ring bytes: (g-1)/g of the array, twice for an all-reduce
+  assert moved["all-gather"] == {"count": 1, "bytes": 256 * 3 / 4}
+  assert moved["all-reduce"] == {"count": 4, "bytes": 2 * 512 / 2 + 3 * 2 * 256 * 3 / 4}
+  assert moved["reduce-scatter"]["bytes"] == 64 * 3 / 4
+
+
+def test_minimum_of_each_parallelism():
+  P, kw = 1000, dict(tokens_per_device=64, d_model=8, n_layers=2)
+  assert comm.minimum(P, {"data": 4}, **kw) == {
+      "gradients": 4 * P * 2 * 3 / 4, "fsdp parameters": 0.0, "tensor activations": 0.0}
+  fsdp = comm.minimum(P, {"fsdp": 4}, **kw)
+  assert fsdp["gradients"] == 4 * P * 3 / 4 and fsdp["fsdp parameters"] == 4 * P * 3 / 4
+  assert comm.minimum(P, {"tensor": 2}, **kw)["tensor activations"] == 4 * 2 * 2 * 0.5 * 64 * 8 * 4
+
+
+def _compiled(name, mesh, **changes):
+  c = config_lib.replace(tiny_variant(registry.experiment(name)), **{
+      "mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
+      "train.batch_size": 16, **changes})
+  trainer = Trainer(c, sharding.make_mesh(c.mesh), np.ones(c.model.vocab_size, np.int32))
+  compiled = plan.compile_step(trainer)
+  return plan.communication(compiled, trainer, params_lib.param_count(trainer.specs)["total"])
+
+
+def test_data_parallel_step_moves_its_minimum_and_chunked_loss_rows_stay_put():
+  items, least = _compiled("llama_small", (8, 1, 1))
+  assert {c.kind for c in items} == {"all-reduce"}  # the gradients', and a few scalars
+  assert sum(c.moved_bytes for c in items) == pytest.approx(sum(least.values()), rel=0.02)
+  # With the loss computed in chunks, each chunk takes rows from every device
+  # (strided), so no row is gathered anywhere. (The output weight's gradient is then
+  # all-reduced once per chunk on CPU: docs/sharding.md.)
+  items, _ = _compiled("llama_small", (8, 1, 1), **{"train.loss_chunk": 64})
+  assert {c.kind for c in items} == {"all-reduce"}
+
+
+def test_fsdp_gathers_the_output_weight_instead_of_reducing_logits():
+  items, least = _compiled("llama_small", (1, 8, 1))
+  vocab = registry.experiment("llama_small").model.vocab_size
+  assert not [c for c in items if c.kind == "all-reduce" and c.phase == "forward"
+              and f",{vocab}]" in c.shape.replace(" ", "")]
+  gathered = sum(c.moved_bytes for c in items if c.kind == "all-gather")
+  assert gathered <= 1.1 * least["fsdp parameters"]
+  lines = comm.report(items, least)
+  assert lines[0].startswith("communication ") and "measured / minimum" in lines[0]
