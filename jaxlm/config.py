@@ -228,7 +228,7 @@ class TrainConfig:
   eval_every: int = 250       # 0: evaluate only at the end
   eval_batches: int = 16      # validation batches per evaluation
   final_eval_batches: int = 0  # batches of the final evaluation (0: the whole validation split)
-  loss_chunk: int = 0         # rows of batch*length per loss chunk (0: all at once)
+  loss_chunk: int = 0         # rows of batch*length per loss chunk on each device (0: all at once)
   sample_tokens: int = 200    # tokens sampled at the end of the run (0: none)
   sample_prompt: str = "ROMEO.\n"  # prompt of the end-of-run sample
   sample_temperature: float = 0.8  # temperature of the end-of-run sample
