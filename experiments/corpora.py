@@ -8,6 +8,7 @@ runs reuse them. docs/data.md has the results.
 
 import sysconfig
 
+from jaxlm import config as config_lib
 from jaxlm.config import (CheckpointConfig, Config, DataConfig, ModelConfig, OptimConfig,
                           TrainConfig)
 from jaxlm.data import tokenizer
@@ -49,9 +50,5 @@ def python_stdlib_bytes():
 
   python -m jaxlm.main --experiment=python_stdlib_bytes
   """
-  base = python_stdlib()
-  return Config(name="python_stdlib_bytes",
-                model=ModelConfig(vocab_size=257, d_model=128, n_layers=4, n_heads=4,
-                                  max_seq_len=128),
-                data=DataConfig(corpus=STDLIB_CORPUS, tokenizer="bytes", seq_len=128),
-                optim=base.optim, train=base.train, checkpoint=base.checkpoint)
+  return config_lib.replace(python_stdlib(), name="python_stdlib_bytes", **{
+      "model.vocab_size": 257, "data.tokenizer": "bytes", "data.tokenizer_path": ""})

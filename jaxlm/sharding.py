@@ -139,6 +139,13 @@ def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def spec_axes(entry) -> tuple[str, ...]:
+  """The mesh axes one PartitionSpec entry names (None, a name, or a tuple of names)."""
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 def over_batch(f, batched: tuple, replicated: tuple):
   """f(*batched, *replicated) on each device's own rows: a shard_map, manual over the mesh
   axes of the "batch" rule (the others stay automatic), where arrays in `batched` are
@@ -154,7 +161,7 @@ def over_batch(f, batched: tuple, replicated: tuple):
   mesh, rules = active
   spec = logical_to_spec(("batch",), rules, batched[0].shape[:1], mesh)
   entry = spec[0] if len(spec) else None
-  axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  axes = spec_axes(entry)
   if not axes:
     return f(*batched, *replicated)
   rows = P(entry)

@@ -25,7 +25,7 @@ from safetensors.numpy import save_file
 from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError, DataConfig, ModelConfig
 from jaxlm.convert import gpt2, hf_tokenizer, llama
-from jaxlm.data.tokenizer import ByteTokenizer, HFTokenizer
+from jaxlm.data.tokenizer import HFTokenizer, load_tokenizer
 from jaxlm.run import checkpoint, files, loggers
 from jaxlm.run.load import load_run
 
@@ -175,10 +175,7 @@ def from_hf(hf_dir: str, workdir: str, dtype: str = "float32") -> Config:
 
   def write(tmp):
     if copy_tokenizer:
-      os.makedirs(os.path.join(tmp, TOKENIZER_DIR))
-      for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(hf_dir, name)):
-          shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, TOKENIZER_DIR, name))
+      _copy_tokenizer_files(hf_dir, os.path.join(tmp, TOKENIZER_DIR))
     files.write_config(tmp, config)
     mngr = checkpoint.manager(tmp, keep=1, async_save=False)
     state = {"step": np.zeros((), np.int32), "params": params}
@@ -208,8 +205,7 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
   # A byte-level run's tokenizer has an HF twin (hf_tokenizer.py), an hf one is copied
   # back; a sentencepiece one is not converted yet.
   kind, tok_dir = config.data.tokenizer, config.data.tokenizer_path
-  eos = {"bytes": lambda: ByteTokenizer.eos_id, "hf": lambda: HFTokenizer(tok_dir).eos_id}.get(
-      kind, lambda: None)()
+  eos = load_tokenizer(kind, tok_dir).eos_id if kind in ("bytes", "hf") else None
   hf.update(dtype=dtype, bos_token_id=eos, eos_token_id=eos)
   params = load_run(workdir, step).params
   tensors = {k: np.ascontiguousarray(np.asarray(v).astype(jnp.dtype(dtype)))
@@ -222,13 +218,19 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
     if kind == "bytes":
       hf_tokenizer.write_byte_tokenizer(tmp, c.max_seq_len)
     elif kind == "hf":
-      root = tok_dir if os.path.isdir(tok_dir) else os.path.dirname(tok_dir)
-      for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(root, name)):
-          shutil.copy2(os.path.join(root, name), os.path.join(tmp, name))
+      _copy_tokenizer_files(tok_dir if os.path.isdir(tok_dir) else os.path.dirname(tok_dir),
+                            tmp)
 
   _write_new_dir(hf_dir, write)
   return hf["architectures"][0], step
+
+
+def _copy_tokenizer_files(src_dir: str, dst_dir: str) -> None:
+  """Copies the TOKENIZER_FILES that src_dir has into dst_dir (made if missing)."""
+  os.makedirs(dst_dir, exist_ok=True)
+  for name in TOKENIZER_FILES:
+    if os.path.isfile(os.path.join(src_dir, name)):
+      shutil.copy2(os.path.join(src_dir, name), os.path.join(dst_dir, name))
 
 
 def _check_dtype(dtype: str) -> None:

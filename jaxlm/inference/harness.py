@@ -238,11 +238,9 @@ def run(workdir: str, names: Sequence[str], *, num_fewshot: int | None = None,
   """Scores a run's checkpoint on harness tasks; writes WORKDIR/harness_results.json (the
   harness's results) and WORKDIR/harness_summary.json (metrics per task). Returns the summary."""
   manager = task_manager(names, include)  # bad task names fail before a restore
-  loaded = load_run(workdir, step)
-  if loaded.config.task.kind != "lm" or loaded.config.model.encoder_layers:
-    raise ValueError(f"--workdir={workdir} is a task.kind={loaded.config.task.kind!r} run "
-                     f"with model.encoder_layers={loaded.config.model.encoder_layers}; the "
-                     "harness scores decoder-only language models (task.kind='lm')")
+  # task.kind lm is decoder-only (the config ties encoder layers to seq2seq), and it is
+  # checked before any restore.
+  loaded = load_run(workdir, step, task_kind="lm")
   lm = JaxlmLM(loaded.params, loaded.config, loaded.tokenizer, loaded.mesh, batch_size)
   results = evaluate(lm, names, num_fewshot=num_fewshot, limit=limit, manager=manager)
   summary = {"step": loaded.step, "tasks": metrics(results), "num_fewshot": num_fewshot,

@@ -73,7 +73,7 @@ class Scorer:
       raise ValueError(f"batch_size={batch_size} is invalid: expected a positive integer")
     self.params, self.config, self.mesh, self.rules = params, config, mesh, tuple(rules)
     self._sharding = sharding.batch_sharding(mesh, self.rules)
-    ways = int(np.prod([mesh.shape[a] for a in _axes(self._sharding.spec[0])]))
+    ways = int(np.prod([mesh.shape[a] for a in sharding.spec_axes(self._sharding.spec[0])]))
     self.batch_size = -(-batch_size // ways) * ways
     self._buckets = buckets(config.max_seq_len)
     self.on_batch = on_batch or (lambda: None)
@@ -129,10 +129,3 @@ class Scorer:
                               config=self.config, mesh=self.mesh, rules=self.rules)
     logp_B, greedy_B = jax.device_get((logp_B, greedy_B))
     return logp_B[:len(rows)], greedy_B[:len(rows)]
-
-
-def _axes(entry) -> tuple[str, ...]:
-  """The mesh axes one PartitionSpec entry names (None, a name, or a tuple of names)."""
-  if entry is None:
-    return ()
-  return (entry,) if isinstance(entry, str) else tuple(entry)

@@ -107,8 +107,8 @@ def _row(sweep_dir: str, name: str, convention: str, role: str = "point") -> dic
     summary = _read_json(summary_path)
     row.update(loss=summary["final_val_loss"], bpb=summary["final_val_bpb"],
                wall_seconds=summary["wall_seconds"], tokens=summary["tokens"])
-    harness = _read_json(os.path.join(workdir, files.HARNESS_SUMMARY)) \
-        if os.path.exists(os.path.join(workdir, files.HARNESS_SUMMARY)) else summary.get("harness")
+    scored = os.path.join(workdir, files.HARNESS_SUMMARY)
+    harness = _read_json(scored) if os.path.exists(scored) else summary.get("harness")
     for task, metrics in (harness or {}).get("tasks", {}).items():
       row.update({f"{task}/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")})
   return row

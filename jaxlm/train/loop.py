@@ -72,7 +72,7 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
     compiled = plan.compile_step(trainer)
     plan.check_fits(compiled, config)
     trainer.step = compiled
-  harness = _harness(config, tok, mesh) if config.train.harness_tasks.strip() else None
+  harness = _harness(config, tok, mesh) if config_lib.names(config.train.harness_tasks) else None
   changed = prepare_workdir(config, workdir, mode)
   mngr = checkpoint.manager(workdir, config.checkpoint.keep,
                             keep_steps=config.checkpoint.at_steps)
@@ -93,10 +93,9 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
 def _harness(config: Config, tok, mesh):
   """The scorer of train.harness_tasks, its task names and directories checked."""
   t = config.train
-  if config.task.kind != "lm" or config.model.encoder_layers:
+  if config.task.kind != "lm":  # lm is decoder-only: the config ties encoders to seq2seq
     raise ConfigError(f"train.harness_tasks={t.harness_tasks!r} scores language models; "
-                      f"this run has task.kind={config.task.kind!r} and "
-                      f"model.encoder_layers={config.model.encoder_layers} (expected lm, 0)")
+                      f"this run has task.kind={config.task.kind!r} (expected lm)")
   if importlib.util.find_spec("lm_eval") is None:
     raise ConfigError(f"train.harness_tasks={t.harness_tasks!r} needs the LM Evaluation "
                       "Harness; install it with `pip install 'jaxlm[harness]'`")
