@@ -2,10 +2,12 @@
 
 Compiles the train step of each experiment family (its registered
 architecture at a tiny size, or the experiment as registered with --full)
-on the meshes (data, fsdp, tensor) of 8 CPU devices and reads the collectives
-from the optimized HLO (jaxlm/train/comm.py). Prints a table and writes JSON.
+on the meshes (data, fsdp, tensor) of 8 CPU devices, or of the 8 chips of a TPU
+slice compiled for from this machine (--topology=v5p-16, libtpu), and reads the
+collectives from the optimized HLO (jaxlm/train/comm.py). Prints a table and writes JSON.
 
-  python benchmarks/comm.py [--families gpt2_small,llama_small] [--full] [--out FILE]
+  python benchmarks/comm.py [--families gpt2_small,llama_small] [--full] [--topology v5p-16]
+      [--out FILE]
 """
 
 from __future__ import annotations
@@ -37,9 +39,17 @@ def main():
   parser.add_argument("--families", default="shakespeare,gpt2_small,llama_small")
   parser.add_argument("--full", action="store_true", help="the experiments at their own size")
   parser.add_argument("--set", action="append", default=[], help="key=value for every row")
+  parser.add_argument("--topology", default="", help="compile for this TPU slice of 8 chips "
+                      "(v5p-16, v5e-8) instead of 8 CPU devices")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                     "results", "comm.json"))
   args = parser.parse_args()
+  devices = None
+  if args.topology:
+    import jax
+    from jaxlm import hardware
+    jax.config.update("jax_platforms", "cpu")
+    _, devices = hardware.devices(args.topology)
   rows, records = [], []
   for name in args.families.split(","):
     base = registry.experiment(name)
@@ -47,7 +57,8 @@ def main():
     for mesh in MESHES:
       c = config_lib.apply_overrides(config_lib.replace(base, **{
           "mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2]}), args.set)
-      trainer = Trainer(c, sharding.make_mesh(c.mesh), np.ones(c.model.vocab_size, np.int32))
+      trainer = Trainer(c, sharding.make_mesh(c.mesh, devices),
+                        np.ones(c.model.vocab_size, np.int32))
       items, least = plan.communication(plan.compile_step(trainer), trainer,
                                         params_lib.param_count(trainer.specs)["total"])
       kinds = comm.by_kind(items)
@@ -63,7 +74,10 @@ def main():
       print(f"{name} {mesh}: {moved / 2**20:,.2f} MiB, minimum {floor / 2**20:,.2f}", flush=True)
   print(report.table(["family", "mesh d x f x t", "MiB / device / step", "minimum MiB",
                       "measured / minimum", "by kind (MiB)"], rows))
-  report.write(args.out, {"full": args.full, "overrides": args.set, "rows": records})
+  report.write(args.out, {"full": args.full, "overrides": args.set, "rows": records,
+                          "topology": args.topology or None,
+                          "devices": f"{len(devices)} x {devices[0].device_kind}" if devices
+                          else "8 CPU devices"})
 
 
 if __name__ == "__main__":

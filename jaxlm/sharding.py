@@ -129,6 +129,17 @@ def activation_rules(mesh, rules):
     _ACTIVE.reset(token)
 
 
+def platform() -> str:
+  """The platform the computation being traced is built for: that of the active mesh's
+  devices (compile-only TPU devices under `--dry_run --topology`), else JAX's default
+  backend. Choices that depend on the hardware (the layer loop, the attention kernel)
+  ask this, not jax.default_backend()."""
+  active = _ACTIVE.get()
+  if active is not None:
+    return active[0].devices.flat[0].platform
+  return jax.default_backend()
+
+
 def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   """with_sharding_constraint by logical axes; a no-op outside activation_rules()."""
   active = _ACTIVE.get()
@@ -137,6 +148,37 @@ def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   mesh, rules = active
   spec = logical_to_spec(axes, rules, x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def gathered(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  """A parameter with logical `axes`, gathered whole over the "fsdp" mesh axis where it is
+  used (FSDP's all-gather), whose gradient is constrained back to the parameter's own
+  sharding.
+
+  A plain constraint's transpose pins the gradient to the gathered layout too, so the
+  devices' partial gradients are all-reduced whole and then sliced to each device's
+  shard; here they are reduce-scattered into it, half the bytes. The result is named
+  GATHERED (checkpoint_name), so a remat policy can decline to keep it
+  for the backward pass. A no-op outside activation_rules() or where the parameter is not
+  split over "fsdp".
+  """
+  active = _ACTIVE.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  own = logical_to_spec(axes, rules, x.shape, mesh)
+  whole = P(*(tuple(a for a in spec_axes(e) if a != "fsdp") or None for e in own))
+  if whole == own:
+    return x
+  own, whole = NamedSharding(mesh, own), NamedSharding(mesh, whole)
+
+  @jax.custom_vjp
+  def gather(v):
+    return jax.lax.with_sharding_constraint(v, whole)
+
+  gather.defvjp(lambda v: (gather(v), None),
+                lambda _, g: (jax.lax.with_sharding_constraint(g, own),))
+  return gather(x)
 
 
 def spec_axes(entry) -> tuple[str, ...]:

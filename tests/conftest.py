@@ -12,6 +12,7 @@ processes give them `xla_flags(devices)`, so those compile fast too.
 """
 
 import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -25,6 +26,10 @@ def xla_flags(devices: int | None = None) -> str:
 
 
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
+# libtpu (the topology extra) is here only to compile for TPU slices this machine lacks
+# (tests/test_topology.py); no test runs on a TPU, and JAX must not try to open one.
+if importlib.util.find_spec("libtpu") is not None:
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="jaxlm_test_xla_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)

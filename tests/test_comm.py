@@ -44,12 +44,45 @@ def test_collectives_are_read_from_every_replica_group_form_and_loop():
   assert moved["reduce-scatter"]["bytes"] == 64 * 3 / 4
 
 
+# XLA's TPU form: no known_trip_count; a counter from 0 by 2 while < 8 (4 turns), and a
+# ring step as an async collective-permute whose start names (operand, result, contexts).
+TPU_HLO = """\
+%ring_body (p: (bf16[2,8], u32[])) -> (bf16[2,8], u32[]) {
+  %p = (bf16[2,8], u32[]) parameter(0)
+  %i = u32[] get-tuple-element(%p), index=1
+  %two = u32[]{:T(128)} constant(2)
+  %next = u32[]{:T(128)} add(%i, %two)
+  %cp = (bf16[2,8]{1,0}, bf16[2,8]{1,0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%x), channel_id=3, source_target_pairs={{0,1},{1,2},{2,3},{3,0}}, metadata={op_name="jit(step)/jvp()/while/body/dot_general"}
+  ROOT %out = (bf16[2,8], u32[]) tuple(%y, %next)
+}
+
+%ring_cond (p: (bf16[2,8], u32[])) -> pred[] {
+  %eight = u32[]{:T(128)} constant(8)
+  %p = (bf16[2,8], u32[]) parameter(0)
+  %i = u32[] get-tuple-element(%p), index=1
+  ROOT %lt = pred[]{:T(512)} compare(%i, %eight), direction=LT
+}
+
+ENTRY %main (a: bf16[2,8]) -> bf16[2,8] {
+  %zero = u32[]{:T(128)} constant(0)
+  %t = (bf16[2,8], u32[]) tuple(%a, %zero)
+  %w = (bf16[2,8], u32[]) while(%t), condition=%ring_cond, body=%ring_body
+}
+"""
+
+
+def test_loops_without_a_known_trip_count_count_their_turns():
+  items = comm.collectives(TPU_HLO, n_devices=4)
+  assert [(c.kind, c.group, c.array_bytes) for c in items] == [("collective-permute", 2, 32)] * 4
+
+
 def test_minimum_of_each_parallelism():
   P, kw = 1000, dict(tokens_per_device=64, d_model=8, n_layers=2)
   assert comm.minimum(P, {"data": 4}, **kw) == {
       "gradients": 4 * P * 2 * 3 / 4, "fsdp parameters": 0.0, "tensor activations": 0.0}
   fsdp = comm.minimum(P, {"fsdp": 4}, **kw)
-  assert fsdp["gradients"] == 4 * P * 3 / 4 and fsdp["fsdp parameters"] == 4 * P * 3 / 4
+  # gathered forward and backward, in the compute dtype (param_bytes)
+  assert fsdp["gradients"] == 4 * P * 3 / 4 and fsdp["fsdp parameters"] == 2 * 4 * P * 3 / 4
   assert comm.minimum(P, {"tensor": 2}, **kw)["tensor activations"] == 4 * 2 * 2 * 0.5 * 64 * 8 * 4
 
 

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "jaxlm"
 # layer, imports must not form a circle (checked separately).
 LAYERS = [
     ("jaxlm", "jaxlm.config", "jaxlm.params", "jaxlm.malloc", "jaxlm.distributed",
-     "jaxlm.registry", "jaxlm.exit_status"),
+     "jaxlm.registry", "jaxlm.exit_status", "jaxlm.hardware"),
     ("jaxlm.sharding",),
     ("jaxlm.kernels",),
     ("jaxlm.models",),

@@ -14,6 +14,7 @@ import datetime
 import os
 import sys
 
+import jax
 from absl import app, flags
 
 from jaxlm import cli, distributed, exit_status, registry
@@ -31,7 +32,11 @@ flags.DEFINE_bool("resume", False, "Continue the run in --workdir although the c
 flags.DEFINE_bool("overwrite", False, "Start over in --workdir, moving a run there to "
                   "WORKDIR.old-<time>.")
 flags.DEFINE_bool("list", False, "List registered experiments and exit.")
-flags.DEFINE_bool("dry_run", False, "Print the plan (params, memory, FLOPs) and exit.")
+flags.DEFINE_bool("dry_run", False, "Print the plan (params, memory, FLOPs, communication, "
+                  "step time) and exit.")
+flags.DEFINE_string("topology", "", "With --dry_run: compile the step for this TPU slice "
+                    "(v5p-256, v5e-64, v6e-256, v4-128, or v5p:4x4x8) on this machine, without "
+                    "it (needs libtpu: pip install 'jaxlm[topology]').")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a multi-process "
                     "run (automatic under SLURM and on TPU VMs).")
 flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
@@ -47,13 +52,19 @@ def main(argv):
     return
   if not FLAGS.experiment:
     fail("--experiment is required (--list shows the registered ones)")
+  if FLAGS.topology:
+    if not FLAGS.dry_run:
+      fail(f"--topology={FLAGS.topology} only plans a run; add --dry_run")
+    # The slice's devices are compile-only; this process computes nothing, and an installed
+    # libtpu must not try to open a TPU here.
+    jax.config.update("jax_platforms", "cpu")
   try:
     if distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id) and not FLAGS.workdir:
       fail("a multi-process run needs an explicit --workdir shared by all processes")
     config = config_lib.apply_overrides(registry.experiment(FLAGS.experiment), FLAGS.set)
     if FLAGS.dry_run:
-      print(plan.describe(config))
+      print(plan.describe(config, FLAGS.topology or None))
       return
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.experiment, stamp)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm import sharding
 from jaxlm.kernels import flash_attention
 from jaxlm.kernels.xla_attention import xla_attention
 
@@ -33,8 +34,8 @@ def _cudnn_attention(q, k, v, *, is_causal=False, segment_ids=None, scale=None):
 
 
 def _cudnn_unsupported(q, k, segment_ids) -> str:
-  if jax.default_backend() != "gpu":
-    return f"it needs a GPU, and the backend is {jax.default_backend()}"
+  if sharding.platform() != "gpu":
+    return f"it needs a GPU, and the backend is {sharding.platform()}"
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     return f"it needs bfloat16 or float16 inputs, got {q.dtype}"
   if segment_ids is not None:
@@ -48,16 +49,19 @@ def _pallas_attention(q, k, v, *, is_causal=False, segment_ids=None, scale=None)
   why = flash_attention.unsupported(q, k, v)
   if why:
     raise AttentionUnsupportedError(f"pallas attention cannot serve this call: {why}")
-  # On CPU this runs the GPU kernel in the Pallas interpreter: exact but slow.
+  # On CPU this runs the GPU kernel in the Pallas interpreter: exact but slow. The platform
+  # is the mesh's: compiling for a TPU topology from a CPU builds the Mosaic kernel.
+  platform = sharding.platform()
   return flash_attention.flash_attention(q, k, v, is_causal=is_causal, segment_ids=segment_ids,
-                                         scale=scale)
+                                         scale=scale, backend=platform,
+                                         interpret=platform not in ("gpu", "tpu"))
 
 
 def _pallas_unsupported(q, k, segment_ids) -> str:
   """Why pallas should not be chosen automatically here, or "" if it should."""
-  if jax.default_backend() != "gpu":
+  if sharding.platform() != "gpu":
     return (f"it is only chosen on GPU (elsewhere it is interpreted or unverified), and "
-            f"the backend is {jax.default_backend()}")
+            f"the backend is {sharding.platform()}")
   if segment_ids is None:
     return "without segment ids cuDNN is expected to be faster"
   return flash_attention.unsupported(q, k)

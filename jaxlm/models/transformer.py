@@ -182,11 +182,12 @@ def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
   dtype = jnp.dtype(c.compute_dtype)
   # The tables whole along D before the lookup (FSDP's all-gather of a parameter): a
   # gather from a table split over D makes XLA reshard its (B, T, D) gradient from the
-  # batch's sharding to the table's through a full replication.
-  table_VD = sharding.constrain(params["embed"], ("vocab", "act_embed"))
+  # batch's sharding to the table's through a full replication. Their gradients are
+  # reduce-scattered back to the tables' own sharding (sharding.gathered).
+  table_VD = sharding.gathered(params["embed"], ("vocab", "embed"))
   x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dtype)
   if c.positions == "learned":
-    table_PD = sharding.constrain(params["pos_embed"], ("positions", "act_embed"))
+    table_PD = sharding.gathered(params["pos_embed"], ("positions", "embed"))
     x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
   return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
 
@@ -203,9 +204,10 @@ def unembed_weight(params: dict, config: ModelConfig) -> jax.Array:
   """The output projection (D, V), whole along D like the embedding table at lookup: with D
   sharded (FSDP) XLA would otherwise all-reduce partial (B, T, V) logits, forward and
   backward, instead of all-gathering the weight (24 of 42 MiB per step of the default
-  experiment on mesh (2, 4, 1); docs/sharding.md)."""
+  experiment on mesh (2, 4, 1); docs/sharding.md). Its gradient is reduce-scattered back
+  to the parameter's sharding (sharding.gathered)."""
   w_DV = params["embed"].T if config.tie_embeddings else params["unembed"]
-  return sharding.constrain(w_DV, ("act_embed", "vocab"))
+  return sharding.gathered(w_DV, ("embed", "vocab"))
 
 
 def unembed(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
@@ -250,14 +252,22 @@ def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
   def body(x_BTD, p):
     return block(x_BTD, p, positions_BT, c, attend)
 
-  x_BTD, max_logit_L = layer_stack(body, x_BTD, params["layers"], c)
+  x_BTD, max_logit_L = layer_stack(body, x_BTD, params["layers"], c,
+                                   param_specs(c)["layers"])
   if not with_stats:
     return x_BTD
   return x_BTD, ({} if max_logit_L is None else {"max_attention_logit": max_logit_L})
 
 
-def layer_stack(body, x, stacked, config: ModelConfig):
+def layer_stack(body, x, stacked, config: ModelConfig, specs=None):
   """Runs `body(x, layer_params) -> (x, aux)` over params stacked on a leading L axis.
+
+  Given the stack's ParamSpecs and a model.remat, each layer's params are gathered over
+  FSDP inside the recomputed body and their gradients reduce-scattered back
+  (sharding.gathered): the backward pass gathers a layer's weights again. Without remat
+  the gathered weights would be kept for the backward pass, a whole model per device (a
+  remat policy keeping all but them does not stop it: the custom VJP's output is kept),
+  so there XLA places the collectives itself (docs/sharding.md).
 
   Returns (x, aux stacked over L). model.layer_loop picks a `lax.scan` or the
   same body unrolled over the L slices (same params, same arithmetic); "auto"
@@ -267,11 +277,17 @@ def layer_stack(body, x, stacked, config: ModelConfig):
   scans elsewhere, where one compiled body keeps compile time flat in depth.
   Each layer runs under jax.checkpoint when model.remat is set.
   """
+  if specs is not None and config.remat != "none":
+    inner = body
+
+    def body(x, p):
+      return inner(x, jax.tree.map(lambda s, w: sharding.gathered(w, s.axes[1:]), specs, p,
+                                   is_leaf=params_lib.is_spec))
   if config.remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[config.remat])
   loop = config.layer_loop
   if loop == "auto":
-    loop = "unroll" if jax.default_backend() == "cpu" else "scan"
+    loop = "unroll" if sharding.platform() == "cpu" else "scan"
   if loop == "scan":
     return jax.lax.scan(body, x, stacked)
   # One split per leaf, not L indexing ops: the gradient of a split is one
@@ -310,7 +326,8 @@ def logits_rms(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array
   x_RD = _readout_input(params, x_BTD, config).reshape(-1, x_BTD.shape[-1]).astype(jnp.float32)
   w_DV = unembed_weight(params, config).astype(jnp.float32)
   total = jnp.sum((x_RD.T @ x_RD) * (w_DV @ w_DV.T))
-  return jnp.sqrt(jnp.maximum(total, 0.0) / (x_RD.shape[0] * w_DV.shape[1]))
+  count = float(x_RD.shape[0]) * w_DV.shape[1]  # a Python float: B*T*V passes 2**31 at scale
+  return jnp.sqrt(jnp.maximum(total, 0.0) / count)
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> dict[str, float]:

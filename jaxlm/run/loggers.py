@@ -25,20 +25,14 @@ import numpy as np
 import tqdm
 
 from jaxlm import config as config_lib
+from jaxlm import hardware
 from jaxlm.run import files
 
-# Dense bf16 peak FLOP/s per chip, for MFU (vendor datasheets, without sparsity).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-              "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
-
-
 def peak_flops(device=None) -> float | None:
-  """The dense bf16 peak of a device by its kind, or None when unknown (e.g. CPU)."""
-  kind = (device or jax.devices()[0]).device_kind
-  for name, peak in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
-      return peak
-  return None
+  """The dense bf16 peak of a device by its kind (jaxlm.hardware.CHIPS), for MFU; None when
+  unknown (e.g. CPU)."""
+  chip = hardware.chip_of(device or jax.devices()[0])
+  return chip.peak_flops if chip else None
 
 
 def fmt_duration(seconds: float) -> str:

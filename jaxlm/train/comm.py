@@ -11,16 +11,22 @@ reduce-scatter moves S (g-1)/g, an all-reduce 2 S (g-1)/g, an all-to-all
 S (g-1)/g, a collective-permute S. The phase is read from the op's name:
 `transpose(` is the backward pass, `jvp(` the forward one, the rest the
 update. A collective inside a while loop's body (a scan over layers or over
-loss chunks) counts once per iteration where XLA knows the trip count (its
-`known_trip_count`), once otherwise.
+loss chunks, or the TPU compiler's windowed all-gather, a ring of
+collective-permutes) counts once per iteration where the trip count is known:
+XLA's `known_trip_count`, or a condition `i < N` on a counter with constant start,
+step and N.
 
 `minimum()` is the analytic least a step must move for its mesh (D data, F
-fsdp, T tensor ways; P parameters, b the bytes of a gradient element and p of
-a parameter, B the per-device batch in tokens, d the model width, L layers):
+fsdp, T tensor ways; P parameters, b the bytes of a gradient element, in the
+parameters' dtype as the optimizer takes them, and p of a gathered parameter,
+in the compute dtype the matmuls take; B the per-device batch in tokens, d the
+model width, L layers). XLA's TPU compiler reduces a bf16 matmul's gradient in
+bf16, below this count:
 - gradients: a reduce-scatter over F of P/T elements, then an all-reduce over
   D of the P/(F T) shard: b P/T ((F-1)/F + 2 (D-1)/(D F));
-- FSDP parameters: one all-gather over F: p P/T (F-1)/F (gathering them again
-  for the backward pass, to save memory, doubles it);
+- FSDP parameters: an all-gather over F for the forward pass and another for
+  the backward (a gathered layer is not kept between the two):
+  2 p P/T (F-1)/F;
 - tensor parallelism: two activation all-reduces per layer forward (after
   attention and after the MLP) and two backward: 4 L · 2 (T-1)/T · B d a, with
   a the bytes of an activation.
@@ -88,9 +94,55 @@ _CALLEE = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_c
                      r"%?([\w.\-]+)")
 
 
+def _trip_counts(lines: list[str]) -> dict[str, int]:
+  """{loop body: iterations} for while loops whose condition is `i < N` with i a tuple
+  element counted from a constant by a constant step (N, start and step read from the
+  HLO). XLA's TPU pipeline leaves no known_trip_count on its loops: the layer scan, and
+  the windowed all-gathers of FSDP (a ring of collective-permutes, two steps a turn)."""
+  body_of, consts, gte, tuples, adds, roots, results = {}, {}, {}, {}, {}, {}, {}
+  owner = None
+  for line in lines:
+    if m := _HEADER.match(line):
+      owner = m.group(1)
+      continue
+    name = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+    if not name or owner is None:
+      continue
+    name = name.group(1)
+    if c := re.search(r"\] ?\S* constant\((-?\d+)\)", line):
+      consts[name] = int(c.group(1))
+    elif g := re.search(r"get-tuple-element\(%[\w.\-]+\), index=(\d+)", line):
+      gte[name] = int(g.group(1))
+    elif t := re.search(r" tuple\((.*)\)", line):
+      tuples[name] = [a.strip().lstrip("%") for a in re.sub(r"/\*.*?\*/", "", t.group(1)).split(",")]
+      if line.lstrip().startswith("ROOT"):
+        results[owner] = tuples[name]
+    elif a := re.search(r" add\(%([\w.\-]+), %([\w.\-]+)\)", line):
+      adds[name] = a.groups()
+    if "ROOT" in line and "direction=LT" in line:
+      args = re.search(r"compare\(%([\w.\-]+), %([\w.\-]+)\)", line)
+      if args:
+        roots[owner] = args.groups()
+    if w := re.search(r" while\(%([\w.\-]+)\), condition=%?([\w.\-]+), body=%?([\w.\-]+)",
+                      line):
+      body_of[w.group(3)] = (w.group(1), w.group(2))
+  out = {}
+  for body, (operand, cond) in body_of.items():
+    if cond not in roots or roots[cond][0] not in gte or roots[cond][1] not in consts:
+      continue
+    k, bound = gte[roots[cond][0]], consts[roots[cond][1]]
+    init = consts.get((tuples.get(operand) or [""] * (k + 1))[k], 0)
+    a, b = adds.get((results.get(body) or [""] * (k + 1))[k], ("", ""))  # the next counter
+    step = consts[b] if gte.get(a) == k and b in consts else 1
+    if step > 0:
+      out[body] = max(-(-(bound - init) // step), 1)
+  return out
+
+
 def _multiplicities(lines: list[str]) -> dict[str, int]:
   """How many times each computation runs per call of the entry computation."""
   owner, edges, entry = None, {}, None
+  trips = _trip_counts(lines)
   for line in lines:
     if m := _HEADER.match(line):
       owner = m.group(1)
@@ -101,7 +153,8 @@ def _multiplicities(lines: list[str]) -> dict[str, int]:
       continue
     trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
     for key, callee in _CALLEE.findall(line):
-      edges[owner].append((callee, int(trip.group(1)) if key == "body" and trip else 1))
+      times = int(trip.group(1)) if trip else trips.get(callee, 1)
+      edges[owner].append((callee, times if key == "body" else 1))
     for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
       edges[owner] += [(b.strip().lstrip("%"), 1) for b in group.split(",") if b.strip()]
   counts: dict[str, int] = {}
@@ -139,6 +192,8 @@ def collectives(hlo_text: str, n_devices: int) -> list[Collective]:
       total = sum(sizes) * group
     elif "-start(" in line and kind == "all-gather" and len(sizes) > 1:
       total = max(sizes)  # async form: (operand, result)
+    elif "-start(" in line and kind == "collective-permute" and len(sizes) > 1:
+      total = sizes[0]  # async form: (operand, result, context...)
     else:
       total = sum(sizes)
     name = re.search(r'op_name="([^"]*)"', rest)
@@ -167,7 +222,7 @@ def minimum(params: int, mesh: dict, *, tokens_per_device: int, d_model: int, n_
   per_t = params / T
   return {
       "gradients": grad_bytes * per_t * ((F - 1) / F + 2 * (D - 1) / (D * F)),
-      "fsdp parameters": param_bytes * per_t * (F - 1) / F,
+      "fsdp parameters": 2 * param_bytes * per_t * (F - 1) / F,
       "tensor activations": 4 * n_layers * 2 * (T - 1) / T * tokens_per_device * d_model
       * act_bytes,
   }

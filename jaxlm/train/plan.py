@@ -1,7 +1,10 @@
-"""Plan a run before spending hardware: parameters, per-device memory, FLOPs, communication.
+"""Plan a run before spending hardware: parameters, per-device memory, FLOPs, communication,
+and a roofline estimate of step time.
 
-`describe()` backs `--dry_run`; `check_fits()` stops a run whose compiled step
-needs more memory than a device has, before the first step.
+`describe()` backs `--dry_run`, also for a TPU slice this machine does not have
+(`--topology=v5p-256`: the step compiled ahead of time by XLA's TPU compiler for
+libtpu's compile-only devices, jaxlm/hardware.py); `check_fits()` stops a run whose
+compiled step needs more memory than a device has, before the first step.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import jax
 import numpy as np
 
+from jaxlm import hardware
 from jaxlm import params as params_lib
 from jaxlm import sharding
 from jaxlm.config import Config, ConfigError
@@ -38,38 +42,49 @@ def compile_step(trainer):
   return trainer.step.lower(trainer.abstract_state(), trainer.abstract_batch()).compile()
 
 
-def check_fits(compiled, config: Config) -> None:
-  """Raises ConfigError naming what to change when the step does not fit device memory."""
-  limit = device_memory_limit()
+def check_fits(compiled, config: Config, limit: int | None = None) -> None:
+  """Raises ConfigError naming what to change when the step does not fit device memory
+  (`limit` bytes; default: what device 0 reports)."""
+  limit = limit or device_memory_limit()
   mem = compiled.memory_analysis()
   if limit is None or mem is None:
     return
   need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
           + mem.temp_size_in_bytes)
   if need > limit:
-    raise ConfigError(
-        f"the train step needs {need / 2**30:.1f} GiB per device but "
-        f"{limit / 2**30:.1f} GiB are available: raise train.microbatches "
-        f"({config.train.microbatches}; the same batch in parts), lower train.batch_size "
-        f"({config.train.batch_size}) or data.seq_len ({config.data.seq_len}), set "
-        "model.remat=full, or shard wider with mesh.fsdp / mesh.tensor")
+    raise ConfigError(f"the train step needs {need / 2**30:.1f} GiB per device but "
+                      f"{limit / 2**30:.1f} GiB are available: {_remedies(config)}")
 
 
-def describe(config: Config) -> str:
-  """A human-readable plan: sizes, per-device bytes, FLOPs and XLA's memory analysis."""
+def _remedies(config: Config) -> str:
+  return (f"raise train.microbatches ({config.train.microbatches}; the same batch in parts), "
+          f"lower train.batch_size ({config.train.batch_size}) or data.seq_len "
+          f"({config.data.seq_len}), set model.remat=full, or shard wider with mesh.fsdp / "
+          "mesh.tensor")
+
+
+def describe(config: Config, topology: str | None = None) -> str:
+  """A human-readable plan: sizes, per-device bytes, FLOPs, XLA's memory analysis, the
+  step's communication and its roofline time, on this machine's devices or, given a
+  TPU slice name (`v5p-256`), on that slice's."""
   c = config
-  mesh = sharding.make_mesh(c.mesh)
+  devices, limit = jax.devices(), device_memory_limit()
+  chip = hardware.chip_of(devices[0])
+  where = f"{len(devices)} x {devices[0].device_kind}"
+  if topology:
+    spec, devices = hardware.devices(topology)
+    chip, limit = spec.chip, int(spec.chip.hbm_bytes)
+    where = (f"{len(devices)} x {devices[0].device_kind} ({spec.name}, chips "
+             f"{spec.topology_name}; compiled ahead of time on this {jax.default_backend()})")
+  mesh = sharding.make_mesh(c.mesh, devices)
   trainer = Trainer(c, mesh, np.ones(c.model.vocab_size, np.int32))
   counts = params_lib.param_count(trainer.specs)
   state = trainer.abstract_state()
   tokens = c.train.batch_size * c.data.seq_len
   per_token = trainer.task.flops_per_token()
-  compiled = compile_step(trainer)
-  mem = compiled.memory_analysis()
   lines = [
       f"experiment      {c.name}",
-      f"devices         {jax.device_count()} x {jax.devices()[0].device_kind}; "
-      f"mesh {dict(mesh.shape)}",
+      f"devices         {where}; mesh {dict(mesh.shape)}",
       f"params          {counts['total']:,} ({counts['non_embedding']:,} non-embedding)",
       f"params/device   {_device_bytes(state.params) / 2**20:,.1f} MiB",
       f"optimizer/dev   {_device_bytes(state.opt_state) / 2**20:,.1f} MiB",
@@ -77,6 +92,14 @@ def describe(config: Config) -> str:
       + (f", in {c.train.microbatches} microbatches)" if c.train.microbatches > 1 else ")"),
       f"FLOPs/step      {per_token * tokens:.3e} ({c.task.kind}: {per_token:.3e} per token)",
   ]
+  try:
+    compiled = compile_step(trainer)
+  except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a step over its HBM
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    why = str(e).split("RESOURCE_EXHAUSTED:")[-1].strip().splitlines()[0]
+    return "\n".join(lines + [f"fits            NO: XLA: {why}; {_remedies(c)}"])
+  mem = compiled.memory_analysis()
   if mem is not None:
     lines += [
         f"XLA arguments   {mem.argument_size_in_bytes / 2**20:,.1f} MiB per device",
@@ -85,16 +108,43 @@ def describe(config: Config) -> str:
         f"XLA outputs     {mem.output_size_in_bytes / 2**20:,.1f} MiB per device "
         f"({mem.alias_size_in_bytes / 2**20:,.1f} MiB aliased to donated inputs)",
     ]
-  limit = device_memory_limit()
   if limit:
     lines.append(f"device memory   {limit / 2**30:,.1f} GiB")
   try:
-    check_fits(compiled, c)
+    check_fits(compiled, c, limit)
     lines.append("fits            yes" if limit else "fits            (no device memory limit "
                  "reported on this backend)")
   except ConfigError as e:
     lines.append(f"fits            NO: {e}")
-  return "\n".join(lines + comm.report(*communication(compiled, trainer, counts["total"])))
+  items, least = communication(compiled, trainer, counts["total"])
+  lines += comm.report(items, least)
+  if chip is not None:
+    lines += step_time(compiled, trainer, chip, sum(x.moved_bytes for x in items))
+  return "\n".join(lines)
+
+
+# FLOPs of a step relative to 6N + attention: full remat runs each layer's forward twice.
+RECOMPUTE = {"none": 1.0, "dots": 1.0, "full": 4 / 3}
+
+
+def step_time(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> list[str]:
+  """The roofline lines of --dry_run: compute, HBM and communication time per step on
+  `chip`, the step time between full overlap and none, and the MFU each implies."""
+  c = trainer.config
+  model_flops = trainer.task.flops_per_token() * c.train.batch_size * c.data.seq_len \
+      / trainer.mesh.size
+  _, hbm_bytes = hardware.cost(compiled)
+  est = hardware.estimate(chip, xla_flops=model_flops * RECOMPUTE[c.model.remat],
+                          hbm_bytes=hbm_bytes, comm_bytes=comm_bytes, model_flops=model_flops)
+  ms = lambda s: f"{s * 1e3:,.1f} ms"
+  return [
+      f"step time       {ms(est.overlapped_s)} (all overlapped) to {ms(est.serial_s)} (none) "
+      f"on {chip.name}; MFU at most {est.mfu(est.overlapped_s):.0%} / "
+      f"{est.mfu(est.serial_s):.0%}; {est.bound}-bound",
+      f"  compute {ms(est.compute_s)} ({c.model.remat} remat), HBM {ms(est.memory_s)} "
+      f"(XLA's bytes accessed; loop bodies once), communication {ms(est.comm_s)} "
+      f"(at {chip.collective_bandwidth / 1e9:,.0f} GB/s per chip)",
+  ]
 
 
 def communication(compiled, trainer, n_params: int) -> tuple[list, dict]:
@@ -106,6 +156,6 @@ def communication(compiled, trainer, n_params: int) -> tuple[list, dict]:
       n_params, shape, tokens_per_device=c.train.batch_size * c.data.seq_len // replicas,
       d_model=c.model.d_model, n_layers=c.model.n_layers,
       grad_bytes=np.dtype(c.model.param_dtype).itemsize,
-      param_bytes=np.dtype(c.model.param_dtype).itemsize,
+      param_bytes=np.dtype(c.model.compute_dtype).itemsize,
       act_bytes=np.dtype(c.model.compute_dtype).itemsize)
   return items, least
