@@ -20,6 +20,7 @@ sum (nothing overlapped); MFU = model FLOPs / (step time x peak).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -135,13 +136,15 @@ def devices(name: str) -> tuple[Slice, list]:
   os.environ.setdefault("TPU_ACCELERATOR_TYPE",
                         f"{spec.generation}-{spec.chips * spec.chip.cores_per_chip}")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  # Without a TPU, several processes may compile at once (libtpu otherwise takes a lock).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies  # noqa: deferred: only --topology needs libtpu
     desc = topologies.get_topology_desc(platform="tpu", topology_name=spec.topology_name,
                                         **spec.options())
   except Exception as e:  # libtpu absent, or a shape it does not know
     hint = (" (libtpu is not installed: pip install 'jaxlm[topology]')"
-            if "libtpu" in str(e).lower() or "tpu" not in str(e).lower() else "")
+            if importlib.util.find_spec("libtpu") is None else "")
     raise ValueError(f"--topology={name!r}: libtpu could not describe "
                      f"{spec.topology_name}: {str(e).splitlines()[0][:200]}{hint}") from None
   return spec, list(desc.devices)

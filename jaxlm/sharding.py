@@ -157,10 +157,8 @@ def gathered(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
 
   A plain constraint's transpose pins the gradient to the gathered layout too, so the
   devices' partial gradients are all-reduced whole and then sliced to each device's
-  shard; here they are reduce-scattered into it, half the bytes. The result is named
-  GATHERED (checkpoint_name), so a remat policy can decline to keep it
-  for the backward pass. A no-op outside activation_rules() or where the parameter is not
-  split over "fsdp".
+  shard; here they are reduce-scattered into it, half the bytes. A no-op outside
+  activation_rules() or where the parameter is not split over "fsdp".
   """
   active = _ACTIVE.get()
   if active is None:
@@ -179,6 +177,12 @@ def gathered(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   gather.defvjp(lambda v: (gather(v), None),
                 lambda _, g: (jax.lax.with_sharding_constraint(g, own),))
   return gather(x)
+
+
+def axis_size(name: str) -> int:
+  """The size of mesh axis `name` of the active rules' mesh (1 outside activation_rules())."""
+  active = _ACTIVE.get()
+  return 1 if active is None else active[0].shape.get(name, 1)
 
 
 def spec_axes(entry) -> tuple[str, ...]:

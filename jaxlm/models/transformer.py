@@ -183,11 +183,15 @@ def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
   # The tables whole along D before the lookup (FSDP's all-gather of a parameter): a
   # gather from a table split over D makes XLA reshard its (B, T, D) gradient from the
   # batch's sharding to the table's through a full replication. Their gradients are
-  # reduce-scattered back to the tables' own sharding (sharding.gathered).
-  table_VD = sharding.gathered(params["embed"], ("vocab", "embed"))
+  # reduce-scattered back (sharding.gathered), except under tensor parallelism, where the
+  # scatter-add's reduce-scatter brings that resharding back on mesh (2, 2, 2) (tests/
+  # test_sharding.py) and a plain constraint all-reduces the gradient whole instead.
+  fetch = (sharding.gathered if sharding.axis_size("tensor") == 1 else
+           lambda w, axes: sharding.constrain(w, (axes[0], "act_embed")))
+  table_VD = fetch(params["embed"], ("vocab", "embed"))
   x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dtype)
   if c.positions == "learned":
-    table_PD = sharding.gathered(params["pos_embed"], ("positions", "embed"))
+    table_PD = fetch(params["pos_embed"], ("positions", "embed"))
     x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
   return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
 
