@@ -127,23 +127,30 @@ def describe(config: Config, topology: str | None = None) -> str:
 RECOMPUTE = {"none": 1.0, "dots": 1.0, "full": 4 / 3}
 
 
-def step_time(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> list[str]:
-  """The roofline lines of --dry_run: compute, HBM and communication time per step on
-  `chip`, the step time between full overlap and none, and the MFU each implies."""
+def roofline(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> hardware.Estimate:
+  """The roofline estimate of one compiled step on `chip` (hardware.estimate): compute from
+  the model's FLOPs (6N + attention, times RECOMPUTE under remat; XLA's own count takes
+  a loop body once), HBM traffic from XLA's bytes accessed, links from `comm_bytes`."""
   c = trainer.config
   model_flops = trainer.task.flops_per_token() * c.train.batch_size * c.data.seq_len \
       / trainer.mesh.size
   _, hbm_bytes = hardware.cost(compiled)
-  est = hardware.estimate(chip, xla_flops=model_flops * RECOMPUTE[c.model.remat],
-                          hbm_bytes=hbm_bytes, comm_bytes=comm_bytes, model_flops=model_flops)
+  return hardware.estimate(chip, xla_flops=model_flops * RECOMPUTE[c.model.remat],
+                           hbm_bytes=hbm_bytes, comm_bytes=comm_bytes, model_flops=model_flops)
+
+
+def step_time(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> list[str]:
+  """The roofline lines of --dry_run: compute, HBM and communication time per step on
+  `chip`, the step time between full overlap and none, and the MFU each implies."""
+  est = roofline(compiled, trainer, chip, comm_bytes)
   ms = lambda s: f"{s * 1e3:,.1f} ms"
   return [
       f"step time       {ms(est.overlapped_s)} (all overlapped) to {ms(est.serial_s)} (none) "
       f"on {chip.name}; MFU at most {est.mfu(est.overlapped_s):.0%} / "
       f"{est.mfu(est.serial_s):.0%}; {est.bound}-bound",
-      f"  compute {ms(est.compute_s)} ({c.model.remat} remat), HBM {ms(est.memory_s)} "
-      f"(XLA's bytes accessed; loop bodies once), communication {ms(est.comm_s)} "
-      f"(at {chip.collective_bandwidth / 1e9:,.0f} GB/s per chip)",
+      f"  compute {ms(est.compute_s)} ({trainer.config.model.remat} remat), HBM "
+      f"{ms(est.memory_s)} (XLA's bytes accessed; loop bodies once), communication "
+      f"{ms(est.comm_s)} (at {chip.collective_bandwidth / 1e9:,.0f} GB/s per chip)",
   ]
 
 
