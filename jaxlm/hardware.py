@@ -109,20 +109,18 @@ def parse_slice(name: str) -> Slice:
   if not m:
     raise ValueError(f"--topology={name!r} is not a TPU slice name; {forms}")
   gen = m.group(1)
-  grids = _GRID_2D if gen in ("v5e", "v6e") else _GRID_3D
+  dims, grids = (2, _GRID_2D) if gen in ("v5e", "v6e") else (3, _GRID_3D)
   if m.group(3):
     grid = tuple(int(d) for d in m.group(3).split("x"))
-    if len(grid) != len(next(iter(grids.values()))):
-      raise ValueError(f"--topology={name!r}: {gen} slices are "
-                       f"{len(next(iter(grids.values())))}-D grids of chips")
+    if len(grid) != dims:
+      raise ValueError(f"--topology={name!r}: {gen} slices are {dims}-D grids of chips")
   else:
-    cores = int(m.group(2))
-    chips, rest = divmod(cores, CHIPS[gen].cores_per_chip)
-    if rest or chips not in grids:
-      sizes = ", ".join(f"{gen}-{c * CHIPS[gen].cores_per_chip}" for c in grids)
-      raise ValueError(f"--topology={name!r}: no {gen} slice of {cores} cores here; "
-                       f"known: {sizes} (or give the grid, {gen}:{'x'.join('ABC'[:len(grids[4])])})")
-    grid = grids[chips]
+    cores, per_chip = int(m.group(2)), CHIPS[gen].cores_per_chip
+    if cores % per_chip or cores // per_chip not in grids:
+      sizes = ", ".join(f"{gen}-{c * per_chip}" for c in grids)
+      raise ValueError(f"--topology={name!r}: no {gen} slice of {cores} cores here; known: "
+                       f"{sizes} (or give the grid, {gen}:{'x'.join('ABC'[:dims])})")
+    grid = grids[cores // per_chip]
   return Slice(name, gen, grid)
 
 

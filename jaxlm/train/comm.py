@@ -114,7 +114,8 @@ def _trip_counts(lines: list[str]) -> dict[str, int]:
     elif g := re.search(r"get-tuple-element\(%[\w.\-]+\), index=(\d+)", line):
       gte[name] = int(g.group(1))
     elif t := re.search(r" tuple\((.*)\)", line):
-      tuples[name] = [a.strip().lstrip("%") for a in re.sub(r"/\*.*?\*/", "", t.group(1)).split(",")]
+      operands = re.sub(r"/\*.*?\*/", "", t.group(1)).split(",")  # drop /*index=5*/
+      tuples[name] = [a.strip().lstrip("%") for a in operands]
       if line.lstrip().startswith("ROOT"):
         results[owner] = tuples[name]
     elif a := re.search(r" add\(%([\w.\-]+), %([\w.\-]+)\)", line):
