@@ -20,6 +20,7 @@ sum (nothing overlapped); MFU = model FLOPs / (step time x peak).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib.util
 import math
 import os
@@ -146,6 +147,14 @@ def devices(name: str) -> tuple[Slice, list]:
     raise ValueError(f"--topology={name!r}: libtpu could not describe "
                      f"{spec.topology_name}: {str(e).splitlines()[0][:200]}{hint}") from None
   return spec, list(desc.devices)
+
+
+def tpu_attached() -> bool:
+  """Whether this machine has a TPU JAX could open: libtpu installed and a TPU VM's device
+  files present (/dev/accel* on v4 / v5e, /dev/vfio/N on v5p / v6e). libtpu alone, as
+  the topology extra installs it, only compiles for slices elsewhere."""
+  return bool(importlib.util.find_spec("libtpu")
+              and (glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
 
 
 def chip_of(device) -> Chip | None:

@@ -19,6 +19,8 @@ import importlib.util
 import os
 import platform
 
+from jaxlm import hardware
+
 # mallopt parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 
@@ -45,8 +47,10 @@ def reuse_freed_memory() -> bool:
 
 
 def _cpu_only() -> bool:
-  """Whether JAX can only run on CPU here: JAX_PLATFORMS says so, or no plugin is installed."""
+  """Whether JAX can only run on CPU here: JAX_PLATFORMS says so, or no GPU plugin is
+  installed and no TPU is attached (libtpu alone, as the topology extra installs it to
+  compile for TPU slices, runs nothing)."""
   platforms = os.environ.get("JAX_PLATFORMS", "")
   if platforms:
     return platforms.split(",")[0].strip() == "cpu"
-  return not any(importlib.util.find_spec(m) for m in ("jax_plugins", "libtpu"))
+  return not (importlib.util.find_spec("jax_plugins") or hardware.tpu_attached())

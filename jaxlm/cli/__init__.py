@@ -12,16 +12,23 @@ imports a command line.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 
 from absl import logging
 
-from jaxlm import exit_status, malloc
+from jaxlm import exit_status, hardware, malloc
 
 # Every command line's package is imported before the command line itself, and
 # so before anything imports JAX: let malloc reuse XLA's step buffers on CPU
 # (jaxlm.malloc), which must happen before JAX's threads take arenas of their own.
 malloc.reuse_freed_memory()
+# libtpu installed for planning (the topology extra) on a machine without a TPU: JAX would
+# try to open one at its first computation and print a page of warnings.
+if (importlib.util.find_spec("libtpu") and not hardware.tpu_attached()
+    and not importlib.util.find_spec("jax_plugins")):
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def fail(message: str) -> None:
