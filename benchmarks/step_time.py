@@ -49,13 +49,12 @@ def hbm_bytes(name: str, devices, overrides, n_layers: int) -> float:
   body is counted once)."""
   from jaxlm import hardware
   from jaxlm.train import plan
-  b1, b2 = (hardware.cost(plan.compile_step(_trainer(name, devices, [
-      *overrides, f"model.n_layers={n}", "model.layer_loop=unroll"])))[1] for n in (1, 2))
+  b1, b2 = (hardware.bytes_accessed(plan.compile_step(_trainer(name, devices, [
+      *overrides, f"model.n_layers={n}", "model.layer_loop=unroll"]))) for n in (1, 2))
   return b1 + (n_layers - 1) * (b2 - b1)
 
 
 def plan_row(name: str, devices, chip, overrides=()):
-  from jaxlm import hardware
   from jaxlm import params as params_lib
   from jaxlm.train import plan
   trainer = _trainer(name, devices, overrides)
@@ -67,10 +66,8 @@ def plan_row(name: str, devices, chip, overrides=()):
   items, least = plan.communication(compiled, trainer,
                                     params_lib.param_count(trainer.specs)["total"])
   moved = sum(x.moved_bytes for x in items)
-  est = plan.roofline(compiled, trainer, chip, moved)
-  est = hardware.estimate(chip, xla_flops=est.compute_s * chip.peak_flops,
-                          hbm_bytes=hbm_bytes(name, devices, overrides, c.model.n_layers),
-                          comm_bytes=moved, model_flops=est.model_flops)
+  est = plan.roofline(compiled, trainer, chip, moved,
+                      hbm_bytes(name, devices, overrides, c.model.n_layers))
   tokens = c.train.batch_size * c.data.seq_len
   need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
           + mem.temp_size_in_bytes)

@@ -157,6 +157,15 @@ def tpu_attached() -> bool:
               and (glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
 
 
+def cpu_only() -> bool:
+  """Whether JAX can only run on CPU here: JAX_PLATFORMS says so, or no GPU plugin is
+  installed and no TPU is attached."""
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  return not (importlib.util.find_spec("jax_plugins") or tpu_attached())
+
+
 def chip_of(device) -> Chip | None:
   """The CHIPS entry of a jax device, by its device_kind ("TPU v5 lite", "NVIDIA H100 80GB
   HBM3"); None when unknown (a CPU)."""
@@ -195,21 +204,20 @@ class Estimate:
     return max(times, key=times.get)
 
 
-def estimate(chip: Chip, *, xla_flops: float, hbm_bytes: float, comm_bytes: float,
+def estimate(chip: Chip, *, flops: float, hbm_bytes: float, comm_bytes: float,
              model_flops: float) -> Estimate:
-  """Roofline times per device; XLA's FLOPs (recomputation included) bound compute from
-  below by the model's own count."""
-  return Estimate(compute_s=max(xla_flops, model_flops) / chip.peak_flops,
+  """Roofline times per device: `flops` executed (recomputation included), `model_flops`
+  the count MFU divides."""
+  return Estimate(compute_s=flops / chip.peak_flops,
                   memory_s=hbm_bytes / chip.hbm_bandwidth,
                   comm_s=comm_bytes / chip.collective_bandwidth,
                   model_flops=model_flops, peak_flops=chip.peak_flops)
 
 
-def cost(compiled) -> tuple[float, float]:
-  """(FLOPs, bytes accessed) per device from XLA's cost analysis of a compiled step (0 where
-  the backend does not report them)."""
+def bytes_accessed(compiled) -> float:
+  """Bytes accessed per device by a compiled step, from XLA's cost analysis (a loop body
+  counted once; 0 where the backend does not report it)."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
     analysis = analysis[0] if analysis else {}
-  analysis = analysis or {}
-  return float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0))
+  return float((analysis or {}).get("bytes accessed", 0.0))

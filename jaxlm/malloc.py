@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.util
 import os
 import platform
 
@@ -35,7 +34,7 @@ def reuse_freed_memory() -> bool:
   """
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
-  if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or not _cpu_only():
+  if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or not hardware.cpu_only():
     return False
   libc = ctypes.CDLL(ctypes.util.find_library("c"))
   # Trim threshold -1: glibc takes it as a size_t, SIZE_MAX, so the heap is never
@@ -44,13 +43,3 @@ def reuse_freed_memory() -> bool:
   settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1),
               (_M_TOP_PAD, 64 << 20))  # grow the heap 64 MB at a time
   return all(libc.mallopt(k, v) == 1 for k, v in settings)
-
-
-def _cpu_only() -> bool:
-  """Whether JAX can only run on CPU here: JAX_PLATFORMS says so, or no GPU plugin is
-  installed and no TPU is attached (libtpu alone, as the topology extra installs it to
-  compile for TPU slices, runs nothing)."""
-  platforms = os.environ.get("JAX_PLATFORMS", "")
-  if platforms:
-    return platforms.split(",")[0].strip() == "cpu"
-  return not (importlib.util.find_spec("jax_plugins") or hardware.tpu_attached())

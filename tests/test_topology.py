@@ -41,7 +41,7 @@ def test_slice_names_give_chips_grid_and_libtpu_options():
 
 def test_roofline_takes_the_slowest_of_compute_memory_and_links():
   chip = hardware.CHIPS["v5p"]
-  est = hardware.estimate(chip, xla_flops=459e12, hbm_bytes=2765e9 / 2, comm_bytes=600e9 / 4,
+  est = hardware.estimate(chip, flops=459e12, hbm_bytes=2765e9 / 2, comm_bytes=600e9 / 4,
                           model_flops=459e12 * 0.75)
   assert (est.compute_s, est.memory_s, est.comm_s) == pytest.approx((1.0, 0.5, 0.25))
   assert est.overlapped_s == pytest.approx(1.0) and est.serial_s == pytest.approx(1.75)

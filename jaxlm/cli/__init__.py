@@ -26,8 +26,7 @@ from jaxlm import exit_status, hardware, malloc
 malloc.reuse_freed_memory()
 # libtpu installed for planning (the topology extra) on a machine without a TPU: JAX would
 # try to open one at its first computation and print a page of warnings.
-if (importlib.util.find_spec("libtpu") and not hardware.tpu_attached()
-    and not importlib.util.find_spec("jax_plugins")):
+if importlib.util.find_spec("libtpu") and hardware.cpu_only():
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

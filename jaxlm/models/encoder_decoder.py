@@ -91,7 +91,8 @@ def encode(params: dict, src_BS: jax.Array, config: ModelConfig,
     return transformer.block(x_BSD, p, positions_BS, config, attend)
 
   x_BSD = transformer.embed(params, src_BS, positions_BS, config)
-  x_BSD, _ = transformer.layer_stack(body, x_BSD, params["encoder"]["layers"], config)
+  x_BSD, _ = transformer.layer_stack(body, x_BSD, params["encoder"]["layers"], config,
+                                     param_specs(config)["encoder"]["layers"])
   p = params["encoder"]["final_norm"]
   return layers.norm(p, x_BSD, config.norm, config.norm_eps)
 
@@ -155,7 +156,8 @@ def decoder_trunk(params: dict, memory_BSD: jax.Array, tgt_BT: jax.Array, config
     return decoder_block(x_BTD, p, kv, positions_BT, config, self_attend, cross_attend)
 
   x_BTD = transformer.embed(params, tgt_BT, positions_BT, config)
-  x_BTD, _ = transformer.layer_stack(body, x_BTD, params["decoder"]["layers"], config)
+  x_BTD, _ = transformer.layer_stack(body, x_BTD, params["decoder"]["layers"], config,
+                                     param_specs(config)["decoder"]["layers"])
   return x_BTD
 
 

@@ -127,15 +127,18 @@ def describe(config: Config, topology: str | None = None) -> str:
 RECOMPUTE = {"none": 1.0, "dots": 1.0, "full": 4 / 3}
 
 
-def roofline(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> hardware.Estimate:
+def roofline(compiled, trainer, chip: hardware.Chip, comm_bytes: float,
+             hbm_bytes: float | None = None) -> hardware.Estimate:
   """The roofline estimate of one compiled step on `chip` (hardware.estimate): compute from
   the model's FLOPs (6N + attention, times RECOMPUTE under remat; XLA's own count takes
-  a loop body once), HBM traffic from XLA's bytes accessed, links from `comm_bytes`."""
+  a loop body once), HBM traffic from XLA's bytes accessed (or `hbm_bytes`, counted
+  otherwise), links from `comm_bytes`."""
   c = trainer.config
   model_flops = trainer.task.flops_per_token() * c.train.batch_size * c.data.seq_len \
       / trainer.mesh.size
-  _, hbm_bytes = hardware.cost(compiled)
-  return hardware.estimate(chip, xla_flops=model_flops * RECOMPUTE[c.model.remat],
+  if hbm_bytes is None:
+    hbm_bytes = hardware.bytes_accessed(compiled)
+  return hardware.estimate(chip, flops=model_flops * RECOMPUTE[c.model.remat],
                            hbm_bytes=hbm_bytes, comm_bytes=comm_bytes, model_flops=model_flops)
 
 
