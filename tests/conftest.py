@@ -7,7 +7,9 @@ compile the same small programs (a resumed run, the same tiny model in
 another test), and reusing them took 22-30% off test files measured on 2 cores.
 XLA's backend optimizes at level 0 here: compiling dominates these tiny tests
 (7 s for a tiny model's train step at the default level, 3.8 s at 0), so the
-whole suite took 541 s instead of 639 s on the 2-core dev VM. Tests that start
+whole suite took 541 s instead of 639 s on the 2-core dev VM. XLA's CPU fusion
+emitters (its newer code generator) and parallel code generation are off too:
+a tiny model's step compiled in 0.8-1.0 s instead of 1.9-2.4 s. Tests that start
 processes give them `xla_flags(devices)`, so those compile fast too.
 """
 
@@ -17,7 +19,8 @@ import os
 import shutil
 import tempfile
 
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def xla_flags(devices: int | None = None) -> str:
