@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "launch"))
 
 import local  # noqa: E402
+import prepare_slurm  # noqa: E402
 import slurm  # noqa: E402
 import sweep_local  # noqa: E402
 import sweep_run  # noqa: E402
@@ -226,6 +227,99 @@ def test_sweep_slurm_runs_an_array_on_a_live_cluster(tmp_path):
   out = submit_and_wait()  # only the point without a summary goes into the array
   assert "2 of 3 points done; the array runs 1" in out
   assert os.path.exists(os.path.join(sweep_dir, name, "summary.json"))
+
+
+def _prepare_corpus(root) -> tuple[str, list[str]]:
+  """A corpus of 9 files of just over 1 MB (a shard each with --shard_mb=1) and the
+  prepare arguments for it."""
+  os.makedirs(root, exist_ok=True)
+  for i in range(9):
+    with open(os.path.join(root, f"part{i}.jsonl"), "w") as f:
+      for j in range(30):
+        f.write(json.dumps({"text": f"document {i}.{j} " + "words " * (5900 + 7 * i + j)})
+                + "\n")
+  return f"files:{root}/*.jsonl", ["--validation_fraction=0.1", "--shard_mb=1"]
+
+
+def _files(root) -> dict[str, bytes]:
+  return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read()
+          for d, _, names in os.walk(root) for n in names}
+
+
+def test_prepare_slurm_scripts_tokenize_in_tasks_and_merge_like_one_process(tmp_path, capsys):
+  corpus, extra = _prepare_corpus(str(tmp_path / "src"))
+  out = str(tmp_path / "out")
+  args = [f"--corpus={corpus}", f"--out={out}", *extra]
+  assert prepare_slurm.main(["--num_tasks=4", "--max_parallel=2", "--cpus_per_task=2",
+                             f"--python={sys.executable}", "--dry_run", "--", *args]) == 0
+  printed = capsys.readouterr().out
+  task_path, merge_path = (os.path.join(out + ".slurm", n)
+                           for n in ("prepare.sbatch", "prepare-merge.sbatch"))
+  task_text = printed.split(f"# {task_path}\n", 1)[1].split(f"# {merge_path}\n", 1)[0]
+  merge_text = printed.split(f"# {merge_path}\n", 1)[1].split("# then:", 1)[0]
+  assert "#SBATCH --array=0-3%2" in task_text and "--cpus-per-task=2" in task_text
+  assert "--num_tasks=4" in task_text and "--merge" in merge_text
+  assert "sbatch --dependency=afterok:J" in printed
+  for name, text in (("task.sh", task_text), ("merge.sh", merge_text)):
+    (tmp_path / name).write_text(text)
+  env = {**os.environ, "PYTHONPATH": ROOT, "SLURM_CPUS_PER_TASK": "1"}
+
+  def bash(name, **extra_env):
+    return subprocess.run(["bash", str(tmp_path / name)], env={**env, **extra_env},
+                          capture_output=True, text=True, timeout=300)
+
+  early = bash("merge.sh")  # before any task: a one-line error, no manifest
+  assert early.returncode == 2 and early.stderr.startswith("error: --out=") and \
+      "holds no prepared shards" in early.stderr, early.stderr
+  for task in ("3", "1", "0"):
+    done = bash("task.sh", SLURM_ARRAY_TASK_ID=task)
+    assert done.returncode == 0 and f"task {task} of 4: prepared" in done.stdout, done.stderr
+  early = bash("merge.sh")  # task 2 has not run
+  assert early.returncode == 2 and "shards are not prepared yet" in early.stderr
+  assert not os.path.exists(os.path.join(out, "manifest.json"))
+  assert bash("task.sh", SLURM_ARRAY_TASK_ID="2").returncode == 0
+  merged = bash("merge.sh")
+  assert merged.returncode == 0 and "wrote 9 shards" in merged.stdout, merged.stderr
+  one = str(tmp_path / "one")
+  single = subprocess.run([sys.executable, "-m", "jaxlm.data.prepare", f"--corpus={corpus}",
+                           f"--out={one}", *extra, "--workers=1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert single.returncode == 0, single.stderr
+  assert _files(out) == _files(one)
+  # Flags the launcher sets itself, and a missing --out, are refused.
+  with pytest.raises(SystemExit):
+    prepare_slurm.main(["--num_tasks=2", "--", *args, "--workers=3"])
+  assert "--workers after -- is set by the launcher" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(SLURM_PARTITION is None, reason="no SLURM cluster answers here")
+def test_prepare_slurm_runs_its_array_and_merge_on_a_live_cluster(tmp_path):
+  # The real sbatch: 3 array tasks, then the merge job once they have all succeeded.
+  corpus, extra = _prepare_corpus(str(tmp_path / "src"))
+  out = str(tmp_path / "out")
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "prepare_slurm.py"), "--num_tasks=3",
+         f"--partition={SLURM_PARTITION}", "--cpus_per_task=1", "--time=00:10:00",
+         f"--python={sys.executable}", "--", f"--corpus={corpus}", f"--out={out}", *extra]
+  proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  jobs = [line.split()[3] for line in proc.stdout.splitlines()
+          if line.startswith("Submitted batch job")]
+  assert len(jobs) == 2, proc.stdout
+  deadline = time.time() + 300
+  while subprocess.run(["squeue", "--noheader", f"--jobs={','.join(jobs)}"],
+                       capture_output=True, text=True).stdout.strip():
+    assert time.time() < deadline, f"jobs {jobs} did not finish in 300 s"
+    time.sleep(2)
+  logs = {n: open(os.path.join(out + ".slurm", n)).read()
+          for n in os.listdir(out + ".slurm") if n.endswith(".out")}
+  assert len(logs) == 4, logs  # three tasks and the merge
+  assert os.path.exists(os.path.join(out, "manifest.json")), logs
+  one = str(tmp_path / "one")
+  assert subprocess.run([sys.executable, "-m", "jaxlm.data.prepare", f"--corpus={corpus}",
+                         f"--out={one}", *extra], env={**os.environ, "PYTHONPATH": ROOT},
+                        capture_output=True, timeout=300).returncode == 0
+  assert _files(out) == _files(one)
 
 
 # --- Faults: a group stops together, restarts, requeues ---------------------------------

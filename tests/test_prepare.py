@@ -1,9 +1,11 @@
 """Own corpora: files read as documents, split by identity, prepared once, trained on."""
 
+import dataclasses
 import gzip
 import json
 import lzma
 import os
+import shutil
 import subprocess
 import sys
 
@@ -130,6 +132,43 @@ def test_prepare_is_deterministic_resumable_and_reads_back(tmp_path):
     prepared.prepare(f"files:{tmp_path}/src/*.jsonl", str(tmp_path / "one"), tok, options)
 
 
+def _tree(root) -> dict[str, bytes]:
+  """Every file under root (relative path -> bytes)."""
+  return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read()
+          for d, _, names in os.walk(root) for n in names}
+
+
+def test_tasks_then_merge_write_the_same_bytes_as_one_process(tmp_path):
+  _corpus(tmp_path / "src")
+  spec = f"files:{tmp_path}/src/**/*.py,{tmp_path}/src/*.jsonl*"
+  tok, options = prepared.TokenizerSpec("bytes"), prepared.Options(validation_fraction=0.2)
+  one = prepared.prepare(spec, str(tmp_path / "one"), tok, options, shard_bytes=400)
+  n = len(one["shards"])
+  out = str(tmp_path / "tasks")
+  # Three tasks, the last (and one more, past the shards) first: nothing depends on order.
+  for task in (2, 0):
+    assert prepared.prepare(spec, out, tok, options, shard_bytes=400, num_tasks=3,
+                            task_id=task) is None
+  assert sorted(os.listdir(os.path.join(out, "shards"))) == sorted(
+      ["fingerprint.json"] + [f"{i:05d}.json" for i in range(n) if i % 3 != 1])
+  with pytest.raises(ValueError, match=f"{len(range(1, n, 3))} of {n} shards are not "
+                     r"prepared yet \(00001, 00004"):
+    prepared.merge(spec, out, tok, options, shard_bytes=400)
+  assert not os.path.exists(os.path.join(out, "manifest.json"))
+  assert prepared.prepare(spec, out, tok, options, shard_bytes=400, num_tasks=3,
+                          task_id=1, workers=2) is None
+  assert prepared.merge(spec, out, tok, options, shard_bytes=400) == one
+  assert _tree(out) == _tree(tmp_path / "one")
+  # Bad input: a task number out of range, a merge where no task ran, another corpus.
+  with pytest.raises(ValueError, match="--num_tasks=3 --task_id=3 is invalid"):
+    prepared.prepare(spec, out, tok, options, num_tasks=3, task_id=3)
+  with pytest.raises(ValueError, match="holds no prepared shards of this corpus"):
+    prepared.merge(spec, str(tmp_path / "none"), tok, options, shard_bytes=400)
+  os.remove(os.path.join(out, "manifest.json"))
+  with pytest.raises(ValueError, match="holds shards of another preparation"):
+    prepared.merge(spec, out, tok, prepared.Options(validation_fraction=0.3), shard_bytes=400)
+
+
 def test_hugging_face_datasets_saved_or_cached(tmp_path):
   datasets = pytest.importorskip("datasets")
   rows = [f"row {i} " + "abc " * (i % 7) for i in range(50)]
@@ -215,7 +254,9 @@ def test_train_on_files_prepares_once_and_on_prepared_dir(tmp_path):
       [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes", "2",
        "--cpu_devices_per_process", "1", "--",
        *[a for a in tiny if a != "--set=mesh.data=1"], "--set=mesh.data=2",
-       f"--set=data.corpus=prepared:{tmp_path}/p", f"--workdir={tmp_path}/r5"],
+       "--set=checkpoint.every=1", "--set=checkpoint.keep=3",
+       f"--set=data.corpus=prepared:{tmp_path}/p",
+       f"--workdir={tmp_path}/r5"],
       env=dict(env, XLA_FLAGS=xla_flags()), cwd=ROOT, capture_output=True, text=True,
       timeout=600)
   assert two.returncode == 0, two.stderr[-3000:]
@@ -224,6 +265,22 @@ def test_train_on_files_prepares_once_and_on_prepared_dir(tmp_path):
   assert len(two_losses) == len(losses[0]) == 3
   for x, y in zip(two_losses, losses[0]):
     assert abs(x - y) <= 1e-4 * abs(y), (two_losses, losses[0])
+  # summary.json: 3 steps of 4 windows over the training split's windows, by source.
+  spec = f"prepared:{tmp_path}/p"
+  windows = pipeline.windows_per_epoch(dataclasses.replace(data, corpus=spec, seq_len=32), BYTES)
+  assert json.load(open(tmp_path / "r5" / "summary.json"))["epochs"] == {spec: 12 / windows}
+  # Resumed on one process from the two-process run's checkpoint 1: the same losses after.
+  for step in ("2", "3"):
+    shutil.rmtree(tmp_path / "r5" / "checkpoints" / step)
+  os.remove(tmp_path / "r5" / "summary.json")
+  resumed = main("--set=checkpoint.every=1", "--set=checkpoint.keep=3", f"--set=data.corpus={spec}",
+                 f"--workdir={tmp_path}/r5")
+  assert resumed.returncode == 0 and "resumed from step 1" in resumed.stdout, resumed.stderr
+  after = [json.loads(l)["loss"] for l in open(tmp_path / "r5" / "metrics.jsonl")
+           if "loss" in json.loads(l)]
+  assert len(after) == 3 and after[0] == two_losses[0]
+  for x, y in zip(after, losses[0]):
+    assert abs(x - y) <= 1e-4 * abs(y), (after, losses[0])
   bad = main("--set=data.corpus=prepared:/nonexistent", f"--workdir={tmp_path}/r4")
   assert bad.returncode == 2 and bad.stderr.strip().startswith(
       "error: data.corpus=prepared:/nonexistent has no manifest.json")

@@ -4,10 +4,15 @@
       [--tokenizer=bytes | --tokenizer=sentencepiece --tokenizer_path=M.model] \
       [--text_field=text] [--validation_fraction=0.01] [--workers=N]
   python -m jaxlm.data.prepare --corpus=hf:DIR_OR_NAME [--hf_config=C --hf_split=S] --out=DIR
+  python -m jaxlm.data.prepare ... --num_tasks=N --task_id=I   # on N nodes, I = 0..N-1
+  python -m jaxlm.data.prepare ... --merge                     # then once, same flags
 
 Writes token shards and DIR/manifest.json (jaxlm/data/prepared.py); train on it
 with `--set data.corpus=prepared:DIR` and the same tokenizer settings. Rerunning
-after an interruption keeps the finished shards.
+after an interruption keeps the finished shards. With --num_tasks=N, task I
+prepares every N-th shard from I into the shared --out, and --merge (the same
+corpus, tokenizer and options) writes the manifest when all are done: the same
+files as one process writes (launch/prepare_slurm.py submits both to SLURM).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ flags.DEFINE_string("text_field", "text", "The text field of .jsonl records and 
 flags.DEFINE_float("validation_fraction", 0.01, "Documents held out for validation.")
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.")
 flags.DEFINE_integer("shard_mb", prepared.SHARD_BYTES >> 20, "Source megabytes per shard.")
+flags.DEFINE_integer("num_tasks", 1, "Prepare tasks sharing --out (nodes of a cluster).")
+flags.DEFINE_integer("task_id", 0, "This task's number, 0 to --num_tasks - 1.")
+flags.DEFINE_bool("merge", False, "Write the manifest of the shards the --num_tasks tasks "
+                  "prepared in --out, once all have finished (--task_id is ignored).")
 F = flags.FLAGS
 
 USAGE = "usage: python -m jaxlm.data.prepare --corpus=files:GLOB --out=DIR [--tokenizer=...]"
@@ -66,13 +75,22 @@ def main(argv):
     bar.update()
 
   try:
-    manifest = prepared.prepare(F.corpus, F.out, spec, options, workers=F.workers,
-                                shard_bytes=F.shard_mb << 20, progress=progress)
+    if F.merge:
+      manifest = prepared.merge(F.corpus, F.out, spec, options, shard_bytes=F.shard_mb << 20)
+    else:
+      manifest = prepared.prepare(F.corpus, F.out, spec, options, workers=F.workers,
+                                  shard_bytes=F.shard_mb << 20, progress=progress,
+                                  num_tasks=F.num_tasks, task_id=F.task_id)
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
   finally:
     if bar is not None:
       bar.close()
+  if manifest is None:
+    print(f"task {F.task_id} of {F.num_tasks}: prepared {0 if bar is None else bar.n} shards in "
+          f"{F.out} in {time.time() - began:.1f}s; when every task is done, rerun this "
+          "command with --merge")
+    return
   for split in prepared.SPLITS:
     s = manifest["splits"][split]
     print(f"{split:10s} {s['documents']:,} documents, {s['tokens']:,} tokens, "

@@ -124,6 +124,12 @@ def make_example(stream, start: int, seq_len: int, eos_id: int) -> dict:
           "weights": weights}
 
 
+def windows_per_epoch(config: DataConfig, tok) -> int:
+  """Training windows of data.seq_len + 1 tokens in one pass over the split: its tokens
+  less one, in windows, less one window of room for the epoch's random offset."""
+  return (len(token_stream(config, "train", tok)) - 1) // config.seq_len - 1
+
+
 def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
   """Infinite dataset of this process's share of each global batch of training windows.
@@ -137,7 +143,7 @@ def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_i
                      f"{process_count} processes")
   stream = token_stream(config, "train", tok)
   T = config.seq_len
-  n = (len(stream) - 1) // T - 1  # windows per epoch, leaving room for the offset
+  n = windows_per_epoch(config, tok)
   if n < batch_size:
     raise ValueError(f"data.seq_len={T} with train.batch_size={batch_size} needs "
                      f"{batch_size * T} training tokens; the split has {len(stream)}")

@@ -9,7 +9,10 @@ is a run of consecutive source files (in the order of their keys) of about
 shard's content depends only on its files, the output is byte-identical for
 any number of workers. Each finished shard is marked by DIR/shards/<shard>.json,
 written last; a prepare that was killed keeps the finished shards and redoes
-the rest. The manifest is written when every shard is done.
+the rest. The manifest is written when every shard is done. Several prepare
+tasks (other nodes of a cluster, a SLURM job array) can share the shards, task
+i of N taking every N-th from i; merge() then writes the manifest from their
+records, the same bytes as one process would write.
 
 `TokenStore` reads one split as a stream of tokens with document ids, the
 same interface as the embedded corpus's in-memory stream (pipeline.ArrayStream),
@@ -23,6 +26,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import socket
 from typing import Callable
 
 import numpy as np
@@ -131,14 +135,19 @@ def fingerprint(source: Source, tok: tokenizer_lib.Tokenizer, options: Options,
   return h.hexdigest()
 
 
+def _tmp(path: str) -> str:
+  """A temporary name beside path, unique to this process on any host that shares it."""
+  return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+
+
 def _write_npy(path: str, array: np.ndarray) -> None:
-  tmp = f"{path}.tmp{os.getpid()}.npy"
+  tmp = _tmp(path) + ".npy"
   np.save(tmp, array)
   os.replace(tmp, path)
 
 
 def _write_json(path: str, value) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
+  tmp = _tmp(path)
   with open(tmp, "w") as f:
     json.dump(value, f, indent=1)
   os.replace(tmp, path)
@@ -180,51 +189,104 @@ def _prepare_shard(job) -> dict:
   return record
 
 
-def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Options(),
-            workers: int = 1, shard_bytes: int = SHARD_BYTES,
-            progress: Callable[[dict, int], None] | None = None,
-            rows_per_shard: int = ROWS_PER_SHARD) -> dict:
-  """Tokenizes the documents of a files: or hf: corpus spec into `out`; returns the manifest.
-
-  progress(shard record, number of shards), if given, is called as each shard is done.
-  A complete `out` with the same fingerprint is returned as it is; ValueError if
-  `out` holds another corpus's shards.
-  """
-  if workers < 1:
-    raise ValueError(f"--workers={workers} is invalid: expected a positive integer")
+def _open(spec: str, out: str, tokenizer: TokenizerSpec, options: Options, shard_bytes: int,
+          rows_per_shard: int, start: bool):
+  """(source, tokenizer, fingerprint, the finished manifest or None) of preparing spec into
+  out; `start` records the fingerprint (a new preparation), else one must be there.
+  ValueError if out holds another corpus's shards."""
   source = Source.of(spec, options, shard_bytes, rows_per_shard)
   tok = tokenizer.load()
   digest = fingerprint(source, tok, options, shard_bytes)
-  manifest_path = os.path.join(out, MANIFEST)
-  if os.path.exists(manifest_path):
+  if os.path.exists(os.path.join(out, MANIFEST)):
     manifest = read_manifest(out)
     if manifest["fingerprint"] == digest:
-      return manifest
+      return source, tok, digest, manifest
     raise ValueError(f"--out={out} holds a prepared corpus of other sources, tokenizer or "
                      "options; expected an empty or new directory")
-  os.makedirs(os.path.join(out, "shards"), exist_ok=True)
   marker = os.path.join(out, "shards", "fingerprint.json")
   if os.path.exists(marker):
     with open(marker) as f:
       if json.load(f) != digest:
         raise ValueError(f"--out={out} holds shards of another preparation; expected an "
                          "empty or new directory, or the same command that wrote them")
-  _write_json(marker, digest)
-  jobs = [(i, source.kind, members, out, tokenizer, options)
-          for i, members in enumerate(source.shards)]
+  elif start:
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    _write_json(marker, digest)
+  else:
+    raise ValueError(f"--out={out} holds no prepared shards of this corpus; run the "
+                     "prepare tasks (--num_tasks, --task_id) first")
+  return source, tok, digest, None
+
+
+def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Options(),
+            workers: int = 1, shard_bytes: int = SHARD_BYTES,
+            progress: Callable[[dict, int], None] | None = None,
+            rows_per_shard: int = ROWS_PER_SHARD, num_tasks: int = 1,
+            task_id: int = 0) -> dict | None:
+  """Tokenizes the documents of a files: or hf: corpus spec into `out`; returns the manifest.
+
+  progress(shard record, number of shards), if given, is called as each shard is done.
+  A complete `out` with the same fingerprint is returned as it is; ValueError if
+  `out` holds another corpus's shards. With num_tasks > 1 this prepares task_id's
+  part, the shards i with i % num_tasks == task_id, and returns None; the tasks
+  may run anywhere that sees `out`, and merge() writes the manifest when all are
+  done (the same bytes as one process writes).
+  """
+  if workers < 1:
+    raise ValueError(f"--workers={workers} is invalid: expected a positive integer")
+  if num_tasks < 1 or not 0 <= task_id < num_tasks:
+    raise ValueError(f"--num_tasks={num_tasks} --task_id={task_id} is invalid: expected "
+                     "num_tasks >= 1 and 0 <= task_id < num_tasks")
+  source, tok, digest, manifest = _open(spec, out, tokenizer, options, shard_bytes,
+                                        rows_per_shard, start=True)
+  if manifest is not None:
+    return manifest
+  jobs = [(i, source.kind, source.shards[i], out, tokenizer, options)
+          for i in range(task_id, len(source.shards), num_tasks)]
   records = []
-  if workers == 1:
+  if workers == 1 or len(jobs) <= 1:
     for job in jobs:
       records.append(_prepare_shard(job))
       if progress:
         progress(records[-1], len(jobs))
   else:
     # spawn: the caller may be a training process whose JAX threads fork would copy.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
       for record in pool.imap(_prepare_shard, jobs):
         records.append(record)
         if progress:
           progress(record, len(jobs))
+  if num_tasks > 1:
+    return None
+  return _write_manifest(out, spec, tokenizer, tok, options, digest, records, source)
+
+
+def merge(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Options(),
+          shard_bytes: int = SHARD_BYTES, rows_per_shard: int = ROWS_PER_SHARD) -> dict:
+  """The manifest of `out`, written from the shards that prepare tasks finished there;
+  ValueError naming the shards that are not done yet."""
+  source, tok, digest, manifest = _open(spec, out, tokenizer, options, shard_bytes,
+                                        rows_per_shard, start=False)
+  if manifest is not None:
+    return manifest
+  n = len(source.shards)
+  done = [os.path.join(out, "shards", _shard_name(i) + ".json") for i in range(n)]
+  missing = [i for i in range(n) if not os.path.exists(done[i])]
+  if missing:
+    listed = ", ".join(_shard_name(i) for i in missing[:8]) + (", ..." if len(missing) > 8
+                                                                else "")
+    raise ValueError(f"--out={out}: {len(missing)} of {n} shards are not prepared yet "
+                     f"({listed}); shard i is prepare task i % --num_tasks's part: rerun "
+                     "those tasks, then --merge")
+  records = []
+  for path in done:
+    with open(path) as f:
+      records.append(json.load(f))
+  return _write_manifest(out, spec, tokenizer, tok, options, digest, records, source)
+
+
+def _write_manifest(out: str, spec: str, tokenizer: TokenizerSpec, tok, options: Options,
+                    digest: str, records: list[dict], source: Source) -> dict:
   manifest = {
       "format": FORMAT, "fingerprint": digest, "corpus": spec,
       "tokenizer": {**dataclasses.asdict(tokenizer), "vocab_size": tok.vocab_size,
@@ -234,7 +296,7 @@ def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Op
                  for s in SPLITS},
       "shards": records,
       "sources": source.listing}
-  _write_json(manifest_path, manifest)
+  _write_json(os.path.join(out, MANIFEST), manifest)
   return manifest
 
 

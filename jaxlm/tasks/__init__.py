@@ -50,6 +50,10 @@ class Task(Protocol):
   def train_dataset(self, tok, seed: int, process_index: int, process_count: int):
     """An infinite grain MapDataset of this process's share of each training batch."""
 
+  def epoch_examples(self, tok) -> int:
+    """Training examples (rows of a batch) in one pass over the training data, for the
+    epochs summary.json reports."""
+
   def eval_batches(self, tok, max_batches: int, process_index: int,
                    process_count: int) -> Iterable[dict]:
     """This process's share of each evaluation batch (max_batches 0: the whole split)."""

@@ -102,6 +102,9 @@ class LanguageModeling:
     return pipeline.train_dataset(c.data, tok, c.train.batch_size, seed, process_index,
                                   process_count)
 
+  def epoch_examples(self, tok) -> int:
+    return pipeline.windows_per_epoch(self.config.data, tok)
+
   def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
                    process_count: int = 1):
     c = self.config

@@ -312,7 +312,11 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
              # next one resumed from.
              "wall_seconds": wall_seconds(),
              # Restarts of the run after faults, recorded by the launchers.
-             "restarts": len(files.read_restarts(r.workdir))}
+             "restarts": len(files.read_restarts(r.workdir)),
+             # How many times the run saw its training data (a corpus smaller than the
+             # run repeats), by source.
+             "epochs": {c.data.corpus: c.train.steps * c.train.batch_size
+                        / trainer.task.epoch_examples(tok)}}
   if scored is not None:
     summary["harness"] = scored
   if c.init.from_step:  # a branch: tokens and FLOPs above count the whole path; its parent's
