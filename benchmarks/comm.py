@@ -29,7 +29,7 @@ MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
 
 
 def main():
-  from jaxlm import config as config_lib
+  from jaxlm import config as config_lib, config_io
   from jaxlm import params as params_lib
   from jaxlm import registry, sharding
   from jaxlm.train import comm, plan
@@ -55,7 +55,7 @@ def main():
     base = registry.experiment(name)
     base = base if args.full else tiny_variant(base)
     for mesh in MESHES:
-      c = config_lib.apply_overrides(config_lib.replace(base, **{
+      c = config_io.apply_overrides(config_lib.replace(base, **{
           "mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2]}), args.set)
       trainer = Trainer(c, sharding.make_mesh(c.mesh, devices),
                         np.ones(c.model.vocab_size, np.int32))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import report
 
-from jaxlm import config as config_lib, registry
+from jaxlm import config as config_lib, config_io, registry
 from jaxlm.inference import generate
 from jaxlm.models import transformer
 
@@ -90,7 +90,7 @@ def main():
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                     "generate.json"))
   args = parser.parse_args()
-  base = config_lib.apply_overrides(registry.experiment(args.experiment), args.set)
+  base = config_io.apply_overrides(registry.experiment(args.experiment), args.set)
   # Room for prompt + new tokens in one context, with slack for generate()'s padded prompts.
   length = 2 ** math.ceil(math.log2(args.prompt_len + args.new_tokens))
   config = config_lib.replace(base.model, max_seq_len=max(base.model.max_seq_len, length))

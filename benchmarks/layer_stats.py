@@ -27,7 +27,7 @@ malloc.reuse_freed_memory()  # as the command line does, before JAX starts
 import jax  # noqa: E402
 
 import report  # noqa: E402
-from jaxlm import config as config_lib, registry, sharding  # noqa: E402
+from jaxlm import config_io, registry, sharding  # noqa: E402
 from jaxlm.data import pipeline  # noqa: E402
 from jaxlm.params import param_count  # noqa: E402
 from jaxlm.train.step import Trainer  # noqa: E402
@@ -43,7 +43,7 @@ def main():
   args = parser.parse_args()
   runs = {}
   for flag in ("false", "true"):
-    config = config_lib.apply_overrides(registry.experiment(args.experiment),
+    config = config_io.apply_overrides(registry.experiment(args.experiment),
                                         args.set + [f"train.layer_stats={flag}"])
     tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
     trainer = Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import report
 
-from jaxlm import config as config_lib, registry, sharding
+from jaxlm import config as config_lib, config_io, registry, sharding
 from jaxlm.run import loggers
 from jaxlm.models import transformer
 from jaxlm.train.step import Trainer
@@ -76,7 +76,7 @@ def main():
   parser.add_argument("--set", action="append", default=[])
   parser.add_argument("--out", default="benchmarks/results/mfu.json")
   args = parser.parse_args()
-  base = config_lib.apply_overrides(registry.experiment(args.experiment), args.set)
+  base = config_io.apply_overrides(registry.experiment(args.experiment), args.set)
   if args.batch_size:
     base = config_lib.replace(base, **{"train.batch_size": args.batch_size})
   # Synthetic rows are single documents: no segment mask, so cuDNN can serve them.

@@ -28,7 +28,7 @@ import jax  # noqa: E402
 
 import report  # noqa: E402
 import train_throughput as tt  # noqa: E402
-from jaxlm import config as config_lib, malloc  # noqa: E402
+from jaxlm import config_io, malloc  # noqa: E402
 
 
 def main():
@@ -45,7 +45,7 @@ def main():
   args = parser.parse_args()
   malloc.reuse_freed_memory()
   layers, width = tt.parse_size(args.size)
-  config = config_lib.apply_overrides(tt.make_config(layers, width, args), args.set)
+  config = config_io.apply_overrides(tt.make_config(layers, width, args), args.set)
   step = tt.jaxlm_step(config, tt.token_batches(config, 2))
   for i in range(2):
     step(i)

@@ -36,10 +36,9 @@ H100_ROWS = ((16, "none", 60.2), (32, "full", 99.3), (48, "full", 142.6))
 
 
 def _trainer(name: str, devices, overrides):
-  from jaxlm import config as config_lib
-  from jaxlm import registry, sharding
+  from jaxlm import config_io, registry, sharding
   from jaxlm.train.step import Trainer
-  c = config_lib.apply_overrides(registry.experiment(name), list(overrides))
+  c = config_io.apply_overrides(registry.experiment(name), list(overrides))
   return Trainer(c, sharding.make_mesh(c.mesh, devices), np.ones(c.model.vocab_size, np.int32))
 
 

@@ -27,7 +27,7 @@ import torch
 
 import report
 import torch_gpt
-from jaxlm import config as config_lib, malloc, sharding
+from jaxlm import config_io, malloc, sharding
 from jaxlm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxlm.models import transformer
 from jaxlm.run import loggers
@@ -213,7 +213,7 @@ def main():
             f"{check_same_function(base, tokens):.2e}", flush=True)
     row = {"size": size, "layers": layers, "width": width, "heads": base.model.n_heads,
            "params_jaxlm": counts["total"], "load_before": os.getloadavg()[0]}
-    steps = {f"jaxlm {v}": jaxlm_step(config_lib.apply_overrides(base, v.split(",")), tokens)
+    steps = {f"jaxlm {v}": jaxlm_step(config_io.apply_overrides(base, v.split(",")), tokens)
              for v in args.variants}
     steps["torch"], row["params_torch"] = torch_step(base, tokens, args)
     row.update(time_steps(steps, args.warmup, args.steps, args.rounds))

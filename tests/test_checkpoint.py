@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import config as config_lib, sharding
+from jaxlm import config as config_lib, config_io, sharding
 from jaxlm.run import checkpoint, files, loggers
 from jaxlm.train import loop
 from jaxlm.train.step import Trainer
@@ -369,7 +369,7 @@ def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path):
   old = [p for p in os.listdir(tmp_path) if p.startswith("run.old-")]
   assert len(old) == 1 and os.path.exists(tmp_path / old[0] / "metrics.jsonl")
   assert os.listdir(workdir) == ["config.json"]
-  assert config_lib.loads(open(os.path.join(workdir, "config.json")).read()).model.d_model == 64
+  assert config_io.loads(open(os.path.join(workdir, "config.json")).read()).model.d_model == 64
 
 
 def test_loss_spikes_are_logged(tmp_path, capsys):

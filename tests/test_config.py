@@ -1,11 +1,12 @@
 import pytest
 
 from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm.config import Config, ConfigError
 
 
 def test_override_parses_to_declared_types():
-  c = config_lib.apply_overrides(Config(), ["model.d_model=128", "optim.lr=1e-3",
+  c = config_io.apply_overrides(Config(), ["model.d_model=128", "optim.lr=1e-3",
                                             "model.tie_embeddings=false", "data.tokenizer=bytes",
                                             "train.steps=1_000"])
   assert c.model.d_model == 128 and isinstance(c.model.d_model, int)
@@ -13,13 +14,13 @@ def test_override_parses_to_declared_types():
   assert c.model.tie_embeddings is False
   assert c.data.tokenizer == "bytes"
   assert c.train.steps == 1000
-  c = config_lib.apply_overrides(Config(), ["checkpoint.at_steps=100, 2_500", "optim.name=muon"])
-  assert c.checkpoint.at_steps == (100, 2500) and config_lib.loads(config_lib.dumps(c)) == c
+  c = config_io.apply_overrides(Config(), ["checkpoint.at_steps=100, 2_500", "optim.name=muon"])
+  assert c.checkpoint.at_steps == (100, 2500) and config_io.loads(config_io.dumps(c)) == c
 
 
 def test_unknown_key_names_closest():
   with pytest.raises(ConfigError, match="unknown config key 'model.dmodel'.*model.d_model"):
-    config_lib.apply_overrides(Config(), ["model.dmodel=3"])
+    config_io.apply_overrides(Config(), ["model.dmodel=3"])
 
 
 @pytest.mark.parametrize("item,pattern", [
@@ -41,12 +42,12 @@ def test_unknown_key_names_closest():
 ])
 def test_bad_overrides_name_key_and_expectation(item, pattern):
   with pytest.raises(ConfigError, match=pattern):
-    config_lib.apply_overrides(Config(), [item])
+    config_io.apply_overrides(Config(), [item])
 
 
 def test_json_round_trip():
-  c = config_lib.apply_overrides(Config(), ["model.n_kv_heads=2", "mesh.fsdp=2"])
-  assert config_lib.loads(config_lib.dumps(c)) == c
+  c = config_io.apply_overrides(Config(), ["model.n_kv_heads=2", "mesh.fsdp=2"])
+  assert config_io.loads(config_io.dumps(c)) == c
 
 
 def test_configs_are_immutable():
@@ -63,7 +64,7 @@ def test_derived_values():
 
 
 def test_mup_multipliers():
-  m = config_lib.apply_overrides(Config(), ["model.d_model=512", "model.n_heads=4"]).model
+  m = config_io.apply_overrides(Config(), ["model.d_model=512", "model.n_heads=4"]).model
   assert (m.width_mult, m.readout_mult, m.attention_scale) == (1.0, 1.0, 128 ** -0.5)
   mup = config_lib.replace(m, parameterization="mup", mup_base_width=128, mup_base_head_dim=32)
   assert mup.width_mult == 4.0 and mup.readout_mult == 0.25

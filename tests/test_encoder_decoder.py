@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm import registry, sharding
 from jaxlm.data import corpus, finetune, pipeline
 from jaxlm.inference import generate
@@ -233,7 +234,7 @@ def test_score_counts_edits_against_the_target():
 
 
 def test_tiny_experiment_trains_end_to_end(tmp_path):
-  config = config_lib.apply_overrides(registry.experiment("shakespeare_restore_tiny"),
+  config = config_io.apply_overrides(registry.experiment("shakespeare_restore_tiny"),
                                       ["train.steps=2", "train.batch_size=64",
                                        "data.seq_len=40",
                                        "model.max_seq_len=40"])

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import config as config_lib, sharding
+from jaxlm import config as config_lib, config_io, sharding
 from jaxlm.inference import export
 from jaxlm.run import checkpoint
 from jaxlm.train.step import Trainer
@@ -45,7 +45,7 @@ def test_exported_params_equal_the_checkpoint(run_dir, suffix, tmp_path):
   out = str(tmp_path / f"model{suffix}")
   assert export.export(workdir, out, step=1) == 1
   params, saved_config, step = export.load(out)
-  assert step == 1 and config_lib.from_dict(config_lib.Config, saved_config) == config
+  assert step == 1 and config_io.from_dict(config_lib.Config, saved_config) == config
   want, _ = checkpoint.restore_params(workdir, trainer.abstract_state().params, step=1)
   assert jax.tree.structure(params) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):

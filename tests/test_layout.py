@@ -16,7 +16,7 @@ PACKAGE = ROOT / "jaxlm"
 # Bottom to top: a module may import modules of its own layer or below. Within a
 # layer, imports must not form a circle (checked separately).
 LAYERS = [
-    ("jaxlm", "jaxlm.config", "jaxlm.params", "jaxlm.malloc", "jaxlm.distributed",
+    ("jaxlm", "jaxlm.config", "jaxlm.config_io", "jaxlm.params", "jaxlm.malloc", "jaxlm.distributed",
      "jaxlm.registry", "jaxlm.exit_status", "jaxlm.hardware"),
     ("jaxlm.sharding",),
     ("jaxlm.kernels",),

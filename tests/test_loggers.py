@@ -18,6 +18,7 @@ from wandb.proto import wandb_internal_pb2
 
 from conftest import xla_flags
 from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm.inference import evaluate
 from jaxlm.run import loggers
 from jaxlm.train import loop
@@ -177,4 +178,4 @@ def test_progress_bar_on_a_terminal_and_plain_lines_in_a_pipe(tmp_path):
 
 def test_logger_names_are_checked():
   with pytest.raises(config_lib.ConfigError, match="train.loggers='stdout,tb'"):
-    config_lib.apply_overrides(tiny_config(), ["train.loggers=stdout,tb"])
+    config_io.apply_overrides(tiny_config(), ["train.loggers=stdout,tb"])

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import config as config_lib, registry
+from jaxlm import config as config_lib, config_io, registry
 from jaxlm.config import ModelConfig
 from jaxlm.models import transformer
 from jaxlm.cli.scaling import main as cli
@@ -62,7 +62,7 @@ def test_every_sweep_builds_and_its_overrides_apply():
     base = registry.experiment(spec.base)
     for run in runs:
       assert all(c.isalnum() or c in "-._" for c in run.name)
-      config = config_lib.apply_overrides(base, list(run.overrides))
+      config = config_io.apply_overrides(base, list(run.overrides))
       assert config.train.steps >= 1
 
 

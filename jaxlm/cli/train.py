@@ -18,7 +18,7 @@ import jax
 from absl import app, flags
 
 from jaxlm import cli, distributed, exit_status, registry
-from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm.cli import fail
 from jaxlm.run import checkpoint
 from jaxlm.train import loop, plan
@@ -62,7 +62,7 @@ def main(argv):
     if distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id) and not FLAGS.workdir:
       fail("a multi-process run needs an explicit --workdir shared by all processes")
-    config = config_lib.apply_overrides(registry.experiment(FLAGS.experiment), FLAGS.set)
+    config = config_io.apply_overrides(registry.experiment(FLAGS.experiment), FLAGS.set)
     if FLAGS.dry_run:
       print(plan.describe(config, FLAGS.topology or None))
       return

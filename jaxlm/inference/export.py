@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 from flax import serialization, traverse_util
 
-from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm.run.load import load_run
 
 FORMAT = "jaxlm-params"
@@ -39,7 +39,7 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
                      f"{' or '.join(SUFFIXES)}")
   run = load_run(workdir, step)
   params = jax.tree.map(np.asarray, run.params)
-  text = config_lib.dumps(run.config)
+  text = config_io.dumps(run.config)
   tmp = f"{out}.tmp{os.getpid()}"  # written whole, then renamed: never a half file at `out`
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if out.endswith(".safetensors"):

@@ -28,6 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm.run import files
 
 BEST_METRIC = "val_loss"
@@ -189,7 +190,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config_lib.to_dict(config))), metrics=metrics, force=True,
+        config=ocp.args.JsonSave(config_io.to_dict(config))), metrics=metrics, force=True,
         custom_metadata=custom)
     if wait:
       mngr.wait_until_finished()
@@ -309,7 +310,7 @@ def restore_config(workdir: str, step: int | None = None):
     return None, step
   out = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   try:
-    return config_lib.from_dict(config_lib.Config, out["config"]), step
+    return config_io.from_dict(config_lib.Config, out["config"]), step
   except (ValueError, TypeError) as e:
     raise config_lib.ConfigError(f"the config saved with step {step} in {mngr.directory} does "
                                  f"not load in this version of jaxlm ({e})") from None

@@ -10,6 +10,7 @@ import json
 import os
 
 from jaxlm import config as config_lib
+from jaxlm import config_io
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -50,14 +51,14 @@ def read_config(workdir: str, what: str = "--workdir") -> config_lib.Config:
                             "run made by `python -m jaxlm.main`")
   with open(path) as f:
     try:
-      return config_lib.loads(f.read())
+      return config_io.loads(f.read())
     except (ValueError, TypeError) as e:
       raise config_lib.ConfigError(f"{path} is not a jaxlm config ({e}); expected one "
                                    "written by `python -m jaxlm.main`") from None
 
 
 def write_config(workdir: str, config: config_lib.Config) -> None:
-  write_atomic(os.path.join(workdir, CONFIG), config_lib.dumps(config))
+  write_atomic(os.path.join(workdir, CONFIG), config_io.dumps(config))
 
 
 def write_summary(workdir: str, summary: dict) -> None:

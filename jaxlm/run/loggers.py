@@ -25,6 +25,7 @@ import numpy as np
 import tqdm
 
 from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm import hardware
 from jaxlm.run import files
 
@@ -127,7 +128,7 @@ class _Wandb:
     files.write_atomic(path, run_id)
     self.run = wandb.init(project=config.train.wandb_project, mode=config.train.wandb_mode,
                           dir=workdir, id=run_id, resume="allow", name=config.name,
-                          config=config_lib.to_dict(config),
+                          config=config_io.to_dict(config),
                           settings=wandb.Settings(console="off", silent=True))
 
   def scalars(self, step: int, values: dict) -> None:
@@ -161,7 +162,7 @@ class Reporter:
     if self.enabled and "wandb" in names:
       self.sinks.append(_Wandb(workdir, config))
     if self.sinks and not resumed:
-      self.text(start_step, "config", config_lib.dumps(config))
+      self.text(start_step, "config", config_io.dumps(config))
 
   def print(self, text: str) -> None:
     """A line for the person watching (above the progress bar on a terminal)."""

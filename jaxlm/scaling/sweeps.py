@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm import registry
 from jaxlm.config import Config, ModelConfig
 from jaxlm.scaling import flops as flops_lib
@@ -140,7 +140,7 @@ def _log_space(lo: float, hi: float, count: int) -> list[float]:
 
 def _base(spec) -> Config:
   """The base experiment with the spec's shared overrides applied."""
-  return config_lib.apply_overrides(registry.experiment(spec.base), list(spec.extra))
+  return config_io.apply_overrides(registry.experiment(spec.base), list(spec.extra))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,4 +355,4 @@ def expand(spec) -> list[SweepRun]:
 
 def run_config(spec, run: SweepRun) -> Config:
   """The resolved config of one run (base experiment plus the run's overrides)."""
-  return config_lib.apply_overrides(_base(spec), list(run.overrides))
+  return config_io.apply_overrides(_base(spec), list(run.overrides))

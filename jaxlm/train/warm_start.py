@@ -14,6 +14,7 @@ import jax
 from flax import traverse_util
 
 from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm import sharding
 from jaxlm.config import Config
 from jaxlm.models import encoder_decoder, grow, transformer
@@ -45,7 +46,7 @@ def check_source(config: Config) -> Config:
       raise config_lib.ConfigError(
           f"{key}={config.init.from_workdir!r} was trained with data.{k}={a!r} but this run "
           f"sets data.{k}={b!r}; expected the same tokenizer")
-  for k in config_lib.to_dict(config.model):
+  for k in config_io.to_dict(config.model):
     if k in _RUNTIME_KEYS:
       continue
     a, b = getattr(src.model, k), getattr(config.model, k)
@@ -86,7 +87,7 @@ def check_branch(config: Config) -> Config:
   """
   src = check_source(config)
   S, parent = config.init.from_step, config.init.from_workdir
-  flat = lambda c: traverse_util.flatten_dict(config_lib.to_dict(c), sep=".")
+  flat = lambda c: traverse_util.flatten_dict(config_io.to_dict(c), sep=".")
   mine, theirs = flat(config), flat(src)
   for key in sorted(mine):
     if key.startswith(_BRANCH_KEYS) and mine[key] != theirs.get(key) \

@@ -15,6 +15,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from jaxlm import config as config_lib
+from jaxlm import config_io
 from jaxlm.config import Config
 from jaxlm.run import files
 
@@ -49,7 +50,7 @@ def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[st
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"{e}; use --overwrite to move it aside, or a new "
                                    "--workdir") from None
-    old, new = (traverse_util.flatten_dict(config_lib.to_dict(c), sep=".")
+    old, new = (traverse_util.flatten_dict(config_io.to_dict(c), sep=".")
                 for c in (existing, config))
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if mode == "resume":
