@@ -47,6 +47,33 @@ def parse_corpus(spec: str, key: str = "data.corpus") -> tuple[str, str]:
   return kind, arg.strip()
 
 
+def _positive(text: str) -> float:
+  """float(text) if it is a positive finite number, else 0.0."""
+  try:
+    x = float(text)
+  except ValueError:
+    return 0.0
+  return x if 0 < x < float("inf") else 0.0
+
+
+def parse_mixture(corpora: str, mixture: str) -> tuple[tuple[str, str, float], ...]:
+  """(name, corpus spec, weight) of each data.mixture item over data.corpora, weights
+  normalized to sum to 1; () without a mixture. ConfigError naming the key if malformed."""
+  named = {}
+  for item in filter(str.strip, corpora.split(";")):
+    name, sep, spec = (x.strip() for x in item.partition("="))
+    _check(bool(sep) and name.isidentifier() and name not in named, "data.corpora", corpora,
+           "NAME=SPEC;NAME=SPEC;... with distinct names (letters, digits, _)")
+    parse_corpus(spec, f"data.corpora ({name})")
+    named[name] = spec
+  items = [(n.strip(), _positive(w)) for n, _, w in (x.partition(":") for x in names(mixture))]
+  _check(all(n in named and w > 0 for n, w in items) and len(dict(items)) == len(items),
+         "data.mixture", mixture, "NAME:WEIGHT,... with WEIGHT > 0 and each NAME once, one of "
+         f"data.corpora ({', '.join(named) or 'none named'})")
+  total = sum(w for _, w in items)
+  return tuple((n, named[n], w / total) for n, w in items)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Transformer shape and options: decoder-only, or encoder-decoder if encoder_layers > 0."""
@@ -157,9 +184,12 @@ class DataConfig:
   cache_dir: str = ""          # where files: corpora are prepared ("": ~/.cache/jaxlm/prepared)
   hf_config: str = ""          # hf: the dataset's configuration (load_dataset's name)
   hf_split: str = "train"      # hf: the split whose documents are used
+  corpora: str = ""   # named corpora for data.mixture: NAME=SPEC;NAME=SPEC (SPEC as data.corpus)
+  mixture: str = ""   # NAME:WEIGHT,... of data.corpora (token shares): trains on them instead
 
   def __post_init__(self):
     parse_corpus(self.corpus)
+    parse_mixture(self.corpora, self.mixture)
     _check(0 < self.validation_fraction < 1, "data.validation_fraction",
            self.validation_fraction, "in (0, 1)")
     _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes", "hf"))
@@ -398,6 +428,8 @@ class Config:
     _check(not (self.optim.name == "muon" and self.model.parameterization == "mup"),
            "optim.name", self.optim.name, "adamw, lion or adafactor with "
            "model.parameterization=mup (muon's updates already scale with width)")
+    _check(not self.data.mixture or self.task.kind == "lm", "data.mixture", self.data.mixture,
+           f"empty with task.kind={self.task.kind!r} (mixtures are of pretraining corpora)")
     _check(not self.train.z_loss or self.task.kind in ("lm", "sft"), "train.z_loss",
            self.train.z_loss, f"0 with task.kind={self.task.kind!r} (z-loss is on the output "
            "vocabulary's logits: task.kind lm or sft)")

@@ -50,9 +50,9 @@ class Task(Protocol):
   def train_dataset(self, tok, seed: int, process_index: int, process_count: int):
     """An infinite grain MapDataset of this process's share of each training batch."""
 
-  def epoch_examples(self, tok) -> int:
-    """Training examples (rows of a batch) in one pass over the training data, for the
-    epochs summary.json reports."""
+  def epochs(self, tok, examples: int) -> dict[str, float]:
+    """{source: passes over its training data} after `examples` training examples (rows
+    of batches): summary.json's epochs."""
 
   def eval_batches(self, tok, max_batches: int, process_index: int,
                    process_count: int) -> Iterable[dict]:

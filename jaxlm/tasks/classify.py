@@ -108,8 +108,9 @@ class Classification:
                                  len(labels), self.config.train.batch_size, seed,
                                  process_index, process_count)
 
-  def epoch_examples(self, tok) -> int:
-    return len(finetune.genre_passages("train", tok, self.config.data.seq_len)[2])
+  def epochs(self, tok, examples: int) -> dict[str, float]:
+    passages = len(finetune.genre_passages("train", tok, self.config.data.seq_len)[2])
+    return {self.config.data.corpus: examples / passages}
 
   def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
                    process_count: int = 1):

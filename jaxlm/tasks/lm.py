@@ -1,4 +1,9 @@
-"""Next-token language modeling on the packed corpus: the pretraining task."""
+"""Next-token language modeling on the packed corpus, or a mixture of corpora: pretraining.
+
+With data.mixture, every batch carries `sources` (B, T), each token's source;
+evaluation sums come per source and summarize() reports `val_loss/NAME` and
+`val_bpb/NAME` for each, and as val_loss and val_bpb their mean under the
+mixture's weights (what the training loss estimates)."""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm import config as config_lib
 from jaxlm.config import Config
-from jaxlm.data import pipeline
+from jaxlm.data import mixture, pipeline
 from jaxlm.models import transformer
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
@@ -73,6 +79,10 @@ class LanguageModeling:
   config: Config
   samples_text: bool = True
 
+  def __post_init__(self):
+    d = self.config.data  # the mixture's (name, spec, weight); () for one corpus
+    self.sources = config_lib.parse_mixture(d.corpora, d.mixture)
+
   def param_specs(self) -> dict:
     return transformer.param_specs(self.config.model)
 
@@ -80,7 +90,10 @@ class LanguageModeling:
     return transformer.flops_per_token(self.config.model, self.config.data.seq_len)["total"]
 
   def batch_shapes(self, batch_size: int) -> dict:
-    return token_batch_shapes(batch_size, self.config.data.seq_len)
+    shapes = token_batch_shapes(batch_size, self.config.data.seq_len)
+    if self.sources:
+      shapes["sources"] = ((batch_size, self.config.data.seq_len), np.int32)
+    return shapes
 
   def loss(self, params, batch: dict):
     return loss_fn(params, batch, self.config)
@@ -91,22 +104,38 @@ class LanguageModeling:
   def eval_sums(self, params, batch: dict, token_bytes=None) -> dict:
     nll_BT, _, _ = token_nll(params, batch, self.config)
     w_BT = batch["weights"]
-    return {"nll": jnp.sum(nll_BT * w_BT), "tokens": jnp.sum(w_BT),
-            "bytes": jnp.sum(token_bytes[batch["targets"]] * w_BT)}
+    sums = {"nll": nll_BT * w_BT, "tokens": w_BT, "bytes": token_bytes[batch["targets"]] * w_BT}
+    if not self.sources:
+      return {k: jnp.sum(v) for k, v in sums.items()}
+    by_source = lambda x_BT: jax.ops.segment_sum(x_BT.reshape(-1), batch["sources"].reshape(-1),
+                                                 num_segments=len(self.sources))
+    return {k: by_source(v) for k, v in sums.items()}
 
   def summarize(self, sums: dict) -> dict:
-    return summarize_eval(sums)
+    if not self.sources:
+      return summarize_eval(sums)
+    out = {}
+    for s, (name, _, _) in enumerate(self.sources):
+      one = summarize_eval({k: float(v[s]) for k, v in sums.items()})
+      out.update({f"{k}/{name}": v for k, v in one.items()})
+    for key in ("val_loss", "val_bpb"):
+      out[key] = sum(w * out[f"{key}/{name}"] for name, _, w in self.sources)
+    return out
 
   def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
     c = self.config
-    return pipeline.train_dataset(c.data, tok, c.train.batch_size, seed, process_index,
-                                  process_count)
+    make = mixture.train_dataset if self.sources else pipeline.train_dataset
+    return make(c.data, tok, c.train.batch_size, seed, process_index, process_count)
 
-  def epoch_examples(self, tok) -> int:
-    return pipeline.windows_per_epoch(self.config.data, tok)
+  def epochs(self, tok, examples: int) -> dict[str, float]:
+    c = self.config
+    if self.sources:
+      return mixture.epochs(c.data, tok, c.seed, examples)
+    return {c.data.corpus: examples / pipeline.windows_per_epoch(c.data, tok)}
 
   def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
                    process_count: int = 1):
     c = self.config
-    return pipeline.eval_batches(c.data, tok, c.train.batch_size, max_batches,
-                                 process_index=process_index, process_count=process_count)
+    make = mixture.eval_batches if self.sources else pipeline.eval_batches
+    return make(c.data, tok, c.train.batch_size, max_batches, process_index=process_index,
+                process_count=process_count)

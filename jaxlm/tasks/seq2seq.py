@@ -134,8 +134,8 @@ class Seq2Seq:
                                  self.config.train.batch_size, seed, process_index,
                                  process_count)
 
-  def epoch_examples(self, tok) -> int:
-    return len(self.rows("train", tok)["src"])
+  def epochs(self, tok, examples: int) -> dict[str, float]:
+    return {self.config.data.corpus: examples / len(self.rows("train", tok)["src"])}
 
   def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
                    process_count: int = 1):

@@ -81,8 +81,8 @@ class SupervisedFineTuning(lm.LanguageModeling):
     return pipeline.rows_dataset(rows.__getitem__, len(rows), self.config.train.batch_size,
                                  seed, process_index, process_count)
 
-  def epoch_examples(self, tok) -> int:
-    return len(self._rows("train", tok))
+  def epochs(self, tok, examples: int) -> dict[str, float]:
+    return {self.config.data.corpus: examples / len(self._rows("train", tok))}
 
   def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
                    process_count: int = 1):

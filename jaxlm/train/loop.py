@@ -315,8 +315,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
              "restarts": len(files.read_restarts(r.workdir)),
              # How many times the run saw its training data (a corpus smaller than the
              # run repeats), by source.
-             "epochs": {c.data.corpus: c.train.steps * c.train.batch_size
-                        / trainer.task.epoch_examples(tok)}}
+             "epochs": trainer.task.epochs(tok, c.train.steps * c.train.batch_size)}
   if scored is not None:
     summary["harness"] = scored
   if c.init.from_step:  # a branch: tokens and FLOPs above count the whole path; its parent's
