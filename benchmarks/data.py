@@ -9,6 +9,9 @@ stdlib directory, site-packages left out; about 30 MB, on every machine):
 - reader: tokens/s the training pipeline delivers from the prepared shards
   (grain, packed windows, the default experiment's batch), against the default
   experiment's training tokens/s (docs/benchmarks.md). Goal: at least 20x.
+- mixture reader: the same for a mixture (data.mixture) of the prepared stdlib
+  and the embedded Shakespeare, half the tokens each (jaxlm/data/mixture.py:
+  documents drawn by weight and packed in blocks). Goal: at least 20x too.
 - memory: the peak resident memory of prepare and of the reader on the corpus,
   and on the corpus repeated --repeat times (goal: the same); for the reader
   also its anonymous memory (RssAnon) at the end, which leaves out the mapped
@@ -137,6 +140,20 @@ while time.perf_counter() - start < 10:
 result = {{"tokens_per_sec": n / (time.perf_counter() - start)}}
 """
 
+READ_MIXTURE = """
+import json, time
+from jaxlm.config import DataConfig
+from jaxlm.data import mixture, pipeline, tokenizer
+tok = tokenizer.load_tokenizer({kind!r}, vocab_size={vocab})
+config = DataConfig(corpora="code=prepared:" + {out!r} + ";plays=shakespeare",
+                    mixture="code:1,plays:1", tokenizer={kind!r}, seq_len=64)
+it = pipeline.train_iterator(mixture.train_dataset(config, tok, 128, seed=0))
+next(it)
+start, n = time.perf_counter(), 0
+while time.perf_counter() - start < 10:
+  n += next(it)["inputs"].size
+result = {{"tokens_per_sec": n / (time.perf_counter() - start)}}
+"""
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,6 +182,11 @@ def main():
                         "tokens_per_sec": read["tokens_per_sec"],
                         "reader_peak_rss_mb": read["peak_mb"],
                         "reader_anon_mb_at_end": read["anon_mb_at_end"]}
+      if name == "stdlib":
+        mixed = run_measured(READ_MIXTURE.format(out=out, kind=args.tokenizer,
+                                                 vocab=args.vocab_size))
+        result["mixture_reader"] = {"tokens_per_sec": mixed["tokens_per_sec"],
+                                    "peak_rss_mb": mixed["peak_mb"]}
       m = measured[name]
       rows.append([name, f"{m['bytes'] / 1e6:.1f}", f"{m['prepare_bytes_per_sec'] / 1e6:.2f}",
                    f"{m['prepare_bytes_per_sec'] / alone:.2f}",
@@ -173,6 +195,9 @@ def main():
                    f"{m['prepare_peak_rss_mb']:.0f}", f"{m['reader_peak_rss_mb']:.0f}",
                    f"{m['reader_anon_mb_at_end']:.0f}"])
   print(f"tokenizer alone ({args.tokenizer}, {args.workers} processes): {alone / 1e6:.2f} MB/s")
+  mixed = result["mixture_reader"]["tokens_per_sec"]
+  print(f"mixture reader (stdlib:1, shakespeare:1): {mixed:,.0f} tokens/s, "
+        f"{mixed / DEFAULT_TRAIN_TOKENS_PER_SEC:.0f}x the default experiment's training")
   print(report.table(["corpus", "MB", "prepare MB/s", "vs tokenizer alone", "reader tokens/s",
                       "vs default training", "prepare peak MB", "reader peak MB",
                       "reader anon MB"], rows))
