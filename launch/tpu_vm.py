@@ -8,15 +8,19 @@ updates the repository on each worker and installs it (`pip install -e .`).
 With --max_restarts N, a run that ends with a status a restart may cure
 (jaxlm.exit_status: not bad input, not a non-finite loss) is started again on
 every worker, which resumes from the last checkpoint, after --restart_backoff
-seconds (doubled each time), up to N times. The restarts are printed here, not
-counted in the run's summary.json (the workdir is on the workers or in a
-bucket), and a dead worker stops the others only by the runtime's heartbeat
-timeout (about a minute), since gcloud returns when every worker has ended.
+seconds (doubled each time), up to N times. The workdir is on the workers or in
+a bucket, where this machine cannot write: each restart passes its record to
+the run (`--restart_record`), whose process 0 adds it to WORKDIR/restarts.jsonl,
+so summary.json counts it as under the other launchers. A dead worker stops
+the others only by the runtime's heartbeat timeout (about a minute), since
+gcloud returns when every worker has ended.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import shlex
 import subprocess
 import sys
@@ -41,7 +45,7 @@ def setup_remote(args) -> str:
 
 
 def commands(args, jaxlm_args: list[str]) -> list[list[str]]:
-  """The gcloud commands, in order."""
+  """The gcloud commands, in order: --setup's, then the run's."""
   out = []
   if args.setup:
     out.append(gcloud(args, setup_remote(args)))
@@ -90,6 +94,10 @@ def main(argv=None):
           f"{attempt + 1} of {args.max_restarts} in {backoff:g}s from the last checkpoint",
           file=sys.stderr, flush=True)
     time.sleep(backoff)
+    record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
+              "returncode": status, "ended": exit_status.describe(status),
+              "backoff_seconds": backoff, "launcher": "tpu_vm"}
+    *_, run = commands(args, [*argv[split + 1:], f"--restart_record={json.dumps(record)}"])
   return 0
 
 

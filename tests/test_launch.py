@@ -322,6 +322,23 @@ def test_prepare_slurm_runs_its_array_and_merge_on_a_live_cluster(tmp_path):
   assert _files(out) == _files(one)
 
 
+def test_a_run_records_the_restart_its_launcher_hands_it(tmp_path):
+  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(1)}
+  record = {"ended": "exit status 1 (a Python error)", "launcher": "tpu_vm"}
+  run = [sys.executable, "-m", "jaxlm.main", *TINY, "--set=train.steps=2", "--set=mesh.data=1",
+         f"--workdir={tmp_path}/run"]
+  done = subprocess.run([*run, f"--restart_record={json.dumps(record)}"], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.load(open(tmp_path / "run" / "summary.json"))["restarts"] == 1
+  assert _restarts(str(tmp_path / "run")) == [{"restart": 1, **record}]
+  bad = subprocess.run([*run, "--restart_record=[1]"], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+      "error: --restart_record='[1]' is invalid: expected a JSON object, e.g. "
+      "'{\"ended\": \"exit status 1\"}'"], bad.stderr
+
+
 # --- Faults: a group stops together, restarts, requeues ---------------------------------
 
 def _python(code: str) -> list[str]:
@@ -565,7 +582,7 @@ def test_tpu_vm_restarts_a_run_that_failed_with_a_fault(tmp_path, capsys, monkey
   calls = tmp_path / "calls"
   gcloud = tmp_path / "bin" / "gcloud"
   gcloud.parent.mkdir()
-  gcloud.write_text(f"#!/bin/bash\necho x >> {calls}\nn=$(wc -l < {calls})\n"
+  gcloud.write_text(f"#!/bin/bash\necho \"$*\" >> {calls}\nn=$(wc -l < {calls})\n"
                     f"[ -n \"$FAIL_WITH\" ] && exit $FAIL_WITH\n[ $n -le 2 ] && exit 1\nexit 0\n")
   os.chmod(gcloud, 0o755)
   monkeypatch.setenv("PATH", f"{gcloud.parent}:{os.environ['PATH']}")
@@ -574,6 +591,12 @@ def test_tpu_vm_restarts_a_run_that_failed_with_a_fault(tmp_path, capsys, monkey
   assert tpu_vm.main(args) == 0 and len(calls.read_text().splitlines()) == 3
   err = capsys.readouterr().err
   assert "exit status 1 (a Python error); restart 1 of 3 in 0s" in err and "restart 2 of 3" in err
+  # Each restart hands the run its record, for the run's own restarts.jsonl.
+  runs = calls.read_text().splitlines()
+  assert "--restart_record" not in runs[0]
+  for line in runs[1:]:
+    record = json.loads(line.split("--restart_record=", 1)[1].rsplit("'", 1)[0])
+    assert record["returncode"] == 1 and record["launcher"] == "tpu_vm", record
   calls.unlink()
   monkeypatch.setenv("FAIL_WITH", "2")
   assert tpu_vm.main(args) == 2 and len(calls.read_text().splitlines()) == 1

@@ -11,6 +11,7 @@ checkpoint; SIGTERM or SIGINT saves one and exits 0.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sys
 
@@ -20,7 +21,7 @@ from absl import app, flags
 from jaxlm import cli, distributed, exit_status, registry
 from jaxlm import config_io
 from jaxlm.cli import fail
-from jaxlm.run import checkpoint
+from jaxlm.run import checkpoint, files
 from jaxlm.train import loop, plan
 
 flags.DEFINE_string("experiment", None, "Name of a registered experiment (see --list).")
@@ -41,6 +42,9 @@ flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a mult
                     "run (automatic under SLURM and on TPU VMs).")
 flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+flags.DEFINE_string("restart_record", "", "A launcher's record (a JSON object) of the fault "
+                    "this run restarts after, for a workdir only the run can write (launch/"
+                    "tpu_vm.py): process 0 adds it to WORKDIR/restarts.jsonl.")
 FLAGS = flags.FLAGS
 
 
@@ -71,9 +75,12 @@ def main(argv):
     if FLAGS.resume and FLAGS.overwrite:
       fail("--resume and --overwrite exclude each other; expected at most one")
     mode = "resume" if FLAGS.resume else "overwrite" if FLAGS.overwrite else "auto"
+    record = _restart_record(FLAGS.restart_record)
     run = loop.setup(config, workdir, mode)
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
+  if record is not None and jax.process_index() == 0:
+    files.record_restart(workdir, record)
   try:
     loop.run(run)
   except loop.NonFiniteError as e:  # not bad input, but one readable line, and a status
@@ -82,6 +89,20 @@ def main(argv):
   except checkpoint.StorageError as e:  # the workdir is full or read-only
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(exit_status.STORAGE)
+
+
+def _restart_record(text: str) -> dict | None:
+  """--restart_record's object (None if empty); ValueError naming the flag if not one."""
+  if not text:
+    return None
+  try:
+    record = json.loads(text)
+  except ValueError:
+    record = None
+  if not isinstance(record, dict):
+    raise ValueError(f"--restart_record={text!r} is invalid: expected a JSON object, e.g. "
+                     '\'{"ended": "exit status 1"}\'')
+  return record
 
 
 def entry():
