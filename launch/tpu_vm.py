@@ -1,9 +1,12 @@
 """Run a jaxlm command on every worker of a Cloud TPU VM slice (gcloud --worker=all).
 
   python launch/tpu_vm.py --tpu my-v5p-64 --zone us-east5-a [--setup] [--dry_run] \
-      -- --experiment=gpt2_small --workdir=gs://bucket/runs/gpt2
+      -- --experiment=gpt2_small --workdir=/mnt/bucket/runs/gpt2
 
-jax.distributed discovers the slice's workers itself. --setup first clones or
+jax.distributed discovers the slice's workers itself. The workdir must be a
+directory every worker reaches: a bucket mounted with gcsfuse on each worker, or
+a Filestore/NFS mount (a gs:// URL is refused: the run's files are written
+through the local filesystem API). --setup first clones or
 updates the repository on each worker and installs it (`pip install -e .`).
 With --max_restarts N, a run that ends with a status a restart may cure
 (jaxlm.exit_status: not bad input, not a non-finite loss) is started again on

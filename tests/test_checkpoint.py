@@ -351,8 +351,13 @@ def test_nonfinite_skip_drops_the_update_and_counts_it(tmp_path, monkeypatch, ca
   assert int(at3.step) == 3 and int(at3.nonfinite) == 1
 
 
-def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path):
+def test_workdir_modes_resume_overwrite_and_mesh_changes(tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
+  # A URL is refused before anything is written (os.makedirs would make ./gs:/...).
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r"--workdir=gs://b/r is a URL; .*gcsfuse"):
+    prepare_workdir(tiny_config(), "gs://b/r")
+  assert os.listdir(tmp_path) == []
   assert prepare_workdir(tiny_config(), workdir) == []
   open(os.path.join(workdir, "metrics.jsonl"), "w").write("{}\n")
   # Another mesh is the same run on other hardware; setup rewrites config.json.

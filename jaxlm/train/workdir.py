@@ -39,6 +39,10 @@ def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[st
   """
   if mode not in WORKDIR_MODES:
     raise ValueError(f"workdir mode {mode!r} is invalid: expected one of {WORKDIR_MODES}")
+  if "://" in workdir:  # os.makedirs would make a local directory named "gs:" instead
+    raise ValueError(f"--workdir={workdir} is a URL; a run's workdir is a directory of the "
+                     "local filesystem API: use one every process reaches (NFS, Filestore, or "
+                     "a bucket mounted with gcsfuse, e.g. /mnt/bucket/runs/NAME)")
   if mode == "overwrite":
     if jax.process_index() == 0 and files.has_config(workdir):
       _move_aside(workdir)
