@@ -126,13 +126,14 @@ result = {{"seconds": seconds, "bytes": sum(s["bytes"] for s in m["splits"].valu
           "tokens": sum(s["tokens"] for s in m["splits"].values())}}
 """
 
+# The reader: {data} is the DataConfig's arguments, {module} the module with train_dataset.
 READ = """
 import json, time
 from jaxlm.config import DataConfig
-from jaxlm.data import pipeline, tokenizer
+from jaxlm.data import mixture, pipeline, tokenizer
 tok = tokenizer.load_tokenizer({kind!r}, vocab_size={vocab})
-config = DataConfig(corpus="prepared:" + {out!r}, tokenizer={kind!r}, seq_len=64)
-it = pipeline.train_iterator(pipeline.train_dataset(config, tok, 128, seed=0))
+config = DataConfig({data}, tokenizer={kind!r}, seq_len=64)
+it = pipeline.train_iterator({module}.train_dataset(config, tok, 128, seed=0))
 next(it)
 start, n = time.perf_counter(), 0
 while time.perf_counter() - start < 10:
@@ -140,20 +141,15 @@ while time.perf_counter() - start < 10:
 result = {{"tokens_per_sec": n / (time.perf_counter() - start)}}
 """
 
-READ_MIXTURE = """
-import json, time
-from jaxlm.config import DataConfig
-from jaxlm.data import mixture, pipeline, tokenizer
-tok = tokenizer.load_tokenizer({kind!r}, vocab_size={vocab})
-config = DataConfig(corpora="code=prepared:" + {out!r} + ";plays=shakespeare",
-                    mixture="code:1,plays:1", tokenizer={kind!r}, seq_len=64)
-it = pipeline.train_iterator(mixture.train_dataset(config, tok, 128, seed=0))
-next(it)
-start, n = time.perf_counter(), 0
-while time.perf_counter() - start < 10:
-  n += next(it)["inputs"].size
-result = {{"tokens_per_sec": n / (time.perf_counter() - start)}}
-"""
+
+def reader_speed(out: str, kind: str, vocab: int, mixed: bool = False) -> dict:
+  """The reader's tokens/s (and peak_mb) on the prepared corpus `out`, or on a mixture of
+  it and the embedded Shakespeare, half the tokens each."""
+  data = (f"corpora={'code=prepared:' + out + ';plays=shakespeare'!r}, "
+          "mixture='code:1,plays:1'" if mixed else f"corpus={'prepared:' + out!r}")
+  return run_measured(READ.format(kind=kind, vocab=vocab, data=data,
+                                  module="mixture" if mixed else "pipeline"))
+
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,15 +172,14 @@ def main():
       out = os.path.join(tmp, name.replace(" ", "_"))
       prep = run_measured(PREPARE.format(spec=spec_text, out=out, kind=args.tokenizer,
                                          vocab=args.vocab_size, workers=args.workers))
-      read = run_measured(READ.format(out=out, kind=args.tokenizer, vocab=args.vocab_size))
+      read = reader_speed(out, args.tokenizer, args.vocab_size)
       measured[name] = {**prep, "prepare_bytes_per_sec": prep["bytes"] / prep["seconds"],
                         "prepare_peak_rss_mb": prep["peak_mb"],
                         "tokens_per_sec": read["tokens_per_sec"],
                         "reader_peak_rss_mb": read["peak_mb"],
                         "reader_anon_mb_at_end": read["anon_mb_at_end"]}
       if name == "stdlib":
-        mixed = run_measured(READ_MIXTURE.format(out=out, kind=args.tokenizer,
-                                                 vocab=args.vocab_size))
+        mixed = reader_speed(out, args.tokenizer, args.vocab_size, mixed=True)
         result["mixture_reader"] = {"tokens_per_sec": mixed["tokens_per_sec"],
                                     "peak_rss_mb": mixed["peak_mb"]}
       m = measured[name]
