@@ -44,6 +44,8 @@ def parse_corpus(spec: str, key: str = "data.corpus") -> tuple[str, str]:
     return "shakespeare", ""
   _check(kind in CORPUS_KINDS[1:] and bool(sep) and bool(arg.strip()), key, spec,
          "shakespeare, files:GLOB[,GLOB...], hf:NAME_OR_DIR or prepared:DIR")
+  _check(kind == "hf" or "://" not in arg, key, spec, "local paths (files and prepared shards "
+         "are read through the local filesystem API: mount a bucket with gcsfuse, or use NFS)")
   return kind, arg.strip()
 
 

@@ -208,6 +208,9 @@ def test_config_names_the_corpus_forms():
     config_lib.DataConfig(corpus="wiki")
   with pytest.raises(config_lib.ConfigError, match="data.validation_fraction"):
     config_lib.DataConfig(validation_fraction=0.0)
+  with pytest.raises(config_lib.ConfigError, match=r"data.corpus='prepared:gs://b/c' is "
+                     "invalid: expected local paths .*gcsfuse"):
+    config_lib.DataConfig(corpus="prepared:gs://b/c")
 
 
 def test_train_on_files_prepares_once_and_on_prepared_dir(tmp_path):
