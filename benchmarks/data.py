@@ -17,7 +17,11 @@ stdlib directory, site-packages left out; about 30 MB, on every machine):
   also its anonymous memory (RssAnon) at the end, which leaves out the mapped
   shards' pages that peak RSS counts.
 
+- scaling (--scaling): prepare's MB/s with 1, 2, ... --workers worker processes
+  on the stdlib, and the speed-up over one. Goal: near-linear up to the cores.
+
   python benchmarks/data.py [--workers 2] [--tokenizer sentencepiece] [--repeat 10]
+  python benchmarks/data.py --scaling [--workers N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -158,9 +162,14 @@ def main():
   parser.add_argument("--vocab_size", type=int, default=2048,
                       help="the committed sentencepiece model of this size")
   parser.add_argument("--repeat", type=int, default=10, help="copies for the memory check")
-  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "data.json"))
+  parser.add_argument("--scaling", action="store_true",
+                      help="only prepare's speed with 1 to --workers processes")
+  parser.add_argument("--out", default="")
   args = parser.parse_args()
   globs = stdlib_globs()
+  if args.scaling:
+    return scaling(args, globs)
+  args.out = args.out or os.path.join(ROOT, "benchmarks", "results", "data.json")
   spec = prepared.TokenizerSpec(args.tokenizer, vocab_size=args.vocab_size)
   rows, result = [], {"workers": args.workers, "tokenizer": args.tokenizer}
   with tempfile.TemporaryDirectory(prefix="jaxlm_data_") as tmp:
@@ -199,6 +208,24 @@ def main():
   report.write(args.out, {**result, "tokenizer_alone_bytes_per_sec": alone,
                           "default_train_tokens_per_sec": DEFAULT_TRAIN_TOKENS_PER_SEC,
                           "corpora": measured})
+
+
+def scaling(args, globs: str) -> None:
+  """Prepare's MB/s on the stdlib with 1 .. args.workers processes (a fresh output each)."""
+  rows, runs = [], []
+  with tempfile.TemporaryDirectory(prefix="jaxlm_data_") as tmp:
+    for workers in range(1, args.workers + 1):
+      prep = run_measured(PREPARE.format(spec=f"files:{globs}", out=os.path.join(tmp, str(workers)),
+                                         kind=args.tokenizer, vocab=args.vocab_size,
+                                         workers=workers))
+      runs.append({"workers": workers, "bytes_per_sec": prep["bytes"] / prep["seconds"],
+                   "seconds": prep["seconds"], "peak_mb": prep["peak_mb"]})
+      speedup = runs[-1]["bytes_per_sec"] / runs[0]["bytes_per_sec"]
+      rows.append([workers, f"{prep['seconds']:.1f}", f"{runs[-1]['bytes_per_sec'] / 1e6:.2f}",
+                   f"{speedup:.2f}x", f"{speedup / workers:.2f}"])
+  print(report.table(["workers", "seconds", "prepare MB/s", "speed-up", "per worker"], rows))
+  report.write(args.out or os.path.join(ROOT, "benchmarks", "results", "data_scaling.json"),
+               {"tokenizer": args.tokenizer, "cores": os.cpu_count(), "runs": runs})
 
 
 if __name__ == "__main__":
