@@ -11,6 +11,7 @@ import pytest
 from jaxlm import config as config_lib, sharding
 from jaxlm.data import mixture, pipeline, prepared
 from jaxlm.data import tokenizer as tokenizer_lib
+from jaxlm.inference import evaluate
 from jaxlm.tasks import lm
 from jaxlm.train import loop
 from jaxlm.train.step import Trainer
@@ -121,6 +122,12 @@ def test_validation_is_summed_per_source_and_weighted(corpora):
     assert mixed[key] == pytest.approx(0.75 * mixed[f"{key}/data"]
                                        + 0.25 * mixed[f"{key}/tasks"])
   assert isinstance(trainer.task, lm.LanguageModeling)
+  # python -m jaxlm.evaluate's evaluation: the same per source, and their weighted mean.
+  full = evaluate.evaluate(params, config, tok, trainer.mesh)
+  for name in corpora:
+    assert full["sources"][name]["loss"] == pytest.approx(mixed[f"val_loss/{name}"], rel=1e-5)
+  assert full["mixture"]["loss"] == pytest.approx(mixed["val_loss"], rel=1e-5)
+  assert full["tokens"] == sum(s["tokens"] for s in full["sources"].values())
 
 
 def test_a_mixture_run_logs_sources_and_resumes_exactly(corpora, tmp_path):

@@ -51,9 +51,13 @@ def main(argv):
     r = evaluate.run(F.workdir, F.split)
   except (ValueError, FileNotFoundError) as e:
     fail(str(e))
-  print(f"{F.split}: loss {r['loss']:.4f} | perplexity {r['perplexity']:.2f} | "
-        f"bpb {r['bits_per_byte']:.4f} | accuracy {r['accuracy']:.3f} | ECE {r['ece']:.4f} | "
-        f"{r['tokens']:,} tokens at step {r['step']}")
+  for name, s in [(F.split, r), *r.get("sources", {}).items()]:
+    print(f"{name}: loss {s['loss']:.4f} | perplexity {s['perplexity']:.2f} | "
+          f"bpb {s['bits_per_byte']:.4f} | accuracy {s['accuracy']:.3f} | ECE {s['ece']:.4f} | "
+          f"{s['tokens']:,} tokens at step {r['step']}")
+  if "mixture" in r:
+    print(f"mixture (weighted by data.mixture): loss {r['mixture']['loss']:.4f} | "
+          f"bpb {r['mixture']['bits_per_byte']:.4f}")
   print(f"wrote {os.path.join(F.workdir, f'eval_{F.split}.json')} and "
         f"reliability_{F.split}.png")
 

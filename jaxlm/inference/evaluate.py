@@ -17,6 +17,7 @@ is given (0..T-1; positions restart where a document starts).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import optax
 
 from jaxlm import sharding
 from jaxlm.config import Config
-from jaxlm.data import pipeline
+from jaxlm.data import mixture, pipeline
 from jaxlm.models import transformer
 from jaxlm.run import files, loggers
 from jaxlm.run.load import load_run
@@ -84,7 +85,27 @@ def summarize(sums: dict) -> dict:
 
 def evaluate(params, config: Config, tok, mesh, split: str = "validation",
              max_batches: int = 0) -> dict:
-  """Evaluates params over the split (all of it, or max_batches spread over it)."""
+  """Evaluates params over the split (all of it, or max_batches spread over it).
+
+  A mixture run (data.mixture) is evaluated on each source's split: the result
+  summarizes all their tokens together, and adds `sources` (each source's own
+  summary) and `mixture` (loss and bits per byte averaged with the mixture's
+  weights, the training run's val_loss and val_bpb).
+  """
+  if not config.data.mixture:
+    return summarize(_sums(params, config, tok, mesh, split, max_batches))
+  parts = mixture.sources(config.data)
+  sums = {name: _sums(params, dataclasses.replace(config, data=data), tok, mesh, split,
+                      max_batches) for name, data, _ in parts}
+  by_source = {name: summarize(s) for name, s in sums.items()}
+  total = summarize(jax.tree.map(lambda *xs: sum(xs), *sums.values()))
+  weighted = {key: sum(w * by_source[name][key] for name, _, w in parts)
+              for key in ("loss", "bits_per_byte")}
+  return {**total, "sources": by_source, "mixture": weighted}
+
+
+def _sums(params, config: Config, tok, mesh, split: str, max_batches: int) -> dict:
+  """eval_sums over the split of config.data, added over its batches."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is invalid: expected one of {', '.join(SPLITS)}")
   rules = config.mesh.rules
@@ -100,7 +121,7 @@ def evaluate(params, config: Config, tok, mesh, split: str = "validation",
                                   split=split)
   sums = sum_batches(lambda b: step(params, jax.device_put(b, batch_sharding)),
                      loggers.progress(batches, desc=f"evaluating {split}"))
-  return summarize({k: (float(v) if np.ndim(v) == 0 else v) for k, v in sums.items()})
+  return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in sums.items()}
 
 
 def sum_batches(evaluate_batch, batches) -> dict:
