@@ -73,6 +73,7 @@ def parse_mixture(corpora: str, mixture: str) -> tuple[tuple[str, str, float], .
          "data.mixture", mixture, "NAME:WEIGHT,... with WEIGHT > 0 and each NAME once, one of "
          f"data.corpora ({', '.join(named) or 'none named'})")
   total = sum(w for _, w in items)
+  _check(total < float("inf"), "data.mixture", mixture, "weights whose sum is finite")
   return tuple((n, named[n], w / total) for n, w in items)
 
 
@@ -430,6 +431,7 @@ class Config:
     _check(not (self.optim.name == "muon" and self.model.parameterization == "mup"),
            "optim.name", self.optim.name, "adamw, lion or adafactor with "
            "model.parameterization=mup (muon's updates already scale with width)")
+    _check(self.seed >= 0, "seed", self.seed, ">= 0")
     _check(not self.data.mixture or self.task.kind == "lm", "data.mixture", self.data.mixture,
            f"empty with task.kind={self.task.kind!r} (mixtures are of pretraining corpora)")
     _check(not self.train.z_loss or self.task.kind in ("lm", "sft"), "train.z_loss",

@@ -12,7 +12,10 @@ a second job, submitted with --dependency=afterok on the array, runs `... ARGS
 --merge` and writes the manifest: the same files as one `prepare` on one machine
 writes. --out (and the corpus) must be on a filesystem the nodes share. A task
 that fails or runs out of time keeps its finished shards: submit again and only
-the unfinished ones are tokenized (the merge waits for the new array). The
+the unfinished ones are tokenized (SLURM cancels the first merge: its
+dependency can no longer be met; the new one waits for the new array). Relative
+paths (--out, --tokenizer_path, the corpus's globs) are made absolute here,
+since the scripts run in the checkout (--repo). The
 scripts go to --log_dir (default OUT.slurm/), with SLURM's output; --dry_run
 prints both scripts and the sbatch commands.
 """
@@ -37,6 +40,36 @@ def _value(args: list[str], flag: str) -> str:
     if a == flag and i + 1 < len(args):
       return args[i + 1]
   return ""
+
+
+def _absolute_corpus(spec: str) -> str:
+  """A corpus spec with its local paths absolute (files: globs, an hf: directory)."""
+  kind, _, arg = spec.partition(":")
+  if kind == "files":
+    globs = [g.strip() for g in arg.split(",") if g.strip()]
+    return "files:" + ",".join(
+        ("!" if g.startswith("!") else "") + os.path.abspath(os.path.expanduser(g.lstrip("!")))
+        for g in globs)
+  if kind == "hf" and os.path.exists(arg):
+    return "hf:" + os.path.abspath(arg)
+  return spec
+
+
+def absolute_paths(args: list[str]) -> list[str]:
+  """prepare's arguments with relative paths made absolute: the scripts run in --repo."""
+  out, i = [], 0
+  while i < len(args):
+    flag, eq, value = args[i].partition("=")
+    if flag in ("--out", "--tokenizer_path", "--corpus") and not eq and i + 1 < len(args):
+      i, eq, value = i + 1, "=", args[i + 1]
+    if flag in ("--out", "--tokenizer_path") and eq and value:
+      out.append(f"{flag}={os.path.abspath(os.path.expanduser(value))}")
+    elif flag == "--corpus" and eq:
+      out.append(f"--corpus={_absolute_corpus(value)}")
+    else:
+      out.append(args[i])
+    i += 1
+  return out
 
 
 def header(args, name: str, array: str = "") -> list[str]:
@@ -95,7 +128,7 @@ def main(argv=None) -> int:
   parser.add_argument("--setup", default="", help="shell line run first (e.g. venv activate)")
   parser.add_argument("--dry_run", action="store_true", help="print the scripts and commands")
   args = parser.parse_args(argv[:split])
-  prepare_args = argv[split + 1:]
+  prepare_args = absolute_paths(argv[split + 1:])
   for key in ("num_tasks", "cpus_per_task"):
     if getattr(args, key) < 1:
       parser.error(f"--{key}={getattr(args, key)} is invalid: expected a positive integer")
@@ -115,19 +148,26 @@ def main(argv=None) -> int:
   if args.dry_run:
     print(f"# {task_path}\n{task_text}# {merge_path}\n{merge_text}"
           f"# then: sbatch --parsable {task_path}, and with its job id J: "
-          f"sbatch --dependency=afterok:J {merge_path}")
+          f"sbatch --dependency=afterok:J --kill-on-invalid-dep=yes {merge_path}")
     return 0
   os.makedirs(args.log_dir, exist_ok=True)
   for path, text in ((task_path, task_text), (merge_path, merge_text)):
     with open(path, "w") as f:
       f.write(text)
-  array = subprocess.run(["sbatch", "--parsable", task_path], capture_output=True, text=True)
+  try:
+    array = subprocess.run(["sbatch", "--parsable", task_path], capture_output=True, text=True)
+  except FileNotFoundError:
+    print("error: sbatch is not on PATH: run this on a SLURM login node, or use --dry_run",
+          file=sys.stderr)
+    return 2
   if array.returncode != 0:
     print(f"error: sbatch {task_path} failed: {array.stderr.strip()}", file=sys.stderr)
     return 1
   job = array.stdout.strip().split(";")[0]
   print(f"Submitted batch job {job} ({args.num_tasks} prepare tasks)")
-  return subprocess.call(["sbatch", f"--dependency=afterok:{job}", merge_path])
+  # If a task fails, SLURM cancels the merge instead of leaving it pending forever.
+  return subprocess.call(["sbatch", f"--dependency=afterok:{job}", "--kill-on-invalid-dep=yes",
+                          merge_path])
 
 
 if __name__ == "__main__":

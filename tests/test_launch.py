@@ -286,6 +286,10 @@ def test_prepare_slurm_scripts_tokenize_in_tasks_and_merge_like_one_process(tmp_
                           env=env, capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr
   assert _files(out) == _files(one)
+  # The scripts run in the checkout: relative paths become absolute first.
+  here = os.getcwd()
+  assert prepare_slurm.absolute_paths(["--out", "p/o", "--corpus=files:c/*.x,!c/y*", "-v"]) == [
+      f"--out={here}/p/o", f"--corpus=files:{here}/c/*.x,!{here}/c/y*", "-v"]
   # Flags the launcher sets itself, and a missing --out, are refused.
   with pytest.raises(SystemExit):
     prepare_slurm.main(["--num_tasks=2", "--", *args, "--workers=3"])

@@ -85,6 +85,10 @@ def test_bad_mixtures_name_the_key():
     config_lib.DataConfig(corpora="a=shakespeare;b=nope:x", mixture="a:1")
   with pytest.raises(config_lib.ConfigError, match="data.corpora='a=shakespeare;a=shakespeare'"):
     config_lib.DataConfig(corpora="a=shakespeare;a=shakespeare", mixture="a:1")
+  with pytest.raises(config_lib.ConfigError, match="data.mixture='a:1e308,b:1e308'"):
+    config_lib.DataConfig(corpora="a=shakespeare;b=shakespeare", mixture="a:1e308,b:1e308")
+  with pytest.raises(config_lib.ConfigError, match="seed=-1 is invalid"):  # seeds the blocks
+    tiny_config(seed=-1)
   with pytest.raises(config_lib.ConfigError, match="data.mixture=.*task.kind='classify'"):
     tiny_config(**{"data.corpora": "a=shakespeare", "data.mixture": "a:1",
                    "task.kind": "classify"})
@@ -111,6 +115,10 @@ def test_validation_is_summed_per_source_and_weighted(corpora):
   trainer = Trainer(config, sharding.make_mesh(config.mesh), tok.token_bytes())
   params = trainer.init(jax.random.key(0)).params
   mixed = trainer.run_eval(params, trainer.task.eval_batches(tok, 0))
+  # A capped evaluation still reads every source (its own share of the batches).
+  capped = list(trainer.task.eval_batches(tok, 1))
+  assert [int(b["sources"][0, 0]) for b in capped] == [0, 1]
+  assert set(trainer.run_eval(params, capped)) == set(mixed)
   for name, spec in corpora.items():
     one = config_lib.replace(config, **{"data.corpus": spec, "data.corpora": "",
                                         "data.mixture": ""})

@@ -11,12 +11,17 @@ floor(r_s (b + 1)) - floor(r_s b) documents of source s (r_s: its documents per
 block), so the documents of s drawn before block b, floor(r_s b), are known
 without drawing the blocks before: source s's k-th document is document
 k mod n_s of a permutation of its n_s documents, drawn anew for each pass over
-it (k div n_s). A block's documents are put in a random order, concatenated
+it (k div n_s); the permutations come from a counter-based hash of (seed,
+source, pass, document), sorted, so any pass is computed on its own and the
+many passes a small source makes in one block in one vectorized call. A block's documents are put in a random order, concatenated
 (each ends with eos) and cut into windows of seq_len + 1 tokens at stride
 seq_len, taken in a random order. Window i of the run is therefore a pure
 function of (seed, data config, i): a resume is exact, on any number of
 processes. Validation reads each source's validation split in order, every
-row tagged with its source, so metrics come per source.
+row tagged with its source (a batch holds one source's rows; a capped
+evaluation spreads its batches over each source), so metrics come per source.
+Memory per process: 8 bytes per document of each source (where documents end),
+and the current pass's order of each source's documents (4 bytes each).
 """
 
 from __future__ import annotations
@@ -36,6 +41,28 @@ from jaxlm.data import pipeline
 BLOCK_TOKENS = 1 << 20  # tokens a block holds, about: 4 MB of int32 tokens
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finalizer: a bijection of uint64 that scrambles every bit."""
+  x = x + np.uint64(0x9E3779B97F4A7C15)
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def permutations(seed: int, source: int, passes: np.ndarray, n: int) -> np.ndarray:
+  """(len(passes), n) int32/int64: the order of a source's n documents in each pass."""
+  with np.errstate(over="ignore"):
+    key = _mix(_mix(_mix(np.uint64(seed)) ^ np.uint64(source))
+               ^ np.asarray(passes, np.uint64))
+    keys = _mix(key[:, None] ^ np.arange(n, dtype=np.uint64)[None, :])
+  return np.argsort(keys, axis=1).astype(np.int32 if n < 2 ** 31 else np.int64)
+
+
+def per_source(max_batches: int, n_sources: int) -> int:
+  """Evaluation batches of each source when an evaluation is capped at max_batches (0: all)."""
+  return max(max_batches // n_sources, 1) if max_batches else 0
+
+
 def sources(config: DataConfig) -> list[tuple[str, DataConfig, float]]:
   """(name, a data config reading only that source, weight) of each source of data.mixture."""
   return [(name, dataclasses.replace(config, corpus=spec, corpora="", mixture=""), weight)
@@ -48,20 +75,26 @@ class Mixture:
   def __init__(self, streams: list, weights: list[float], seq_len: int, eos_id: int, seed: int,
                block_tokens: int = BLOCK_TOKENS):
     self.streams, self.T, self.eos_id, self.seed = streams, seq_len, eos_id, seed
-    self.spans = [stream.spans() for stream in streams]
-    self.sizes = np.array([len(starts) for starts, _ in self.spans], np.int64)
-    mean = np.array([np.mean(stops - starts) for starts, stops in self.spans])
+    self.ends = [stream.document_ends() for stream in streams]  # where each document ends
+    self.sizes = np.array([len(ends) for ends in self.ends], np.int64)
+    mean = np.array([ends[-1] / len(ends) for ends in self.ends])
     p = np.asarray(weights) / mean
     p /= p.sum()  # the probability that a drawn document is source s's
     docs_per_block = max(block_tokens, 64 * (seq_len + 1)) / float(p @ mean)
     self.rate = p * max(docs_per_block, 1.0)  # documents of each source per block
     self._windows = [0]  # windows before block b, for the blocks counted so far
-    self._lock = threading.Lock()
-    self._order = functools.lru_cache(maxsize=2 * len(streams))(self._permutation)
+    self._lock = threading.RLock()
+    self._orders = [{} for _ in streams]  # per source: {pass: order}, the last two passes
     self.block = functools.lru_cache(maxsize=4)(self._block)
 
-  def _permutation(self, source: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, 0, source, epoch]).permutation(self.sizes[source])
+  def _order(self, s: int, p: int) -> np.ndarray:
+    """Source s's document order in pass p, cached for the last two passes asked."""
+    cache = self._orders[s]
+    if p not in cache:
+      cache[p] = permutations(self.seed, s, np.array([p]), int(self.sizes[s]))[0]
+      for old in [q for q in cache if q != p][:max(len(cache) - 2, 0)]:
+        del cache[old]  # the oldest first
+    return cache[p]
 
   def _drawn(self, block: float) -> np.ndarray:
     """Documents of each source drawn before `block`."""
@@ -71,22 +104,32 @@ class Mixture:
     """(source, document) of each document of block b, in the block's order."""
     first, stop = self._drawn(b), self._drawn(b + 1)
     src, doc = [], []
-    for s, size in enumerate(self.sizes):
-      k = np.arange(first[s], stop[s])
-      d = np.empty_like(k)
-      for epoch in np.unique(k // size):
-        at = k // size == epoch
-        d[at] = self._order(s, int(epoch))[k[at] % size]
-      src.append(np.full(len(k), s, np.int32))
-      doc.append(d)
+    with self._lock:
+      for s, size in enumerate(self.sizes):
+        k = np.arange(first[s], stop[s])
+        passes = k // size
+        d = np.empty(len(k), np.int64)
+        if len(k) and passes[-1] - passes[0] > 1:  # a small source, many passes: at once
+          every = permutations(self.seed, s, np.arange(passes[0], passes[-1] + 1), int(size))
+          d[:] = every[passes - passes[0], k % size]
+        else:
+          for p in np.unique(passes):
+            at = passes == p
+            d[at] = self._order(s, int(p))[k[at] % size]
+        src.append(np.full(len(k), s, np.int32))
+        doc.append(d)
     order = np.random.default_rng([self.seed, 1, b]).permutation(sum(map(len, src)))
     return np.concatenate(src)[order], np.concatenate(doc)[order]
 
+  def _starts(self, s: int, doc: np.ndarray) -> np.ndarray:
+    ends = self.ends[s]
+    return np.where(doc > 0, ends[np.maximum(doc - 1, 0)], 0)
+
   def _lengths(self, src: np.ndarray, doc: np.ndarray) -> np.ndarray:
     out = np.empty(len(doc), np.int64)
-    for s, (starts, stops) in enumerate(self.spans):
+    for s, ends in enumerate(self.ends):
       at = src == s
-      out[at] = stops[doc[at]] - starts[doc[at]]
+      out[at] = ends[doc[at]] - self._starts(s, doc[at])
     return out
 
   def _n_windows(self, b: int) -> int:
@@ -97,7 +140,7 @@ class Mixture:
     of its windows)."""
     src, doc = self.documents(b)
     lengths = self._lengths(src, doc)
-    tokens = [self.streams[s].window(int(self.spans[s][0][d]), int(n))[0]
+    tokens = [self.streams[s].window(int(self._starts(s, np.array([d]))[0]), int(n))[0]
               for s, d, n in zip(src, doc, lengths)]
     stream = pipeline.ArrayStream(
         np.concatenate(tokens).astype(np.int32),
@@ -157,16 +200,11 @@ def epochs(config: DataConfig, tok, seed: int, examples: int) -> dict[str, float
 def eval_batches(config: DataConfig, tok, batch_size: int, max_batches: int = 0,
                  process_index: int = 0, process_count: int = 1):
   """Each source's validation split in order (as pipeline.eval_batches), source after
-  source, every row's `sources` its source's number."""
-  rows = []
-  for s, (_, c, _) in enumerate(sources(config)):
-    stream = pipeline.token_stream(c, "validation", tok)
-    rows += [(s, stream, int(start)) for start in range(0, len(stream) - 1, config.seq_len)]
-
-  def row(i):
-    s, stream, start = rows[i]
-    example = pipeline.make_example(stream, start, config.seq_len, tok.eos_id)
-    return {**example, "sources": np.full(config.seq_len, s, np.int32)}
-
-  return pipeline.batch_rows(row, len(rows), batch_size, max_batches, process_index,
-                             process_count)
+  source, every row's `sources` its source's number; max_batches > 0 gives each
+  source per_source(max_batches) batches spread over its own split."""
+  parts = sources(config)
+  for s, (_, c, _) in enumerate(parts):
+    batches = pipeline.eval_batches(c, tok, batch_size, per_source(max_batches, len(parts)),
+                                    process_index=process_index, process_count=process_count)
+    for batch in batches:
+      yield {**batch, "sources": np.full(batch["inputs"].shape, s, np.int32)}

@@ -53,11 +53,10 @@ class ArrayStream:
   def window(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     return self.tokens[start:start + length], self.docs[start:start + length]
 
-  def spans(self) -> tuple[np.ndarray, np.ndarray]:
-    """int64 (start, stop) token offsets of each document."""
+  def document_ends(self) -> np.ndarray:
+    """int64: where each document ends (the offset after its last token)."""
     change = np.flatnonzero(np.diff(self.docs)) + 1
-    return (np.concatenate([[0], change]).astype(np.int64),
-            np.concatenate([change, [len(self.docs)]]).astype(np.int64))
+    return np.concatenate([change, [len(self.docs)]]).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=8)

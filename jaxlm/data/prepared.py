@@ -348,11 +348,10 @@ class TokenStore:
   def __len__(self) -> int:
     return int(self._starts[-1])
 
-  def spans(self) -> tuple[np.ndarray, np.ndarray]:
-    """int64 (start, stop) token offsets of each document of the split."""
-    stops = np.concatenate([np.asarray(ends, np.int64) + start
-                            for ends, start in zip(self._ends, self._starts[:-1])])
-    return np.concatenate([[0], stops[:-1]]), stops
+  def document_ends(self) -> np.ndarray:
+    """int64: where each document of the split ends (the offset after its last token)."""
+    return np.concatenate([np.asarray(ends, np.int64) + start
+                           for ends, start in zip(self._ends, self._starts[:-1])])
 
   def window(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     """int32 tokens [start, start + length) (fewer at the end) and their document ids,

@@ -95,8 +95,9 @@ def evaluate(params, config: Config, tok, mesh, split: str = "validation",
   if not config.data.mixture:
     return summarize(_sums(params, config, tok, mesh, split, max_batches))
   parts = mixture.sources(config.data)
-  sums = {name: _sums(params, dataclasses.replace(config, data=data), tok, mesh, split,
-                      max_batches) for name, data, _ in parts}
+  per = mixture.per_source(max_batches, len(parts))  # as the training evaluation
+  sums = {name: _sums(params, dataclasses.replace(config, data=data), tok, mesh, split, per)
+          for name, data, _ in parts}
   by_source = {name: summarize(s) for name, s in sums.items()}
   total = summarize(jax.tree.map(lambda *xs: sum(xs), *sums.values()))
   weighted = {key: sum(w * by_source[name][key] for name, _, w in parts)

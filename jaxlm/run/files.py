@@ -100,7 +100,8 @@ def record_restart(workdir: str, record: dict) -> int:
   """Appends a restart's record, numbered ("restart": 1, 2, ...), to WORKDIR/restarts.jsonl;
   returns its number."""
   records = read_restarts(workdir)
-  records.append({"restart": len(records) + 1, **record})
+  records.append({"restart": len(records) + 1,
+                  **{k: v for k, v in record.items() if k != "restart"}})
   write_atomic(os.path.join(workdir, RESTARTS),
                "".join(json.dumps(r) + "\n" for r in records))
   return len(records)

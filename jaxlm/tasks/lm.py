@@ -114,12 +114,15 @@ class LanguageModeling:
   def summarize(self, sums: dict) -> dict:
     if not self.sources:
       return summarize_eval(sums)
-    out = {}
-    for s, (name, _, _) in enumerate(self.sources):
-      one = summarize_eval({k: float(v[s]) for k, v in sums.items()})
-      out.update({f"{k}/{name}": v for k, v in one.items()})
+    out, seen = {}, []  # a source without tokens in this evaluation is left out
+    for s, (name, _, weight) in enumerate(self.sources):
+      if float(sums["tokens"][s]) > 0:
+        one = summarize_eval({k: float(v[s]) for k, v in sums.items()})
+        out.update({f"{k}/{name}": v for k, v in one.items()})
+        seen.append((name, weight))
     for key in ("val_loss", "val_bpb"):
-      out[key] = sum(w * out[f"{key}/{name}"] for name, _, w in self.sources)
+      out[key] = (sum(w * out[f"{key}/{name}"] for name, w in seen)
+                  / max(sum(w for _, w in seen), 1e-30))
     return out
 
   def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
