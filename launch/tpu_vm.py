@@ -12,9 +12,11 @@ With --max_restarts N, a run that ends with a status a restart may cure
 (jaxlm.exit_status: not bad input, not a non-finite loss) is started again on
 every worker, which resumes from the last checkpoint, after --restart_backoff
 seconds (doubled each time), up to N times. The workdir is on the workers or in
-a bucket, where this machine cannot write: each restart passes its record to
-the run (`--restart_record`), whose process 0 adds it to WORKDIR/restarts.jsonl,
-so summary.json counts it as under the other launchers. A dead worker stops
+a bucket, where this machine cannot write: each restart passes the records of
+every restart so far to the run (`--restart_record`), whose process 0 adds those
+not yet in WORKDIR/restarts.jsonl (an attempt that failed before writing its own
+is counted by the next), so summary.json counts them as under the other
+launchers. A dead worker stops
 the others only by the runtime's heartbeat timeout (about a minute), since
 gcloud returns when every worker has ended.
 """
@@ -85,6 +87,7 @@ def main(argv=None):
   for cmd in setup:
     if subprocess.call(cmd):
       return 1
+  records = []
   for attempt in range(args.max_restarts + 1):
     status = subprocess.call(run)
     if status == 0 or not exit_status.restartable(status) or attempt == args.max_restarts:
@@ -97,10 +100,10 @@ def main(argv=None):
           f"{attempt + 1} of {args.max_restarts} in {backoff:g}s from the last checkpoint",
           file=sys.stderr, flush=True)
     time.sleep(backoff)
-    record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
-              "returncode": status, "ended": exit_status.describe(status),
-              "backoff_seconds": backoff, "launcher": "tpu_vm"}
-    *_, run = commands(args, [*argv[split + 1:], f"--restart_record={json.dumps(record)}"])
+    records.append({"time": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "returncode": status, "ended": exit_status.describe(status),
+                    "backoff_seconds": backoff, "launcher": "tpu_vm"})
+    *_, run = commands(args, [*argv[split + 1:], f"--restart_record={json.dumps(records)}"])
   return 0
 
 

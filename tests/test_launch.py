@@ -23,6 +23,7 @@ import sweep_slurm  # noqa: E402
 import sweep_tpu_vm  # noqa: E402
 import tpu_vm  # noqa: E402
 from conftest import xla_flags
+from jaxlm.run import files
 from jaxlm.scaling import collect
 
 TINY_SWEEP = "shakespeare_isoflop_tiny"  # 6 points, seconds each
@@ -328,19 +329,24 @@ def test_prepare_slurm_runs_its_array_and_merge_on_a_live_cluster(tmp_path):
 
 def test_a_run_records_the_restart_its_launcher_hands_it(tmp_path):
   env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": xla_flags(1)}
-  record = {"ended": "exit status 1 (a Python error)", "launcher": "tpu_vm"}
+  # The first attempt's record was written; the second attempt died before writing its
+  # own: the third gets both and adds only the missing one.
+  first, second = ({"time": t, "ended": "exit status 1 (a Python error)", "launcher": "tpu_vm"}
+                   for t in ("2026-12-06T10:00:00", "2026-12-06T10:05:00"))
+  os.makedirs(tmp_path / "run")
+  files.record_restart(str(tmp_path / "run"), first)
   run = [sys.executable, "-m", "jaxlm.main", *TINY, "--set=train.steps=2", "--set=mesh.data=1",
          f"--workdir={tmp_path}/run"]
-  done = subprocess.run([*run, f"--restart_record={json.dumps(record)}"], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run([*run, f"--restart_record={json.dumps([first, second])}"], env=env,
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert json.load(open(tmp_path / "run" / "summary.json"))["restarts"] == 1
-  assert _restarts(str(tmp_path / "run")) == [{"restart": 1, **record}]
-  bad = subprocess.run([*run, "--restart_record=[1]"], env=env, cwd=ROOT, capture_output=True,
+  assert json.load(open(tmp_path / "run" / "summary.json"))["restarts"] == 2
+  assert _restarts(str(tmp_path / "run")) == [{"restart": 1, **first}, {"restart": 2, **second}]
+  bad = subprocess.run([*run, "--restart_record={}"], env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-      "error: --restart_record='[1]' is invalid: expected a JSON object, e.g. "
-      "'{\"ended\": \"exit status 1\"}'"], bad.stderr
+      "error: --restart_record='{}' is invalid: expected a JSON list of objects, e.g. "
+      "'[{\"ended\": \"exit status 1\"}]'"], bad.stderr
 
 
 # --- Faults: a group stops together, restarts, requeues ---------------------------------
@@ -598,9 +604,9 @@ def test_tpu_vm_restarts_a_run_that_failed_with_a_fault(tmp_path, capsys, monkey
   # Each restart hands the run its record, for the run's own restarts.jsonl.
   runs = calls.read_text().splitlines()
   assert "--restart_record" not in runs[0]
-  for line in runs[1:]:
-    record = json.loads(line.split("--restart_record=", 1)[1].rsplit("'", 1)[0])
-    assert record["returncode"] == 1 and record["launcher"] == "tpu_vm", record
+  for n, line in enumerate(runs[1:], start=1):  # every restart so far, the newest last
+    records = json.loads(line.split("--restart_record=", 1)[1].rsplit("'", 1)[0])
+    assert len(records) == n and all(r["returncode"] == 1 for r in records), records
   calls.unlink()
   monkeypatch.setenv("FAIL_WITH", "2")
   assert tpu_vm.main(args) == 2 and len(calls.read_text().splitlines()) == 1

@@ -42,9 +42,10 @@ flags.DEFINE_string("coordinator_address", "", "host:port of process 0 in a mult
                     "run (automatic under SLURM and on TPU VMs).")
 flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
-flags.DEFINE_string("restart_record", "", "A launcher's record (a JSON object) of the fault "
-                    "this run restarts after, for a workdir only the run can write (launch/"
-                    "tpu_vm.py): process 0 adds it to WORKDIR/restarts.jsonl.")
+flags.DEFINE_string("restart_record", "", "A launcher's records (a JSON list of objects) of "
+                    "the faults this run restarts after, for a workdir only the run can write "
+                    "(launch/tpu_vm.py): process 0 adds those not there yet to "
+                    "WORKDIR/restarts.jsonl.")
 FLAGS = flags.FLAGS
 
 
@@ -75,12 +76,15 @@ def main(argv):
     if FLAGS.resume and FLAGS.overwrite:
       fail("--resume and --overwrite exclude each other; expected at most one")
     mode = "resume" if FLAGS.resume else "overwrite" if FLAGS.overwrite else "auto"
-    record = _restart_record(FLAGS.restart_record)
+    records = _restart_records(FLAGS.restart_record)
     run = loop.setup(config, workdir, mode)
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
-  if record is not None and jax.process_index() == 0:
-    files.record_restart(workdir, record)
+  if jax.process_index() == 0:
+    known = [{k: v for k, v in r.items() if k != "restart"} for r in files.read_restarts(workdir)]
+    for record in records:  # an attempt that died before this point left its record out
+      if record not in known:
+        files.record_restart(workdir, record)
   try:
     loop.run(run)
   except loop.NonFiniteError as e:  # not bad input, but one readable line, and a status
@@ -91,18 +95,19 @@ def main(argv):
     sys.exit(exit_status.STORAGE)
 
 
-def _restart_record(text: str) -> dict | None:
-  """--restart_record's object (None if empty); ValueError naming the flag if not one."""
+def _restart_records(text: str) -> list[dict]:
+  """--restart_record's objects ([] if empty); ValueError naming the flag if not a list of
+  them."""
   if not text:
-    return None
+    return []
   try:
-    record = json.loads(text)
+    records = json.loads(text)
   except ValueError:
-    record = None
-  if not isinstance(record, dict):
-    raise ValueError(f"--restart_record={text!r} is invalid: expected a JSON object, e.g. "
-                     '\'{"ended": "exit status 1"}\'')
-  return record
+    records = None
+  if not (isinstance(records, list) and all(isinstance(r, dict) for r in records)):
+    raise ValueError(f"--restart_record={text!r} is invalid: expected a JSON list of objects, "
+                     'e.g. \'[{"ended": "exit status 1"}]\'')
+  return records
 
 
 def entry():
