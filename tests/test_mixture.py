@@ -87,6 +87,13 @@ def test_bad_mixtures_name_the_key():
     config_lib.DataConfig(corpora="a=shakespeare;a=shakespeare", mixture="a:1")
   with pytest.raises(config_lib.ConfigError, match="data.mixture='a:1e308,b:1e308'"):
     config_lib.DataConfig(corpora="a=shakespeare;b=shakespeare", mixture="a:1e308,b:1e308")
+  missing = lm.LanguageModeling(tiny_config(**{
+      "data.corpora": "a=shakespeare;b=prepared:/nonexistent", "data.mixture": "a:1,b:1"}))
+  bytes_tok = tokenizer_lib.load_tokenizer("bytes")
+  for read in (lambda: missing.train_dataset(bytes_tok, 0), lambda: missing.eval_batches(
+      bytes_tok, 1).__next__()):
+    with pytest.raises(FileNotFoundError, match=r"data.corpora \(b\): data.corpus=prepared:"):
+      read()
   with pytest.raises(config_lib.ConfigError, match="seed=-1 is invalid"):  # seeds the blocks
     tiny_config(seed=-1)
   with pytest.raises(config_lib.ConfigError, match="data.mixture=.*task.kind='classify'"):

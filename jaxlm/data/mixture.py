@@ -69,6 +69,14 @@ def sources(config: DataConfig) -> list[tuple[str, DataConfig, float]]:
           for name, spec, weight in config_lib.parse_mixture(config.corpora, config.mixture)]
 
 
+def stream(name: str, config: DataConfig, split: str, tok):
+  """A source's split (pipeline.token_stream); its errors name the source's key."""
+  try:
+    return pipeline.token_stream(config, split, tok)
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(f"data.corpora ({name}): {e}") from None
+
+
 class Mixture:
   """The training windows of a mixture: example(i) for i = 0, 1, ... (no end)."""
 
@@ -173,7 +181,7 @@ class Mixture:
 @functools.lru_cache(maxsize=4)
 def mixture(config: DataConfig, tok, seed: int) -> Mixture:
   parts = sources(config)
-  return Mixture([pipeline.token_stream(c, "train", tok) for _, c, _ in parts],
+  return Mixture([stream(name, c, "train", tok) for name, c, _ in parts],
                  [w for _, _, w in parts], config.seq_len, tok.eos_id, seed)
 
 
@@ -203,7 +211,8 @@ def eval_batches(config: DataConfig, tok, batch_size: int, max_batches: int = 0,
   source, every row's `sources` its source's number; max_batches > 0 gives each
   source per_source(max_batches) batches spread over its own split."""
   parts = sources(config)
-  for s, (_, c, _) in enumerate(parts):
+  for s, (name, c, _) in enumerate(parts):
+    stream(name, c, "validation", tok)  # opened here first: its errors name the source
     batches = pipeline.eval_batches(c, tok, batch_size, per_source(max_batches, len(parts)),
                                     process_index=process_index, process_count=process_count)
     for batch in batches:
