@@ -211,8 +211,9 @@ def eval_batches(config: DataConfig, tok, batch_size: int, max_batches: int = 0,
   source, every row's `sources` its source's number; max_batches > 0 gives each
   source per_source(max_batches) batches spread over its own split."""
   parts = sources(config)
-  for s, (name, c, _) in enumerate(parts):
-    stream(name, c, "validation", tok)  # opened here first: its errors name the source
+  for name, c, _ in parts:  # every source opened first: a missing one fails at once, named
+    stream(name, c, "validation", tok)
+  for s, (_, c, _) in enumerate(parts):
     batches = pipeline.eval_batches(c, tok, batch_size, per_source(max_batches, len(parts)),
                                     process_index=process_index, process_count=process_count)
     for batch in batches:
