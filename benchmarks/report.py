@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import sys
+
+from jaxlm import hardware
+
+# libtpu installed for planning (jax[tpu], the test extra) on a machine without a TPU: JAX
+# (here, and in the processes a benchmark starts) would try to open one and print a page of
+# warnings, as for the command lines (jaxlm/cli/__init__.py).
+if importlib.util.find_spec("libtpu") and hardware.cpu_only():
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if "jax" in sys.modules:  # imported before this module: before its first computation
+    sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
 
 # The vector extensions that decide which kernels XLA and PyTorch run on x86.
 EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
