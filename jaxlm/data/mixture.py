@@ -129,31 +129,30 @@ class Mixture:
     order = np.random.default_rng([self.seed, 1, b]).permutation(sum(map(len, src)))
     return np.concatenate(src)[order], np.concatenate(doc)[order]
 
-  def _starts(self, s: int, doc: np.ndarray) -> np.ndarray:
-    ends = self.ends[s]
-    return np.where(doc > 0, ends[np.maximum(doc - 1, 0)], 0)
-
-  def _lengths(self, src: np.ndarray, doc: np.ndarray) -> np.ndarray:
-    out = np.empty(len(doc), np.int64)
+  def _spans(self, src: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each (source, document) starts in its source's stream, and its length."""
+    starts, stops = np.empty(len(doc), np.int64), np.empty(len(doc), np.int64)
     for s, ends in enumerate(self.ends):
       at = src == s
-      out[at] = ends[doc[at]] - self._starts(s, doc[at])
-    return out
+      stops[at] = ends[doc[at]]
+      starts[at] = np.where(doc[at] > 0, ends[np.maximum(doc[at] - 1, 0)], 0)
+    return starts, stops - starts
 
   def _n_windows(self, b: int) -> int:
-    return max(int(self._lengths(*self.documents(b)).sum()) - 1, 0) // self.T
+    return max(int(self._spans(*self.documents(b))[1].sum()) - 1, 0) // self.T
 
   def _block(self, b: int):
     """Block b: (its tokens as a stream with document ids, each token's source, the order
     of its windows)."""
     src, doc = self.documents(b)
-    lengths = self._lengths(src, doc)
-    tokens = [self.streams[s].window(int(self._starts(s, np.array([d]))[0]), int(n))[0]
-              for s, d, n in zip(src, doc, lengths)]
+    starts, lengths = self._spans(src, doc)
+    tokens = [self.streams[s].window(int(start), int(n))[0]
+              for s, start, n in zip(src, starts, lengths)]
     stream = pipeline.ArrayStream(
         np.concatenate(tokens).astype(np.int32),
         np.repeat(np.arange(1, len(doc) + 1, dtype=np.int32), lengths))
-    order = np.random.default_rng([self.seed, 2, b]).permutation(self._n_windows(b))
+    n_windows = max(int(lengths.sum()) - 1, 0) // self.T
+    order = np.random.default_rng([self.seed, 2, b]).permutation(n_windows)
     return stream, np.repeat(src, lengths), order
 
   def locate(self, i: int) -> tuple[int, int]:
