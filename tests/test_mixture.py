@@ -154,6 +154,9 @@ def test_a_mixture_run_logs_sources_and_resumes_exactly(corpora, tmp_path):
   assert {"final_val_loss/data", "final_val_bpb/tasks"} <= set(summary)
   rows = [json.loads(l) for l in open(os.path.join(first, "metrics.jsonl"))]
   assert any("val_loss/tasks" in r for r in rows)
+  for r in (r for r in rows if "loss" in r):  # each source's training loss: the batch's
+    parts = [r["stats"][f"loss/{name}"] for name in ("data", "tasks")]  # is their mean
+    assert min(parts) <= r["loss"] <= max(parts), r
   losses = [r["loss"] for r in rows if "loss" in r]
   # Resumed from checkpoint 3: the same batches, so the same losses.
   shutil.rmtree(os.path.join(first, "checkpoints", "6"))

@@ -34,14 +34,22 @@ def token_nll(params, batch: dict, config: Config):
   return nll_BT, lse_BT, stats
 
 
-def loss_fn(params, batch: dict, config: Config):
+def loss_fn(params, batch: dict, config: Config, sources: tuple[str, ...] = ()):
   """Mean next-token cross-entropy over weighted targets (plus train.z_loss times the
   mean squared log-sum-exp of the logits: PaLM's z-loss, which keeps the softmax's
-  normalizer near 1), and the model's statistics (with the z-loss term, if on)."""
+  normalizer near 1), and the model's statistics (with the z-loss term, if on; with a
+  mixture's source names, `loss/NAME`: each source's mean loss in the batch, which
+  microbatches (train.microbatches) average by their token weight)."""
   nll_BT, lse_BT, stats = token_nll(params, batch, config)
   weights_BT = batch["weights"]
   mean = lambda x_BT: jnp.sum(x_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
   loss = mean(nll_BT)
+  if sources:
+    by_source = lambda x_BT: jax.ops.segment_sum(
+        x_BT.reshape(-1), batch["sources"].reshape(-1), num_segments=len(sources))
+    nll_S, tokens_S = by_source(nll_BT * weights_BT), by_source(weights_BT)
+    stats.update({f"loss/{name}": nll_S[s] / jnp.maximum(tokens_S[s], 1.0)
+                  for s, name in enumerate(sources)})
   if config.train.z_loss:
     stats["z_loss"] = config.train.z_loss * mean(jnp.square(lse_BT))
     loss = loss + stats["z_loss"]
@@ -96,7 +104,7 @@ class LanguageModeling:
     return shapes
 
   def loss(self, params, batch: dict):
-    return loss_fn(params, batch, self.config)
+    return loss_fn(params, batch, self.config, tuple(name for name, _, _ in self.sources))
 
   def loss_weight(self, batch: dict):
     return jnp.sum(batch["weights"])
