@@ -7,8 +7,8 @@ collectives' bytes against their minimum, and the roofline (jaxlm/train/plan.py)
 H100: GPT-2 124M's step at the batch and remat of each row measured on one H100
 (benchmarks/results/h100/, docs/benchmarks.md) is compiled here for one CPU device and
 estimated with the H100's stated peak and HBM bandwidth, beside the measured step time.
-HBM bytes are XLA's bytes accessed with every layer counted (hbm_bytes(): two more
-compiles, the layers unrolled at depth 1 and 2; a scanned layer is counted once).
+HBM bytes are XLA's bytes accessed with every layer counted (plan.hbm_bytes: two more
+compiles, the layers unrolled at depth 1 and 2, where they are scanned).
 
   python benchmarks/step_time.py [--pods llama_1b:v5p-128,llama_7b:v5p-256] [--no_h100]
       [--out FILE]
@@ -42,17 +42,6 @@ def _trainer(name: str, devices, overrides):
   return Trainer(c, sharding.make_mesh(c.mesh, devices), np.ones(c.model.vocab_size, np.int32))
 
 
-def hbm_bytes(name: str, devices, overrides, n_layers: int) -> float:
-  """XLA's bytes accessed per device with every layer counted: the step's layers
-  unrolled at 1 and 2 layers, the difference taken as one layer's (a scanned layer's
-  body is counted once)."""
-  from jaxlm import hardware
-  from jaxlm.train import plan
-  b1, b2 = (hardware.bytes_accessed(plan.compile_step(_trainer(name, devices, [
-      *overrides, f"model.n_layers={n}", "model.layer_loop=unroll"]))) for n in (1, 2))
-  return b1 + (n_layers - 1) * (b2 - b1)
-
-
 def plan_row(name: str, devices, chip, overrides=()):
   from jaxlm import params as params_lib
   from jaxlm.train import plan
@@ -65,8 +54,7 @@ def plan_row(name: str, devices, chip, overrides=()):
   items, least = plan.communication(compiled, trainer,
                                     params_lib.param_count(trainer.specs)["total"])
   moved = sum(x.moved_bytes for x in items)
-  est = plan.roofline(compiled, trainer, chip, moved,
-                      hbm_bytes(name, devices, overrides, c.model.n_layers))
+  est = plan.roofline(compiled, trainer, chip, moved)
   tokens = c.train.batch_size * c.data.seq_len
   need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
           + mem.temp_size_in_bytes)

@@ -14,6 +14,7 @@ import math
 import jax
 import numpy as np
 
+from jaxlm import config as config_lib
 from jaxlm import hardware
 from jaxlm import params as params_lib
 from jaxlm import sharding
@@ -127,19 +128,39 @@ def describe(config: Config, topology: str | None = None) -> str:
 RECOMPUTE = {"none": 1.0, "dots": 1.0, "full": 4 / 3}
 
 
-def roofline(compiled, trainer, chip: hardware.Chip, comm_bytes: float,
-             hbm_bytes: float | None = None) -> hardware.Estimate:
+def hbm_bytes(compiled, trainer) -> float:
+  """XLA's bytes accessed per device by the compiled step with every layer counted.
+
+  XLA's cost analysis (hardware.bytes_accessed) takes a loop body once; where the
+  layers run in a lax.scan (model.layer_loop scan, or auto off CPU) the step is
+  compiled again with its layers unrolled at 1 and 2 layers, the difference taken
+  as one layer's: 1 layer's bytes + (L - 1) x one layer's. An encoder-decoder's
+  stacks and the microbatch loop (train.microbatches) are still counted once.
+  """
+  c = trainer.config
+  counted = hardware.bytes_accessed(compiled)
+  loop = c.model.layer_loop
+  if loop == "auto":  # as transformer.layer_stack decides, by the mesh's platform
+    loop = "unroll" if trainer.mesh.devices.flat[0].platform == "cpu" else "scan"
+  if loop == "unroll" or c.model.encoder_layers or c.model.n_layers < 2 or not counted:
+    return counted
+  b1, b2 = (hardware.bytes_accessed(compile_step(Trainer(
+      config_lib.replace(c, **{"model.n_layers": n, "model.layer_loop": "unroll"}),
+      trainer.mesh, trainer.token_bytes))) for n in (1, 2))
+  return b1 + (c.model.n_layers - 1) * (b2 - b1)
+
+
+def roofline(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> hardware.Estimate:
   """The roofline estimate of one compiled step on `chip` (hardware.estimate): compute from
   the model's FLOPs (6N + attention, times RECOMPUTE under remat; XLA's own count takes
-  a loop body once), HBM traffic from XLA's bytes accessed (or `hbm_bytes`, counted
-  otherwise), links from `comm_bytes`."""
+  a loop body once), HBM traffic from hbm_bytes() (XLA's bytes accessed, every layer
+  counted), links from `comm_bytes`."""
   c = trainer.config
   model_flops = trainer.task.flops_per_token() * c.train.batch_size * c.data.seq_len \
       / trainer.mesh.size
-  if hbm_bytes is None:
-    hbm_bytes = hardware.bytes_accessed(compiled)
   return hardware.estimate(chip, flops=model_flops * RECOMPUTE[c.model.remat],
-                           hbm_bytes=hbm_bytes, comm_bytes=comm_bytes, model_flops=model_flops)
+                           hbm_bytes=hbm_bytes(compiled, trainer), comm_bytes=comm_bytes,
+                           model_flops=model_flops)
 
 
 def step_time(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> list[str]:
@@ -152,7 +173,7 @@ def step_time(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> list
       f"on {chip.name}; MFU at most {est.mfu(est.overlapped_s):.0%} / "
       f"{est.mfu(est.serial_s):.0%}; {est.bound}-bound",
       f"  compute {ms(est.compute_s)} ({trainer.config.model.remat} remat), HBM "
-      f"{ms(est.memory_s)} (XLA's bytes accessed; loop bodies once), communication "
+      f"{ms(est.memory_s)} (XLA's bytes accessed, every layer), communication "
       f"{ms(est.comm_s)} (at {chip.collective_bandwidth / 1e9:,.0f} GB/s per chip)",
   ]
 
