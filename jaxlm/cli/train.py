@@ -80,11 +80,8 @@ def main(argv):
     run = loop.setup(config, workdir, mode)
   except (ValueError, KeyError, FileNotFoundError) as e:
     fail(str(e))
-  if jax.process_index() == 0:
-    known = [{k: v for k, v in r.items() if k != "restart"} for r in files.read_restarts(workdir)]
-    for record in records:  # an attempt that died before this point left its record out
-      if record not in known:
-        files.record_restart(workdir, record)
+  if jax.process_index() == 0:  # an attempt that died before this point left its record out
+    files.add_restarts(workdir, records)
   try:
     loop.run(run)
   except loop.NonFiniteError as e:  # not bad input, but one readable line, and a status

@@ -157,13 +157,26 @@ def _shard_name(index: int) -> str:
   return f"{index:05d}"
 
 
+def _record_path(out: str, index: int) -> str:
+  """DIR/shards/<shard>.json: a finished shard's record, written last."""
+  return os.path.join(out, "shards", _shard_name(index) + ".json")
+
+
+def _done(out: str, index: int) -> dict | None:
+  """The record of shard `index` if a prepare finished it."""
+  path = _record_path(out, index)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _prepare_shard(job) -> dict:
   """Tokenizes one shard's files into its split files; returns (and records) its counts."""
   index, kind, members, out, spec, options = job
-  done = os.path.join(out, "shards", _shard_name(index) + ".json")
-  if os.path.exists(done):  # finished by an earlier (killed) prepare
-    with open(done) as f:
-      return json.load(f)
+  done = _done(out, index)
+  if done is not None:  # finished by an earlier (killed) prepare, or another task
+    return done
   tok = spec.load()
   dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
   parts = {s: {"ids": [], "ends": [], "documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
@@ -185,7 +198,7 @@ def _prepare_shard(job) -> dict:
     _write_npy(base + ".tokens.npy", ids)
     _write_npy(base + ".docs.npy", np.asarray(part["ends"], np.int64))
     record[split] = {k: part[k] for k in ("documents", "tokens", "bytes")}
-  _write_json(done, record)  # last: the shard is complete
+  _write_json(_record_path(out, index), record)  # last: the shard is complete
   return record
 
 
@@ -270,18 +283,14 @@ def merge(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Opti
   if manifest is not None:
     return manifest
   n = len(source.shards)
-  done = [os.path.join(out, "shards", _shard_name(i) + ".json") for i in range(n)]
-  missing = [i for i in range(n) if not os.path.exists(done[i])]
+  records = [_done(out, i) for i in range(n)]
+  missing = [i for i, r in enumerate(records) if r is None]
   if missing:
     listed = ", ".join(_shard_name(i) for i in missing[:8]) + (", ..." if len(missing) > 8
                                                                 else "")
     raise ValueError(f"--out={out}: {len(missing)} of {n} shards are not prepared yet "
                      f"({listed}); shard i is prepare task i % --num_tasks's part: rerun "
                      "those tasks, then --merge")
-  records = []
-  for path in done:
-    with open(path) as f:
-      records.append(json.load(f))
   return _write_manifest(out, spec, tokenizer, tok, options, digest, records, source)
 
 

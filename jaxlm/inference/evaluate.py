@@ -17,7 +17,6 @@ is given (0..T-1; positions restart where a document starts).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -92,21 +91,6 @@ def evaluate(params, config: Config, tok, mesh, split: str = "validation",
   summary) and `mixture` (loss and bits per byte averaged with the mixture's
   weights, the training run's val_loss and val_bpb).
   """
-  if not config.data.mixture:
-    return summarize(_sums(params, config, tok, mesh, split, max_batches))
-  parts = mixture.sources(config.data)
-  per = mixture.per_source(max_batches, len(parts))  # as the training evaluation
-  sums = {name: _sums(params, dataclasses.replace(config, data=data), tok, mesh, split, per)
-          for name, data, _ in parts}
-  by_source = {name: summarize(s) for name, s in sums.items()}
-  total = summarize(jax.tree.map(lambda *xs: sum(xs), *sums.values()))
-  weighted = {key: sum(w * by_source[name][key] for name, _, w in parts)
-              for key in ("loss", "bits_per_byte")}
-  return {**total, "sources": by_source, "mixture": weighted}
-
-
-def _sums(params, config: Config, tok, mesh, split: str, max_batches: int) -> dict:
-  """eval_sums over the split of config.data, added over its batches."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is invalid: expected one of {', '.join(SPLITS)}")
   rules = config.mesh.rules
@@ -118,11 +102,23 @@ def _sums(params, config: Config, tok, mesh, split: str, max_batches: int) -> di
     with sharding.activation_rules(mesh, rules):
       return eval_sums(params, batch, config=config, token_bytes=token_bytes)
 
-  batches = pipeline.eval_batches(config.data, tok, config.train.batch_size, max_batches,
-                                  split=split)
-  sums = sum_batches(lambda b: step(params, jax.device_put(b, batch_sharding)),
-                     loggers.progress(batches, desc=f"evaluating {split}"))
-  return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in sums.items()}
+  def sums_of(data, n_batches: int) -> dict:
+    """eval_sums over the split of one data config, added over its batches."""
+    batches = pipeline.eval_batches(data, tok, config.train.batch_size, n_batches, split=split)
+    sums = sum_batches(lambda b: step(params, jax.device_put(b, batch_sharding)),
+                       loggers.progress(batches, desc=f"evaluating {split}"))
+    return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in sums.items()}
+
+  if not config.data.mixture:
+    return summarize(sums_of(config.data, max_batches))
+  parts = mixture.sources(config.data)
+  per = mixture.per_source(max_batches, len(parts))  # as the training evaluation
+  sums = {name: sums_of(data, per) for name, data, _ in parts}
+  by_source = {name: summarize(s) for name, s in sums.items()}
+  total = summarize(jax.tree.map(lambda *xs: sum(xs), *sums.values()))
+  weighted = {key: sum(w * by_source[name][key] for name, _, w in parts)
+              for key in ("loss", "bits_per_byte")}
+  return {**total, "sources": by_source, "mixture": weighted}
 
 
 def sum_batches(evaluate_batch, batches) -> dict:

@@ -263,6 +263,14 @@ def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
   return x_BTD, ({} if max_logit_L is None else {"max_attention_logit": max_logit_L})
 
 
+def layer_loop(config: ModelConfig, platform: str) -> str:
+  """The layer loop, scan or unroll: model.layer_loop, "auto" decided by the platform
+  (layer_stack says why)."""
+  if config.layer_loop != "auto":
+    return config.layer_loop
+  return "unroll" if platform == "cpu" else "scan"
+
+
 def layer_stack(body, x, stacked, config: ModelConfig, specs=None):
   """Runs `body(x, layer_params) -> (x, aux)` over params stacked on a leading L axis.
 
@@ -289,10 +297,7 @@ def layer_stack(body, x, stacked, config: ModelConfig, specs=None):
                                    is_leaf=params_lib.is_spec))
   if config.remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[config.remat])
-  loop = config.layer_loop
-  if loop == "auto":
-    loop = "unroll" if sharding.platform() == "cpu" else "scan"
-  if loop == "scan":
+  if layer_loop(config, sharding.platform()) == "scan":
     return jax.lax.scan(body, x, stacked)
   # One split per leaf, not L indexing ops: the gradient of a split is one
   # concatenate, while that of a[i] is a pad to the whole stack, summed over L.

@@ -107,6 +107,15 @@ def record_restart(workdir: str, record: dict) -> int:
   return len(records)
 
 
+def add_restarts(workdir: str, records: list[dict]) -> None:
+  """Records each of `records` not yet in WORKDIR/restarts.jsonl (compared without their
+  numbers): a launcher that hands a run every restart so far (launch/tpu_vm.py)."""
+  known = [{k: v for k, v in r.items() if k != "restart"} for r in read_restarts(workdir)]
+  for record in records:
+    if record not in known:
+      record_restart(workdir, record)
+
+
 def last_checkpoint(workdir: str) -> int | None:
   """The highest complete checkpoint step in WORKDIR/checkpoints, without loading JAX.
 

@@ -34,6 +34,11 @@ def token_nll(params, batch: dict, config: Config):
   return nll_BT, lse_BT, stats
 
 
+def by_source(x_BT, sources_BT, n_sources: int):
+  """Sums of x_BT over the tokens of each source: (n_sources,)."""
+  return jax.ops.segment_sum(x_BT.reshape(-1), sources_BT.reshape(-1), num_segments=n_sources)
+
+
 def loss_fn(params, batch: dict, config: Config, sources: tuple[str, ...] = ()):
   """Mean next-token cross-entropy over weighted targets (plus train.z_loss times the
   mean squared log-sum-exp of the logits: PaLM's z-loss, which keeps the softmax's
@@ -45,9 +50,8 @@ def loss_fn(params, batch: dict, config: Config, sources: tuple[str, ...] = ()):
   mean = lambda x_BT: jnp.sum(x_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
   loss = mean(nll_BT)
   if sources:
-    by_source = lambda x_BT: jax.ops.segment_sum(
-        x_BT.reshape(-1), batch["sources"].reshape(-1), num_segments=len(sources))
-    nll_S, tokens_S = by_source(nll_BT * weights_BT), by_source(weights_BT)
+    nll_S, tokens_S = (by_source(x_BT, batch["sources"], len(sources))
+                       for x_BT in (nll_BT * weights_BT, weights_BT))
     stats.update({f"loss/{name}": nll_S[s] / jnp.maximum(tokens_S[s], 1.0)
                   for s, name in enumerate(sources)})
   if config.train.z_loss:
@@ -115,9 +119,7 @@ class LanguageModeling:
     sums = {"nll": nll_BT * w_BT, "tokens": w_BT, "bytes": token_bytes[batch["targets"]] * w_BT}
     if not self.sources:
       return {k: jnp.sum(v) for k, v in sums.items()}
-    by_source = lambda x_BT: jax.ops.segment_sum(x_BT.reshape(-1), batch["sources"].reshape(-1),
-                                                 num_segments=len(self.sources))
-    return {k: by_source(v) for k, v in sums.items()}
+    return {k: by_source(v, batch["sources"], len(self.sources)) for k, v in sums.items()}
 
   def summarize(self, sums: dict) -> dict:
     if not self.sources:

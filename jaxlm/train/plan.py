@@ -19,6 +19,7 @@ from jaxlm import hardware
 from jaxlm import params as params_lib
 from jaxlm import sharding
 from jaxlm.config import Config, ConfigError
+from jaxlm.models import transformer
 from jaxlm.train import comm
 from jaxlm.train.step import Trainer
 
@@ -140,9 +141,7 @@ def hbm_bytes(compiled, trainer) -> float:
   """
   c = trainer.config
   counted = hardware.bytes_accessed(compiled)
-  loop = c.model.layer_loop
-  if loop == "auto":  # as transformer.layer_stack decides, by the mesh's platform
-    loop = "unroll" if trainer.mesh.devices.flat[0].platform == "cpu" else "scan"
+  loop = transformer.layer_loop(c.model, trainer.mesh.devices.flat[0].platform)
   if loop == "unroll" or c.model.encoder_layers or c.model.n_layers < 2 or not counted:
     return counted
   unrolled = lambda n: hardware.bytes_accessed(compile_step(Trainer(
