@@ -13,6 +13,7 @@ import contextvars
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -179,6 +180,80 @@ def gathered(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   return gather(x)
 
 
+def _batch_entry(rows: int):
+  """(mesh, the PartitionSpec entry that splits `rows` rows of a batch, n: the number of
+  pieces), or None outside activation_rules() or where the batch is not split."""
+  active = _ACTIVE.get()
+  if active is None:
+    return None
+  mesh, rules = active
+  spec = logical_to_spec(("batch",), rules, (rows,), mesh)
+  entry = spec[0] if len(spec) else None
+  n = math.prod(mesh.shape[a] for a in spec_axes(entry))
+  return (mesh, entry, n) if n > 1 else None
+
+
+def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
+  """(n, *x.shape): parameter x (logical `axes`), gathered whole over the batch's mesh axes
+  and copied once to each of the n devices that split a batch of `rows` rows, along a new
+  first axis split over those axes; x itself (no new axis) where the batch is not split.
+
+  For a weight used on each device's own rows (an embedding lookup, the output
+  projection; `per_device`): autodiff then sums the uses' gradients on each device, a
+  (n, ...) array of partials that never moves, and this function's gradient reduces the
+  sum across devices once, into x's own sharding. Used directly, each use's partial
+  gradient is reduced where it is computed (a tied embedding's twice), and a lookup's
+  scatter-add into a table split over "fsdp" reshards its (B, T, D) input through a full
+  replication (XLA's "involuntary full rematerialization").
+  """
+  where = _batch_entry(rows)
+  if where is None:
+    return x
+  mesh, entry, n = where
+  own = logical_to_spec(axes, _ACTIVE.get()[1], x.shape, mesh)
+  own = P(*own, *([None] * (x.ndim - len(own))))
+  batch = spec_axes(entry)
+  rest = [tuple(a for a in spec_axes(e) if a not in batch) or None for e in own]
+  # Where x is split over batch axes (FSDP), their sum is a reduce-scatter into x's
+  # shard; over the others (data) an all-reduce of that shard. Written out in a
+  # shard_map: XLA's CPU pipeline would all-reduce the whole sum and slice it.
+  scatter = [tuple(a for a in spec_axes(e) if a in batch) for e in own]
+  summed = tuple(a for a in batch if not any(a in s for s in scatter))
+
+  def reduce(g_1X):
+    g_X = g_1X[0]
+    for dim, over in enumerate(scatter):
+      if over:
+        g_X = jax.lax.psum_scatter(g_X, over, scatter_dimension=dim, tiled=True)
+    return jax.lax.psum(g_X, summed) if summed else g_X
+
+  copies = P(entry, *rest)
+  reduced = P(*((r or ()) + s or None for r, s in zip(rest, scatter)))
+  reduce = jax.shard_map(reduce, mesh=mesh, in_specs=copies, out_specs=reduced,
+                         axis_names={a for e in copies for a in spec_axes(e)}, check_vma=False)
+  copies = NamedSharding(mesh, copies)
+
+  @jax.custom_vjp
+  def copy(v):
+    return jax.lax.with_sharding_constraint(jnp.broadcast_to(v[None], (n, *v.shape)), copies)
+
+  copy.defvjp(lambda v: (copy(v), None),
+              lambda _, g: (jax.lax.with_sharding_constraint(reduce(g), NamedSharding(mesh, own)),))
+  return copy(x)
+
+
+def per_device(f, copies: jax.Array, *batched: jax.Array) -> jax.Array:
+  """f(copy, *rows) on each device: its copy (device_copies, (n, ...)) and its own rows of
+  the `batched` arrays (split along their first axis), concatenated back along rows."""
+  n = copies.shape[0]
+  mesh, entry, _ = _batch_entry(batched[0].shape[0])
+  split = [jax.lax.with_sharding_constraint(
+      a.reshape(n, a.shape[0] // n, *a.shape[1:]), NamedSharding(mesh, P(entry)))
+      for a in batched]
+  out = jax.vmap(f)(copies, *split)
+  return out.reshape(-1, *out.shape[2:])
+
+
 def axis_size(name: str) -> int:
   """The size of mesh axis `name` of the active rules' mesh (1 outside activation_rules())."""
   active = _ACTIVE.get()
@@ -201,18 +276,13 @@ def over_batch(f, batched: tuple, replicated: tuple):
   chunks) is then summed across devices once, after f, where a loop under automatic
   sharding all-reduced it in every iteration. Outside activation_rules(): just f.
   """
-  active = _ACTIVE.get()
-  if active is None:
+  where = _batch_entry(batched[0].shape[0])
+  if where is None:
     return f(*batched, *replicated)
-  mesh, rules = active
-  spec = logical_to_spec(("batch",), rules, batched[0].shape[:1], mesh)
-  entry = spec[0] if len(spec) else None
-  axes = spec_axes(entry)
-  if not axes:
-    return f(*batched, *replicated)
+  mesh, entry, _ = where
   rows = P(entry)
   return jax.shard_map(f, mesh=mesh, in_specs=(rows,) * len(batched) + (P(),) * len(replicated),
-                       out_specs=rows, axis_names=set(axes), check_vma=False)(
+                       out_specs=rows, axis_names=set(spec_axes(entry)), check_vma=False)(
                            *batched, *replicated)
 
 

@@ -115,3 +115,13 @@ def test_fsdp_gathers_the_output_weight_instead_of_reducing_logits():
   assert gathered <= 1.1 * least["fsdp parameters"]
   lines = comm.report(items, least)
   assert lines[0].startswith("communication ") and "measured / minimum" in lines[0]
+
+
+@pytest.mark.parametrize("name,mesh", [("gpt2_small", (8, 1, 1)), ("gpt2_small", (2, 4, 1)),
+                                       ("gpt2_small", (1, 4, 2)), ("llama_small", (2, 2, 2))])
+def test_step_moves_at_most_a_tenth_over_its_minimum(name, mesh):
+  # A tied table's two gradients were reduced apart (2x its bytes with data parallelism),
+  # and on CPU gradients under tensor parallelism were all-reduced whole, then sliced
+  # (transformer.device_tables, sharding.device_copies; docs/sharding.md).
+  items, least = _compiled(name, mesh)
+  assert sum(c.moved_bytes for c in items) <= 1.1 * sum(least.values())

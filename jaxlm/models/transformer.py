@@ -180,20 +180,67 @@ def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
   """Token (and learned position) embeddings (B, T, D) in the compute dtype."""
   c = config
   dtype = jnp.dtype(c.compute_dtype)
-  # The tables whole along D before the lookup (FSDP's all-gather of a parameter): a
-  # gather from a table split over D makes XLA reshard its (B, T, D) gradient from the
-  # batch's sharding to the table's through a full replication. Their gradients are
-  # reduce-scattered back (sharding.gathered), except under tensor parallelism, where the
-  # scatter-add's reduce-scatter brings that resharding back on mesh (2, 2, 2) (tests/
-  # test_sharding.py) and a plain constraint all-reduces the gradient whole instead.
-  fetch = (sharding.gathered if sharding.axis_size("tensor") == 1 else
-           lambda w, axes: sharding.constrain(w, (axes[0], "act_embed")))
-  table_VD = fetch(params["embed"], ("vocab", "embed"))
-  x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dtype)
+  x_BTD = _lookup(params["embed"], tokens_BT, "vocab").astype(dtype)
   if c.positions == "learned":
-    table_PD = fetch(params["pos_embed"], ("positions", "embed"))
-    x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
+    x_BTD = x_BTD + _lookup(params["pos_embed"], positions_BT, "positions").astype(dtype)
   return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
+
+
+def _lookup(table, ids_BT: jax.Array, rows_axis: str) -> jax.Array:
+  """Rows of a (R, D) table, or of each device's copy of it (n, R, D) (device_tables)."""
+  if table.ndim == 3:
+    return sharding.per_device(lambda t_RD, i_BT: jnp.take(t_RD, i_BT, axis=0), table, ids_BT)
+  return jnp.take(_whole_table(table, rows_axis), ids_BT, axis=0)
+
+
+def _whole_table(table, rows_axis: str):
+  # A table whole along D before the lookup (FSDP's all-gather of a parameter): a gather
+  # from a table split over D makes XLA reshard its (B, T, D) gradient from the batch's
+  # sharding to the table's through a full replication. The gradient is reduce-scattered
+  # back (sharding.gathered), except under tensor parallelism, where the scatter-add's
+  # reduce-scatter brings that resharding back on mesh (2, 2, 2) (tests/test_sharding.py)
+  # and a plain constraint all-reduces the gradient whole instead. A step that
+  # differentiates the tables gives each device a copy instead (device_tables).
+  if sharding.axis_size("tensor") == 1:
+    return sharding.gathered(table, (rows_axis, "embed"))
+  return sharding.constrain(table, (rows_axis, "act_embed"))
+
+
+def device_tables(params: dict, config: ModelConfig, rows: int) -> dict:
+  """params with a tied embedding table and the learned position table as one copy per
+  device of the batch's mesh axes (sharding.device_copies), for a loss over `rows` rows
+  that is differentiated: each device looks its own rows up (and projects them) in its
+  own copy, so a tied table's two gradients are summed on the device and reduced across
+  devices once, and no lookup's gradient reshards activations. embed(), next_token_nll()
+  and logits_rms() take either form; params unchanged where the batch is not split.
+
+  An untied output weight is copied too: its gradient is then reduce-scattered where
+  XLA's CPU pipeline all-reduces it whole. An untied token table is copied only where
+  XLA cannot move its lookup's gradient well: under tensor parallelism (all-reduced
+  whole) and with both data and FSDP axes (resharded through a full replication, an
+  all-gather of every device's activations). With FSDP alone, XLA sends the (B, T, D)
+  gradient to the table's shards (an all-to-all), less than a reduced (V, D) table
+  while the tokens per device are fewer than the vocabulary.
+
+  Not on TPU: XLA's TPU compiler moves these gradients well itself (windowed einsums;
+  gpt2_small over the 8 chips of a v5p-16 with fsdp 8: 0.96x the minimum) and turns the
+  copies' explicit reduce-scatter into an all-reduce of the whole table (1.65x).
+  """
+  if sharding.platform() == "tpu":
+    return params
+  out = dict(params)
+  tables = {}
+  size = sharding.axis_size
+  if (config.tie_embeddings or size("tensor") > 1
+      or (size("data") > 1 and size("fsdp") > 1)):
+    tables["embed"] = ("vocab", "embed")
+  if not config.tie_embeddings:
+    tables["unembed"] = ("embed", "vocab")
+  if config.positions == "learned":
+    tables["pos_embed"] = ("positions", "embed")
+  for key, axes in tables.items():
+    out[key] = sharding.device_copies(params[key], axes, rows)
+  return out
 
 
 def _readout_input(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
@@ -209,9 +256,13 @@ def unembed_weight(params: dict, config: ModelConfig) -> jax.Array:
   sharded (FSDP) XLA would otherwise all-reduce partial (B, T, V) logits, forward and
   backward, instead of all-gathering the weight (24 of 42 MiB per step of the default
   experiment on mesh (2, 4, 1); docs/sharding.md). Its gradient is reduce-scattered back
-  to the parameter's sharding (sharding.gathered)."""
-  w_DV = params["embed"].T if config.tie_embeddings else params["unembed"]
-  return sharding.gathered(w_DV, ("embed", "vocab"))
+  to the parameter's sharding (sharding.gathered). (n, D, V), each device's copy, where
+  params come from device_tables()."""
+  tied = config.tie_embeddings
+  w = params["embed"] if tied else params["unembed"]
+  if w.ndim == 3:  # each device's copy (device_tables): (n, D, V)
+    return jnp.swapaxes(w, 1, 2) if tied else w
+  return sharding.gathered(w.T if tied else w, ("embed", "vocab"))
 
 
 def unembed(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
@@ -334,8 +385,12 @@ def logits_rms(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array
   """
   x_RD = _readout_input(params, x_BTD, config).reshape(-1, x_BTD.shape[-1]).astype(jnp.float32)
   w_DV = unembed_weight(params, config).astype(jnp.float32)
-  total = jnp.sum((x_RD.T @ x_RD) * (w_DV @ w_DV.T))
-  count = float(x_RD.shape[0]) * w_DV.shape[1]  # a Python float: B*T*V passes 2**31 at scale
+  if w_DV.ndim == 3:  # each device's copy (device_tables): the same Gram matrix on each
+    gram_DD = jnp.mean(jnp.einsum("ndv,nev->nde", w_DV, w_DV), axis=0)
+  else:
+    gram_DD = w_DV @ w_DV.T
+  total = jnp.sum((x_RD.T @ x_RD) * gram_DD)
+  count = float(x_RD.shape[0]) * w_DV.shape[-1]  # a Python float: B*T*V passes 2**31 at scale
   return jnp.sqrt(jnp.maximum(total, 0.0) / count)
 
 

@@ -26,11 +26,12 @@ def token_nll(params, batch: dict, config: Config):
   """Per-token next-token cross-entropy (B, T), the logits' log-sum-exp (B, T), and the
   model's statistics (the layers' largest attention scores, the output logits' RMS)."""
   segments = batch["segment_ids"] if config.data.mask_documents else None
-  x_BTD, stats = transformer.trunk(params, batch["inputs"], config.model, with_stats=True,
+  tables = transformer.device_tables(params, config.model, batch["inputs"].shape[0])
+  x_BTD, stats = transformer.trunk(tables, batch["inputs"], config.model, with_stats=True,
                                    positions_BT=batch["positions"], segment_ids_BT=segments)
-  nll_BT, lse_BT = transformer.next_token_nll(params, x_BTD, batch["targets"], config.model,
+  nll_BT, lse_BT = transformer.next_token_nll(tables, x_BTD, batch["targets"], config.model,
                                               config.train.loss_chunk, return_lse=True)
-  stats = {**stats, "logits_rms": transformer.logits_rms(params, x_BTD, config.model)}
+  stats = {**stats, "logits_rms": transformer.logits_rms(tables, x_BTD, config.model)}
   return nll_BT, lse_BT, stats
 
 
