@@ -84,6 +84,12 @@ def test_minimum_of_each_parallelism():
   # gathered forward and backward, in the compute dtype (param_bytes)
   assert fsdp["gradients"] == 4 * P * 3 / 4 and fsdp["fsdp parameters"] == 2 * 4 * P * 3 / 4
   assert comm.minimum(P, {"tensor": 2}, **kw)["tensor activations"] == 4 * 2 * 2 * 0.5 * 64 * 8 * 4
+  # An encoder-decoder (3 encoder layers over 32 source tokens per device): the encoder's
+  # 4 all-reduces per layer, the decoder's cross-attention (2 per layer) and the memory's
+  # gradient (once), each of (tokens, d) and 2 (T-1)/T of it per device.
+  seq2seq = comm.minimum(P, {"tensor": 2}, **kw, encoder_layers=3, source_tokens_per_device=32)
+  rows = 4 * 2 * 64 + 4 * 3 * 32 + 2 * 2 * 64 + 32
+  assert seq2seq["tensor activations"] == 2 * 0.5 * rows * 8 * 4
 
 
 def _compiled(name, mesh, **changes):

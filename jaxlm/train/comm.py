@@ -29,7 +29,9 @@ bf16, below this count:
   2 p P/T (F-1)/F;
 - tensor parallelism: two activation all-reduces per layer forward (after
   attention and after the MLP) and two backward: 4 L · 2 (T-1)/T · B d a, with
-  a the bytes of an activation.
+  a the bytes of an activation. An encoder-decoder (L_e encoder layers, S source
+  tokens per device, L decoder layers) adds its encoder's 4 L_e S rows, the
+  decoder's cross-attention (2 L B) and the encoder output's gradient (S rows, once).
 """
 
 from __future__ import annotations
@@ -217,15 +219,22 @@ def by_kind(items: list[Collective]) -> dict[str, dict]:
 
 
 def minimum(params: int, mesh: dict, *, tokens_per_device: int, d_model: int, n_layers: int,
-            grad_bytes: int = 4, param_bytes: int = 4, act_bytes: int = 4) -> dict[str, float]:
-  """The least bytes per device a train step moves on this mesh (module docstring)."""
+            grad_bytes: int = 4, param_bytes: int = 4, act_bytes: int = 4,
+            encoder_layers: int = 0, source_tokens_per_device: int = 0) -> dict[str, float]:
+  """The least bytes per device a train step moves on this mesh (module docstring).
+  encoder_layers > 0: an encoder-decoder, n_layers its decoder's."""
   D, F, T = mesh.get("data", 1), mesh.get("fsdp", 1), mesh.get("tensor", 1)
   per_t = params / T
+  B, S = tokens_per_device, source_tokens_per_device
+  # Activation all-reduces, each of (tokens, d_model), forward and backward: after the
+  # attention and the MLP of every layer, after the decoder's cross-attention, and the
+  # gradient of the encoder's output, which every decoder layer reads (summed, then once).
+  reduced_rows = 4 * n_layers * B + (4 * encoder_layers * S + 2 * n_layers * B + S
+                                     if encoder_layers else 0)
   return {
       "gradients": grad_bytes * per_t * ((F - 1) / F + 2 * (D - 1) / (D * F)),
       "fsdp parameters": 2 * param_bytes * per_t * (F - 1) / F,
-      "tensor activations": 4 * n_layers * 2 * (T - 1) / T * tokens_per_device * d_model
-      * act_bytes,
+      "tensor activations": 2 * (T - 1) / T * reduced_rows * d_model * act_bytes,
   }
 
 

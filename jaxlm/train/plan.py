@@ -189,6 +189,9 @@ def communication(compiled, trainer, n_params: int) -> tuple[list, dict]:
   least = comm.minimum(
       n_params, shape, tokens_per_device=c.train.batch_size * c.data.seq_len // replicas,
       d_model=c.model.d_model, n_layers=c.model.n_layers,
+      encoder_layers=c.model.encoder_layers,
+      source_tokens_per_device=c.train.batch_size * (c.data.source_len or c.data.seq_len)
+      // replicas,
       grad_bytes=np.dtype(c.model.param_dtype).itemsize,
       param_bytes=np.dtype(c.model.compute_dtype).itemsize,
       act_bytes=np.dtype(c.model.compute_dtype).itemsize)
