@@ -220,7 +220,7 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   scatter = [tuple(a for a in spec_axes(e) if a in batch) for e in own]
   summed = tuple(a for a in batch if not any(a in s for s in scatter))
 
-  def reduce(g_1X):
+  def reduce_own(g_1X):  # on each device: its partial (1, ...) -> its shard of the sum
     g_X = g_1X[0]
     for dim, over in enumerate(scatter):
       if over:
@@ -228,14 +228,14 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
     return jax.lax.psum(g_X, summed) if summed else g_X
 
   copies = P(entry, *rest)
-  reduced = P(*((r or ()) + s or None for r, s in zip(rest, scatter)))
-  reduce = jax.shard_map(reduce, mesh=mesh, in_specs=copies, out_specs=reduced,
+  reduce = jax.shard_map(reduce_own, mesh=mesh, in_specs=copies,
+                         out_specs=P(*((r or ()) + s or None for r, s in zip(rest, scatter))),
                          axis_names={a for e in copies for a in spec_axes(e)}, check_vma=False)
-  copies = NamedSharding(mesh, copies)
 
   @jax.custom_vjp
   def copy(v):
-    return jax.lax.with_sharding_constraint(jnp.broadcast_to(v[None], (n, *v.shape)), copies)
+    return jax.lax.with_sharding_constraint(jnp.broadcast_to(v[None], (n, *v.shape)),
+                                           NamedSharding(mesh, copies))
 
   copy.defvjp(lambda v: (copy(v), None),
               lambda _, g: (jax.lax.with_sharding_constraint(reduce(g), NamedSharding(mesh, own)),))

@@ -206,7 +206,7 @@ def _whole_table(table, rows_axis: str):
   return sharding.constrain(table, (rows_axis, "act_embed"))
 
 
-def device_tables(params: dict, config: ModelConfig, rows: int) -> dict:
+def device_tables(params: dict, config: ModelConfig, rows: int, output: bool = True) -> dict:
   """params with a tied embedding table and the learned position table as one copy per
   device of the batch's mesh axes (sharding.device_copies), for a loss over `rows` rows
   that is differentiated: each device looks its own rows up (and projects them) in its
@@ -225,6 +225,8 @@ def device_tables(params: dict, config: ModelConfig, rows: int) -> dict:
   Not on TPU: XLA's TPU compiler moves these gradients well itself (windowed einsums;
   gpt2_small over the 8 chips of a v5p-16 with fsdp 8: 0.96x the minimum) and turns the
   copies' explicit reduce-scatter into an all-reduce of the whole table (1.65x).
+  output=False: a loss without the output projection (a classifier's) leaves an untied
+  one alone.
   """
   if sharding.platform() == "tpu":
     return params
@@ -234,7 +236,7 @@ def device_tables(params: dict, config: ModelConfig, rows: int) -> dict:
   if (config.tie_embeddings or size("tensor") > 1
       or (size("data") > 1 and size("fsdp") > 1)):
     tables["embed"] = ("vocab", "embed")
-  if not config.tie_embeddings:
+  if output and not config.tie_embeddings:
     tables["unembed"] = ("embed", "vocab")
   if config.positions == "learned":
     tables["pos_embed"] = ("positions", "embed")
