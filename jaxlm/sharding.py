@@ -220,12 +220,12 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   scatter = [tuple(a for a in spec_axes(e) if a in batch) for e in own]
   summed = tuple(a for a in batch if not any(a in s for s in scatter))
 
-  def reduce_own(g_1X):  # on each device: its partial (1, ...) -> its shard of the sum
-    g_X = g_1X[0]
+  def reduce_own(partial):  # on each device: its partial (1, ...) -> its shard of the sum
+    g = partial[0]
     for dim, over in enumerate(scatter):
       if over:
-        g_X = jax.lax.psum_scatter(g_X, over, scatter_dimension=dim, tiled=True)
-    return jax.lax.psum(g_X, summed) if summed else g_X
+        g = jax.lax.psum_scatter(g, over, scatter_dimension=dim, tiled=True)
+    return jax.lax.psum(g, summed) if summed else g
 
   copies = P(entry, *rest)
   reduce = jax.shard_map(reduce_own, mesh=mesh, in_specs=copies,

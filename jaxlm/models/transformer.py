@@ -189,7 +189,7 @@ def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
 def _lookup(table, ids_BT: jax.Array, rows_axis: str) -> jax.Array:
   """Rows of a (R, D) table, or of each device's copy of it (n, R, D) (device_tables)."""
   if table.ndim == 3:
-    return sharding.per_device(lambda t_RD, i_BT: jnp.take(t_RD, i_BT, axis=0), table, ids_BT)
+    return sharding.per_device(lambda t_RD, ids_bT: jnp.take(t_RD, ids_bT, axis=0), table, ids_BT)
   return jnp.take(_whole_table(table, rows_axis), ids_BT, axis=0)
 
 
@@ -222,21 +222,26 @@ def device_tables(params: dict, config: ModelConfig, rows: int, output: bool = T
   gradient to the table's shards (an all-to-all), less than a reduced (V, D) table
   while the tokens per device are fewer than the vocabulary.
 
-  Not on TPU: XLA's TPU compiler moves these gradients well itself (windowed einsums;
-  gpt2_small over the 8 chips of a v5p-16 with fsdp 8: 0.96x the minimum) and turns the
-  copies' explicit reduce-scatter into an all-reduce of the whole table (1.65x).
+  On TPU only the tied and position tables, and only with data parallelism alone
+  (gpt2_small over the 8 chips of a v5p-16: 680 -> 555 MiB a step, one all-reduce of the
+  table instead of two). With FSDP or tensor axes XLA's TPU compiler moves these
+  gradients well itself (windowed einsums; with fsdp 8: 0.96x the minimum) and turns the
+  copies' explicit reduce-scatter into an all-reduce of the whole table (1.65x); and it
+  reduces an untied output weight's gradient in bfloat16 under mixed precision, where
+  the copy's is float32.
   output=False: a loss without the output projection (a classifier's) leaves an untied
   one alone.
   """
-  if sharding.platform() == "tpu":
+  size = sharding.axis_size
+  tpu = sharding.platform() == "tpu"
+  if tpu and size("fsdp") * size("tensor") > 1:
     return params
   out = dict(params)
   tables = {}
-  size = sharding.axis_size
   if (config.tie_embeddings or size("tensor") > 1
       or (size("data") > 1 and size("fsdp") > 1)):
     tables["embed"] = ("vocab", "embed")
-  if output and not config.tie_embeddings:
+  if output and not config.tie_embeddings and not tpu:
     tables["unembed"] = ("embed", "vocab")
   if config.positions == "learned":
     tables["pos_embed"] = ("positions", "embed")
