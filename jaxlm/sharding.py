@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 
 import jax
@@ -193,6 +194,38 @@ def _batch_entry(rows: int):
   return (mesh, entry, n) if n > 1 else None
 
 
+def _own_and_batch(x, axes, rows):
+  """(mesh, batch entry, n, x's own PartitionSpec (one entry per dim), its entries without
+  the batch axes, the batch axes per dim, the batch axes x is not split over), or None
+  where the batch is not split."""
+  where = _batch_entry(rows)
+  if where is None:
+    return None
+  mesh, entry, n = where
+  own = logical_to_spec(axes, _ACTIVE.get()[1], x.shape, mesh)
+  own = P(*own, *([None] * (x.ndim - len(own))))
+  batch = spec_axes(entry)
+  rest = tuple(tuple(a for a in spec_axes(e) if a not in batch) or None for e in own)
+  scatter = tuple(tuple(a for a in spec_axes(e) if a in batch) for e in own)
+  summed = tuple(a for a in batch if not any(a in s for s in scatter))
+  return mesh, entry, n, own, rest, scatter, summed
+
+
+def _sum_into_shard(g, scatter, summed):
+  """Inside a shard_map: a device's partial sum g of a parameter's gradient -> its shard of
+  the sum over devices: a reduce-scatter over the batch axes that split the parameter
+  (FSDP) and an all-reduce over the others (data). Written out because XLA's CPU pipeline
+  all-reduces a gradient whole and slices it."""
+  for dim, over in enumerate(scatter):
+    if over:
+      g = jax.lax.psum_scatter(g, over, scatter_dimension=dim, tiled=True)
+  return jax.lax.psum(g, summed) if summed else g
+
+
+def _manual(*specs) -> set:
+  return {a for spec in specs for e in spec for a in spec_axes(e)}
+
+
 def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   """(n, *x.shape): parameter x (logical `axes`), gathered whole over the batch's mesh axes
   and copied once to each of the n devices that split a batch of `rows` rows, along a new
@@ -206,31 +239,15 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   scatter-add into a table split over "fsdp" reshards its (B, T, D) input through a full
   replication (XLA's "involuntary full rematerialization").
   """
-  where = _batch_entry(rows)
+  where = _own_and_batch(x, axes, rows)
   if where is None:
     return x
-  mesh, entry, n = where
-  own = logical_to_spec(axes, _ACTIVE.get()[1], x.shape, mesh)
-  own = P(*own, *([None] * (x.ndim - len(own))))
-  batch = spec_axes(entry)
-  rest = [tuple(a for a in spec_axes(e) if a not in batch) or None for e in own]
-  # Where x is split over batch axes (FSDP), their sum is a reduce-scatter into x's
-  # shard; over the others (data) an all-reduce of that shard. Written out in a
-  # shard_map: XLA's CPU pipeline would all-reduce the whole sum and slice it.
-  scatter = [tuple(a for a in spec_axes(e) if a in batch) for e in own]
-  summed = tuple(a for a in batch if not any(a in s for s in scatter))
-
-  def reduce_own(partial):  # on each device: its partial (1, ...) -> its shard of the sum
-    g = partial[0]
-    for dim, over in enumerate(scatter):
-      if over:
-        g = jax.lax.psum_scatter(g, over, scatter_dimension=dim, tiled=True)
-    return jax.lax.psum(g, summed) if summed else g
-
+  mesh, entry, n, own, rest, scatter, summed = where
   copies = P(entry, *rest)
-  reduce = jax.shard_map(reduce_own, mesh=mesh, in_specs=copies,
+  reduce = jax.shard_map(lambda partial: _sum_into_shard(partial[0], scatter, summed),
+                         mesh=mesh, in_specs=copies,
                          out_specs=P(*((r or ()) + s or None for r, s in zip(rest, scatter))),
-                         axis_names={a for e in copies for a in spec_axes(e)}, check_vma=False)
+                         axis_names=_manual(copies), check_vma=False)
 
   @jax.custom_vjp
   def copy(v):
@@ -240,6 +257,53 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   copy.defvjp(lambda v: (copy(v), None),
               lambda _, g: (jax.lax.with_sharding_constraint(reduce(g), NamedSharding(mesh, own)),))
   return copy(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A matrix parameter left in its own sharding, with its logical axes, for split_matmul
+  (layers.dense takes it in place of an array)."""
+  value: jax.Array
+  axes: tuple[str, ...]
+
+
+def split_matmul(matmul, x: jax.Array, w: Split, n_in: int) -> jax.Array:
+  """matmul(x, w) for a weight split over FSDP: gathered for the product (XLA's CPU
+  pipeline gathers it once for the forward and backward passes), and its gradient summed
+  over each device's own rows and reduce-scattered into its shard explicitly
+  (_sum_into_shard), where XLA's CPU pipeline all-reduces it whole and slices it. x:
+  (rows, ..., the n_in axes w contracts)."""
+  where = _own_and_batch(w.value, w.axes, x.shape[0])
+  if where is None:
+    return matmul(x, w.value)
+  mesh, entry, _, own, rest, scatter, summed = where
+  whole = NamedSharding(mesh, P(*rest))
+  lead = x.ndim - n_in
+  x_spec = P(entry, *([None] * (lead - 1)), *rest[:n_in])
+  dy_spec = P(entry, *([None] * (lead - 1)), *rest[n_in:])
+
+  def local(x_l, dy_l):
+    g = jnp.tensordot(x_l, dy_l.astype(x_l.dtype), axes=(list(range(lead)),) * 2,
+                      preferred_element_type=jnp.float32)
+    return _sum_into_shard(g, scatter, summed)
+
+  weight_grad = jax.shard_map(local, mesh=mesh, in_specs=(x_spec, dy_spec),
+                              out_specs=P(*((r or ()) + s or None for r, s in zip(rest, scatter))),
+                              axis_names=_manual(x_spec, dy_spec, P(*rest)), check_vma=False)
+
+  @jax.custom_vjp
+  def product(x, v):
+    return matmul(x, jax.lax.with_sharding_constraint(v, whole))
+
+  def backward(res, dy):
+    x, v = res
+    v_whole = jax.lax.with_sharding_constraint(v, whole)
+    dx = jax.vjp(lambda x: matmul(x, v_whole), x)[1](dy)[0]
+    g = jax.lax.with_sharding_constraint(weight_grad(x, dy), NamedSharding(mesh, own))
+    return dx, g.astype(v.dtype)
+
+  product.defvjp(lambda x, v: (product(x, v), (x, v)), backward)
+  return product(x, w.value)
 
 
 def per_device(f, copies: jax.Array, *batched: jax.Array) -> jax.Array:
@@ -252,6 +316,15 @@ def per_device(f, copies: jax.Array, *batched: jax.Array) -> jax.Array:
       for a in batched]
   out = jax.vmap(f)(copies, *split)
   return out.reshape(-1, *out.shape[2:])
+
+
+def mesh_axes_of(x: jax.Array, axes: tuple[str, ...]) -> set:
+  """The mesh axes the rules split x (logical `axes`) over on the active mesh (none outside
+  activation_rules())."""
+  active = _ACTIVE.get()
+  if active is None:
+    return set()
+  return _manual(logical_to_spec(axes, active[1], x.shape, active[0]))
 
 
 def axis_size(name: str) -> int:

@@ -71,18 +71,23 @@ def mlp_specs(kind: str, d: int, f: int, use_bias: bool, std: float, out_std: fl
   return specs
 
 
-def dense(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Array:
+def dense(x: jax.Array, w, n_in: int = 1, out_dtype=None) -> jax.Array:
   """Contracts the last n_in axes of x with the first n_in axes of w.
 
   Written as one 2-D matmul over flattened leading axes: XLA's CPU backend
   runs the backward pass of a 3-D einsum ("btd,df->btf") about 1.5x slower
   than the same product on (B*T, D) matrices (measured; docs/benchmarks.md).
+  w may be a sharding.Split (a layer's weight under FSDP on CPU: transformer.layer_stack).
   """
-  lead, k = x.shape[:x.ndim - n_in], math.prod(x.shape[x.ndim - n_in:])
-  out = w.shape[n_in:]
-  y = jnp.matmul(x.reshape(-1, k), w.astype(x.dtype).reshape(k, -1),
-                 preferred_element_type=out_dtype)
-  return y.reshape(*lead, *out)
+  def matmul(x, w):
+    lead, k = x.shape[:x.ndim - n_in], math.prod(x.shape[x.ndim - n_in:])
+    y = jnp.matmul(x.reshape(-1, k), w.astype(x.dtype).reshape(k, -1),
+                   preferred_element_type=out_dtype)
+    return y.reshape(*lead, *w.shape[n_in:])
+
+  if isinstance(w, sharding.Split):
+    return sharding.split_matmul(matmul, x, w, n_in)
+  return matmul(x, w)
 
 
 def mlp(params: dict, x_BTD: jax.Array, kind: str) -> jax.Array:

@@ -337,7 +337,10 @@ def layer_stack(body, x, stacked, config: ModelConfig, specs=None):
   (sharding.gathered): the backward pass gathers a layer's weights again. Without remat
   the gathered weights would be kept for the backward pass, a whole model per device (a
   remat policy keeping all but them does not stop it: the custom VJP's output is kept),
-  so there XLA places the collectives itself (docs/sharding.md).
+  so there XLA places the collectives itself (docs/sharding.md). On CPU with an fsdp
+  axis, the matrices split over it go to layers.dense as sharding.Split instead, with or
+  without remat: XLA's CPU pipeline all-reduces their gradients whole, split_matmul
+  reduce-scatters them.
 
   Returns (x, aux stacked over L). model.layer_loop picks a `lax.scan` or the
   same body unrolled over the L slices (same params, same arithmetic); "auto"
@@ -347,7 +350,17 @@ def layer_stack(body, x, stacked, config: ModelConfig, specs=None):
   scans elsewhere, where one compiled body keeps compile time flat in depth.
   Each layer runs under jax.checkpoint when model.remat is set.
   """
-  if specs is not None and config.remat != "none":
+  split = (specs is not None and sharding.platform() == "cpu"
+           and sharding.axis_size("fsdp") > 1)
+  if split:  # matrices as sharding.Split: layers.dense reduce-scatters their gradients
+    inner = body
+
+    def body(x, p):
+      return inner(x, jax.tree.map(
+          lambda s, w: (sharding.Split(w, s.axes[1:])
+                        if w.ndim > 1 and "fsdp" in sharding.mesh_axes_of(w, s.axes[1:])
+                        else w), specs, p, is_leaf=params_lib.is_spec))
+  elif specs is not None and config.remat != "none":
     inner = body
 
     def body(x, p):
