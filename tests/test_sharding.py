@@ -60,9 +60,11 @@ def test_meshes_match_one_device(shape, single_device_losses):
 def test_untied_tables_copied_per_device_match_one_device(shape):
   # transformer.device_tables copies the learned position table and the untied output
   # weight on these meshes (and the token table too: data with FSDP, or tensor), and
-  # reduces their gradients explicitly (sharding.device_copies).
+  # reduces their gradients explicitly (sharding.device_copies); the layers' matrices go
+  # through sharding.split_matmul, here inside the recomputed layer (model.remat).
   config = config_lib.replace(CONFIG, **{"model.tie_embeddings": False,
-                                         "model.positions": "learned", "train.steps": 4})
+                                         "model.positions": "learned", "model.remat": "full",
+                                         "train.steps": 4})
   one = _losses(config_lib.replace(config, **{"mesh.data": 1}), jax.devices()[:1])[0]
   losses, _, _ = _losses(config_lib.replace(config, mesh=MeshConfig(*shape)), jax.devices())
   np.testing.assert_allclose(losses, one, rtol=1e-4)
