@@ -197,7 +197,8 @@ def _batch_entry(rows: int):
 def _own_and_batch(x, axes, rows):
   """(mesh, batch entry, n, x's own PartitionSpec (one entry per dim), its entries without
   the batch axes, the batch axes per dim, the batch axes x is not split over), or None
-  where the batch is not split."""
+  where the batch is not split. A shard of the sum _sum_into_shard makes lies at
+  P(*rest[i] + scatter[i]): x's own spec with each dim's batch axes last."""
   where = _batch_entry(rows)
   if where is None:
     return None
@@ -226,6 +227,11 @@ def _manual(*specs) -> set:
   return {a for spec in specs for e in spec for a in spec_axes(e)}
 
 
+def _summed_spec(rest, scatter) -> P:
+  """Where _sum_into_shard leaves a device's shard (_own_and_batch)."""
+  return P(*((r or ()) + s or None for r, s in zip(rest, scatter)))
+
+
 def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   """(n, *x.shape): parameter x (logical `axes`), gathered whole over the batch's mesh axes
   and copied once to each of the n devices that split a batch of `rows` rows, along a new
@@ -246,8 +252,8 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   copies = P(entry, *rest)
   reduce = jax.shard_map(lambda partial: _sum_into_shard(partial[0], scatter, summed),
                          mesh=mesh, in_specs=copies,
-                         out_specs=P(*((r or ()) + s or None for r, s in zip(rest, scatter))),
-                         axis_names=_manual(copies), check_vma=False)
+                         out_specs=_summed_spec(rest, scatter), axis_names=_manual(copies),
+                         check_vma=False)
 
   @jax.custom_vjp
   def copy(v):
@@ -288,7 +294,7 @@ def split_matmul(matmul, x: jax.Array, w: Split, n_in: int) -> jax.Array:
     return _sum_into_shard(g, scatter, summed)
 
   weight_grad = jax.shard_map(local, mesh=mesh, in_specs=(x_spec, dy_spec),
-                              out_specs=P(*((r or ()) + s or None for r, s in zip(rest, scatter))),
+                              out_specs=_summed_spec(rest, scatter),
                               axis_names=_manual(x_spec, dy_spec, P(*rest)), check_vma=False)
 
   @jax.custom_vjp
