@@ -61,6 +61,9 @@ def logical_to_spec(axes, rules, shape=None, mesh=None) -> P:
   used: set[str] = set()
   out = []
   for i, name in enumerate(axes):
+    if name is None:  # an axis no rule splits (weights stacked for one product)
+      out.append(None)
+      continue
     if name not in table:
       raise ConfigError(f"logical axis {name!r} has no rule in mesh.rules; "
                         f"known: {', '.join(table)}")

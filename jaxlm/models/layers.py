@@ -90,14 +90,43 @@ def dense(x: jax.Array, w, n_in: int = 1, out_dtype=None) -> jax.Array:
   return matmul(x, w)
 
 
+def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
+  """[dense(x, w) for w in ws]. Under tensor parallelism, weights of one shape go through
+  one product, stacked along a new last axis: their partial input
+  gradients are then summed on each device before one all-reduce over "tensor", where
+  XLA all-reduces each product's apart (docs/sharding.md)."""
+  if sharding.axis_size("tensor") == 1:
+    return [dense(x, w, n_in) for w in ws]
+  value = lambda w: w.value if isinstance(w, sharding.Split) else w
+  groups: dict = {}
+  for i, w in enumerate(ws):
+    groups.setdefault(value(w).shape, []).append(i)
+  out = [None] * len(ws)
+  for members in groups.values():
+    if len(members) == 1:
+      out[members[0]] = dense(x, ws[members[0]], n_in)
+      continue
+    # Stacked last: dense flattens the output axes, and a tensor-split axis must stay
+    # the major one of the flattened product for each shard to be contiguous.
+    stacked = jnp.stack([value(ws[i]) for i in members], axis=-1)
+    if isinstance(ws[members[0]], sharding.Split):
+      stacked = sharding.Split(stacked, ws[members[0]].axes + (None,))
+    y = dense(x, stacked, n_in)
+    for j, i in enumerate(members):
+      out[i] = y[..., j]
+  return out
+
+
 def mlp(params: dict, x_BTD: jax.Array, kind: str) -> jax.Array:
   """GELU MLP or SwiGLU (Shazeer 2020)."""
   dtype = x_BTD.dtype
-  h_BTF = dense(x_BTD, params["w_in"])
+  if kind == "swiglu":
+    h_BTF, g_BTF = dense_shared(x_BTD, [params["w_in"], params["w_gate"]])
+  else:
+    h_BTF = dense(x_BTD, params["w_in"])
   if "b_in" in params:
     h_BTF = h_BTF + params["b_in"].astype(dtype)
   if kind == "swiglu":
-    g_BTF = dense(x_BTD, params["w_gate"])
     if "b_gate" in params:
       g_BTF = g_BTF + params["b_gate"].astype(dtype)
     h_BTF = jax.nn.silu(g_BTF) * h_BTF

@@ -119,9 +119,11 @@ def self_attention(segment_ids_BT, config: ModelConfig, causal: bool = True):
 # An attention sublayer in three pieces, so that a key/value cache (models/decode.py)
 # and cross-attention (models/encoder_decoder.py) reuse them instead of copying them.
 def project_queries(p: dict, x_BTD: jax.Array, positions_BT: jax.Array,
-                    config: ModelConfig) -> jax.Array:
-  """Queries (B, T, N, H) of attention params p: projection, bias, QK-norm, rotary."""
-  q_BTNH = layers.dense(x_BTD, p["wq"])
+                    config: ModelConfig, q_BTNH=None) -> jax.Array:
+  """Queries (B, T, N, H) of attention params p: projection (or the given product
+  q_BTNH), bias, QK-norm, rotary."""
+  if q_BTNH is None:
+    q_BTNH = layers.dense(x_BTD, p["wq"])
   if "bq" in p:
     q_BTNH = q_BTNH + p["bq"].astype(x_BTD.dtype)
   if "q_norm" in p:  # model.qk_norm (Dehghani et al. 2023): bounded attention logits
@@ -132,10 +134,11 @@ def project_queries(p: dict, x_BTD: jax.Array, positions_BT: jax.Array,
 
 
 def project_keys_values(p: dict, x_BSD: jax.Array, positions_BS: jax.Array,
-                        config: ModelConfig) -> tuple[jax.Array, jax.Array]:
-  """Keys (rotated by position) and values (B, S, K, H) of attention params p."""
-  k_BSKH = layers.dense(x_BSD, p["wk"])
-  v_BSKH = layers.dense(x_BSD, p["wv"])
+                        config: ModelConfig, kv=None) -> tuple[jax.Array, jax.Array]:
+  """Keys (rotated by position) and values (B, S, K, H) of attention params p (kv: the
+  two products, where already computed)."""
+  k_BSKH, v_BSKH = kv if kv is not None else (layers.dense(x_BSD, p["wk"]),
+                                              layers.dense(x_BSD, p["wv"]))
   if "bk" in p:
     k_BSKH, v_BSKH = k_BSKH + p["bk"].astype(x_BSD.dtype), v_BSKH + p["bv"].astype(x_BSD.dtype)
   if "k_norm" in p:
@@ -154,8 +157,9 @@ def project_out(p: dict, o_BTNH: jax.Array) -> jax.Array:
 def attention_sublayer(p, x_BTD, positions_BT, config, attend):
   """Q/K/V projections (+ biases, rotary), `attend(q, k, v) -> (o, aux)`, output
   projection: (out_BTD, aux)."""
-  q_BTNH = project_queries(p, x_BTD, positions_BT, config)
-  k_BTKH, v_BTKH = project_keys_values(p, x_BTD, positions_BT, config)
+  q_BTNH, k_BTKH, v_BTKH = layers.dense_shared(x_BTD, [p["wq"], p["wk"], p["wv"]])
+  q_BTNH = project_queries(p, x_BTD, positions_BT, config, q_BTNH)
+  k_BTKH, v_BTKH = project_keys_values(p, x_BTD, positions_BT, config, (k_BTKH, v_BTKH))
   o_BTNH, aux = attend(q_BTNH, k_BTKH, v_BTKH)
   return project_out(p, o_BTNH), aux
 
