@@ -226,24 +226,27 @@ def device_tables(params: dict, config: ModelConfig, rows: int, output: bool = T
   gradient to the table's shards (an all-to-all), less than a reduced (V, D) table
   while the tokens per device are fewer than the vocabulary.
 
-  On TPU only the tied and position tables, and only with data parallelism alone
-  (gpt2_small over the 8 chips of a v5p-16: 680 -> 555 MiB a step, one all-reduce of the
-  table instead of two). With FSDP or tensor axes XLA's TPU compiler moves these
-  gradients well itself (windowed einsums; with fsdp 8: 0.96x the minimum) and turns the
-  copies' explicit reduce-scatter into an all-reduce of the whole table (1.65x); and it
-  reduces an untied output weight's gradient in bfloat16 under mixed precision, where
-  the copy's is float32.
-  output=False: a loss without the output projection (a classifier's) leaves an untied
-  one alone.
+  On TPU (XLA's TPU compiler, measured on a v5p-16's 8 chips at the experiments' own
+  sizes; docs/sharding.md) the tied and position tables are copied unless FSDP alone
+  splits the batch: there its windowed einsums move the gradients best (gpt2_small with
+  fsdp 8: 0.96x the minimum without the copies, 1.65x with them), while with data or
+  tensor axes one reduction of the summed table beats its two (gpt2_small on 2x2x2,
+  1x4x2, 2x4x1: 1.13 / 1.15 / 1.15 -> 0.99 / 1.10 / 1.03; at 8x1x1 680 -> 555 MiB a
+  step). An untied token table is copied there under tensor parallelism only (llama_small
+  2x2x2 1.02 -> 0.99, 2x4x1 0.96 -> 1.03 if copied), and an untied output weight never:
+  the TPU compiler reduces a bf16 matmul's gradient in bfloat16, the copy's in float32.
+  output=False: a loss without the output projection (a classifier's) treats a tied table
+  as an untied token table (one use, nothing to sum) and leaves an untied output weight
+  alone.
   """
   size = sharding.axis_size
   tpu = sharding.platform() == "tpu"
-  if tpu and size("fsdp") * size("tensor") > 1:
+  if tpu and size("data") == 1 and size("tensor") == 1:
     return params
   out = dict(params)
   tables = {}
-  if (config.tie_embeddings or size("tensor") > 1
-      or (size("data") > 1 and size("fsdp") > 1)):
+  if ((config.tie_embeddings and output) or size("tensor") > 1
+      or (not tpu and size("data") > 1 and size("fsdp") > 1)):
     tables["embed"] = ("vocab", "embed")
   if output and not config.tie_embeddings and not tpu:
     tables["unembed"] = ("embed", "vocab")
