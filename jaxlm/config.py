@@ -270,6 +270,7 @@ class TrainConfig:
   layer_stats: bool = True    # per-layer norms, update ratios, largest attention scores
   profile: str = ""           # START:STOP: a jax.profiler trace of those steps ("": none)
   microbatches: int = 1       # gradient accumulation: each batch in this many sequential parts
+  microbatch_loop: str = "scan"  # scan (one compiled part) | unroll (a copy per part)
   z_loss: float = 0.0         # coefficient of mean(logsumexp(logits)^2) added to the loss
   hang_timeout: float = 1800.0  # seconds without progress before the run is taken for hung
   harness_tasks: str = ""     # LM Evaluation Harness tasks scored during training, comma-separated
@@ -301,6 +302,7 @@ class TrainConfig:
     _check(self.microbatches > 0 and self.batch_size % self.microbatches == 0,
            "train.microbatches", self.microbatches,
            f"a positive divisor of train.batch_size={self.batch_size}")
+    _choice("train.microbatch_loop", self.microbatch_loop, ("scan", "unroll"))
     _check(self.z_loss >= 0, "train.z_loss", self.z_loss, ">= 0 (0: off)")
     _check(self.hang_timeout >= 0, "train.hang_timeout", self.hang_timeout,
            ">= 0 seconds (0: no watchdog)")

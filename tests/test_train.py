@@ -143,12 +143,15 @@ def test_z_loss_adds_the_mean_squared_log_normalizer():
                          ids=["1", "data2_fsdp2", "fsdp2_tensor2"])
 def test_microbatches_take_the_same_step_as_the_whole_batch(mesh):
   # Gradient accumulation over 4 parts equals one step on the whole batch (to float
-  # rounding), on a mesh that splits the batch and the params.
+  # rounding), on a mesh that splits the batch and the params; the parts unrolled
+  # (train.microbatch_loop=unroll) on the first mesh too.
   dotted = {"train.batch_size": 16, **{f"mesh.{k}": v for k, v in mesh.items()},
             "optim.warmup_steps": 0, "optim.schedule": "constant"}
   runs = {}
-  for k in (1, 4):
-    config = tiny_config(**dotted, **{"train.microbatches": k})
+  for k in (1, 4) + (("unroll",) if mesh == dict(data=1) else ()):
+    parts = {"train.microbatches": 4, "train.microbatch_loop": k} if k == "unroll" else \
+        {"train.microbatches": k}
+    config = tiny_config(**dotted, **parts)
     devices = jax.devices()[:math.prod(mesh.values())]
     tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
     trainer = Trainer(config, sharding.make_mesh(config.mesh, devices), tok.token_bytes())
@@ -158,9 +161,10 @@ def test_microbatches_take_the_same_step_as_the_whole_batch(mesh):
       state, m = trainer.step(state, trainer.device_batch(next(it)))
       losses.append(float(m["loss"]))
     runs[k] = losses, state.params
-  np.testing.assert_allclose(runs[4][0], runs[1][0], rtol=2e-5)
-  for a, b in zip(jax.tree.leaves(runs[4][1]), jax.tree.leaves(runs[1][1])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+  for k in set(runs) - {1}:
+    np.testing.assert_allclose(runs[k][0], runs[1][0], rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(runs[k][1]), jax.tree.leaves(runs[1][1])):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
 
 
 def test_microbatches_that_do_not_split_the_batch_evenly_are_refused():

@@ -9,6 +9,7 @@ compiled step needs more memory than a device has, before the first step.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -130,27 +131,48 @@ RECOMPUTE = {"none": 1.0, "dots": 1.0, "full": 4 / 3}
 
 
 def hbm_bytes(compiled, trainer) -> float:
-  """XLA's bytes accessed per device by the compiled step with every layer counted.
+  """XLA's bytes accessed per device by the compiled step with every loop's turns counted.
 
-  XLA's cost analysis (hardware.bytes_accessed) takes a loop body once; where the
-  layers run in a lax.scan (model.layer_loop scan, or auto off CPU) the step is
-  compiled again with its layers unrolled at 1 and 2 layers, the difference taken
-  as one layer's: 1 layer's bytes + (L - 1) x one layer's (a 2-layer model is
-  compiled unrolled once). An encoder-decoder's
-  stacks and the microbatch loop (train.microbatches) are still counted once.
+  XLA's cost analysis (hardware.bytes_accessed) takes a loop body once. Where the layers
+  run in a lax.scan (model.layer_loop scan, or auto off CPU) or the microbatches do
+  (train.microbatches > 1, train.microbatch_loop scan), the step is compiled again with
+  those loops unrolled at one and two turns, each difference taken as one turn's bytes:
+  one microbatch of one layer (and one encoder layer), plus (M - 1) microbatches, plus
+  M x (L - 1) layers (and M x (L_e - 1) encoder layers). A stack of at most two layers is
+  compiled at its own depth (exact).
   """
-  c = trainer.config
+  c, m = trainer.config, trainer.config.model
   counted = hardware.bytes_accessed(compiled)
-  loop = transformer.layer_loop(c.model, trainer.mesh.devices.flat[0].platform)
-  if loop == "unroll" or c.model.encoder_layers or c.model.n_layers < 2 or not counted:
+  M, L, E = c.train.microbatches, m.n_layers, m.encoder_layers
+  scan_layers = transformer.layer_loop(m, trainer.mesh.devices.flat[0].platform) == "scan"
+  scan_parts = M > 1 and c.train.microbatch_loop == "scan"
+  l0, e0 = (L if L <= 2 else 1, E if E <= 2 else 1) if scan_layers else (L, E)
+  if not counted or not (scan_parts or (scan_layers and max(L, E) > 1)):
     return counted
-  unrolled = lambda n: hardware.bytes_accessed(compile_step(Trainer(
-      config_lib.replace(c, **{"model.n_layers": n, "model.layer_loop": "unroll"}),
-      trainer.mesh, trainer.token_bytes)))
-  if c.model.n_layers == 2:  # the model itself, unrolled: one compile, exact
-    return unrolled(2)
-  b1, b2 = unrolled(1), unrolled(2)
-  return b1 + (c.model.n_layers - 1) * (b2 - b1)
+
+  def unrolled(parts: int, layers: int, encoder: int) -> float:
+    """Bytes of the step with every loop unrolled, at `parts` microbatches of B/M rows."""
+    overrides = {"model.n_layers": layers, "model.layer_loop": "unroll",
+                 "train.microbatches": parts, "train.microbatch_loop": "unroll",
+                 "train.batch_size": c.train.batch_size // M * (parts if scan_parts else M)}
+    if E:
+      overrides["model.encoder_layers"] = encoder
+    return hardware.bytes_accessed(compile_step(Trainer(
+        config_lib.replace(c, **overrides), trainer.mesh, trainer.token_bytes)))
+
+  # Bilinear in (parts, depth): what a layer reads once for all parts (a weight cast to the
+  # compute dtype, its summed gradient) is hoisted out of the parts' loop, what it reads per
+  # part is not. Two parts at least: a step of one part has no accumulation to count.
+  p0 = 2 if scan_parts else M
+  at = functools.cache(lambda dp, dl, de: unrolled(p0 + dp, l0 + dl, e0 + de))
+  total = at(0, 0, 0) + (M - p0) * (at(1, 0, 0) - at(0, 0, 0) if M > p0 else 0.0)
+  for n, turn in ((L - l0, (1, 0)), (E - e0, (0, 1))):
+    if n:
+      slope = at(0, *turn) - at(0, 0, 0)
+      if M > p0:
+        slope += (M - p0) * (at(1, *turn) - at(1, 0, 0) - slope)
+      total += n * slope
+  return total
 
 
 def roofline(compiled, trainer, chip: hardware.Chip, comm_bytes: float) -> hardware.Estimate:

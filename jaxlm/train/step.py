@@ -37,11 +37,11 @@ class TrainState:
 
 
 def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: int,
-                     place=lambda mb: mb):
+                     place=lambda mb: mb, unroll: bool = False):
   """((loss, stats), grads) of the whole batch, computed over `microbatches` parts in turn.
 
   A `lax.scan` over the parts (one compiled body, one part's activations alive at a
-  time). Each part's mean loss and gradients are weighted by its loss_weight (the
+  time; unroll: a copy of the body per part, which XLA may schedule across parts). Each part's mean loss and gradients are weighted by its loss_weight (the
   denominator of its weighted mean), so the result is the whole batch's to float
   rounding; statistics are weighted means, those named max_* maxima. Part k holds rows
   k, k + K, k + 2K, ...: with the batch split over devices in contiguous blocks, every
@@ -69,7 +69,8 @@ def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: in
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   carry = (zeros, jnp.float32(0), jnp.float32(0),
            {k: init_stat(k, s) for k, s in stats_shape.items()})
-  (grads, total, weight, stats), _ = jax.lax.scan(body, carry, parts)
+  (grads, total, weight, stats), _ = jax.lax.scan(body, carry, parts,
+                                                  unroll=microbatches if unroll else 1)
   weight = jnp.maximum(weight, 1.0)  # as each task's own mean: max(sum of weights, 1)
   grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
   stats = {k: v if k.startswith("max_") else v / weight for k, v in stats.items()}
@@ -78,7 +79,7 @@ def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: in
 
 def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = "stop",
                specs=None, microbatches: int = 1, loss_weight=None,
-               place=lambda mb: mb) -> tuple:
+               place=lambda mb: mb, unroll_microbatches: bool = False) -> tuple:
   """One optimizer step on a batch; returns the new state and metrics.
 
   A step whose loss or gradients are not finite is counted in `nonfinite`; with
@@ -94,7 +95,7 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = 
   rng, _ = jax.random.split(state.rng)  # the other half is this step's (dropout has none yet)
   if microbatches > 1:
     (loss, stats), grads = accumulated_grad(loss_fn, loss_weight, state.params, batch,
-                                            microbatches, place)
+                                            microbatches, place, unroll_microbatches)
   else:
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
   grad_norm = optax.tree.norm(grads)
@@ -168,7 +169,8 @@ class Trainer:
                           nonfinite=c.train.nonfinite,
                           specs=self.specs if c.train.layer_stats else None,
                           microbatches=c.train.microbatches,
-                          loss_weight=self.task.loss_weight, place=place)
+                          loss_weight=self.task.loss_weight, place=place,
+                          unroll_microbatches=c.train.microbatch_loop == "unroll")
 
     def evaluate(params, batch):
       with sharding.activation_rules(self.mesh, rules):
