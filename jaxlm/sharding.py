@@ -24,6 +24,7 @@ from jaxlm.params import is_spec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jaxlm_sharding", default=None)
+_PLATFORM: contextvars.ContextVar = contextvars.ContextVar("jaxlm_platform", default=None)
 
 
 def mesh_shape(config: MeshConfig, n_devices: int) -> tuple[int, int, int]:
@@ -134,6 +135,19 @@ def activation_rules(mesh, rules):
     _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def on_each_device():
+  """Within this context (code inside a shard_map that gives each device its own rows and
+  every parameter whole) nothing is constrained, as on one device, while platform() still
+  names the active mesh's platform."""
+  token, where = _ACTIVE.set(None), _PLATFORM.set(platform())
+  try:
+    yield
+  finally:
+    _PLATFORM.reset(where)
+    _ACTIVE.reset(token)
+
+
 def platform() -> str:
   """The platform the computation being traced is built for: that of the active mesh's
   devices (compile-only TPU devices under `--dry_run --topology`), else JAX's default
@@ -142,7 +156,7 @@ def platform() -> str:
   active = _ACTIVE.get()
   if active is not None:
     return active[0].devices.flat[0].platform
-  return jax.default_backend()
+  return _PLATFORM.get() or jax.default_backend()
 
 
 def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:

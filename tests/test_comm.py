@@ -143,3 +143,12 @@ def test_fsdp_layer_gradients_are_reduce_scattered_on_cpu():
   assert backward_all_reduce <= 0.05 * least["gradients"]
   scattered = sum(c.moved_bytes for c in items if c.kind == "reduce-scatter")
   assert scattered == pytest.approx(least["gradients"], rel=0.1)
+
+
+def test_accumulated_gradients_are_reduced_once_with_data_parallelism():
+  # Under automatic sharding each microbatch's gradient was all-reduced inside the loop
+  # (4x the gradients' bytes for 4 microbatches on CPU); with every parameter whole on each
+  # device, each device accumulates its own and the sum is reduced once (accumulated_grad).
+  items, least = _compiled("llama_small", (8, 1, 1), **{"train.microbatches": 2,
+                                                        "train.batch_size": 32})
+  assert sum(c.moved_bytes for c in items) <= 1.1 * sum(least.values())

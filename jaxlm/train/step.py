@@ -37,16 +37,44 @@ class TrainState:
 
 
 def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: int,
-                     place=lambda mb: mb, unroll: bool = False):
+                     place=lambda mb: mb, unroll: bool = False, local=None):
   """((loss, stats), grads) of the whole batch, computed over `microbatches` parts in turn.
 
   A `lax.scan` over the parts (one compiled body, one part's activations alive at a
-  time; unroll: a copy of the body per part, which XLA may schedule across parts). Each part's mean loss and gradients are weighted by its loss_weight (the
+  time; unroll: a copy of the body per part, which XLA may schedule across parts).
+  Each part's mean loss and gradients are weighted by its loss_weight (the
   denominator of its weighted mean), so the result is the whole batch's to float
   rounding; statistics are weighted means, those named max_* maxima. Part k holds rows
   k, k + K, k + 2K, ...: with the batch split over devices in contiguous blocks, every
   device keeps its own rows. `place` pins a part to the batch's sharding.
+
+  local: (mesh, the batch's PartitionSpec entry) where every parameter is whole on each
+  device (data parallelism alone). The loop then runs on each device's own rows in a
+  shard_map, each device sums its own gradients, and the sums are reduced across devices
+  once after the loop, where under automatic sharding every part's gradient was
+  all-reduced (docs/sharding.md).
   """
+  if local is None:
+    return _mean(*_summed(loss_fn, loss_weight, params, batch, microbatches, place, unroll),
+                 params)
+  mesh, entry = local
+  axes = sharding.spec_axes(entry)
+
+  def on_device(params, batch):
+    with sharding.on_each_device():
+      grads, total, weight, stats = _summed(loss_fn, loss_weight, params, batch, microbatches,
+                                            lambda part: part, unroll)
+    grads, total, weight = jax.lax.psum((grads, total, weight), axes)
+    stats = {k: jax.lax.pmax(v, axes) if k.startswith("max_") else jax.lax.psum(v, axes)
+             for k, v in stats.items()}
+    return _mean(grads, total, weight, stats, params)
+
+  return jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(entry)), out_specs=P(),
+                       axis_names=set(axes), check_vma=False)(params, batch)
+
+
+def _summed(loss_fn, loss_weight, params, batch: dict, microbatches: int, place, unroll):
+  """(gradients, loss, loss weight, statistics) summed over the parts, each weighted."""
   K = microbatches
   parts = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // K, K, *x.shape[1:]),
                                               0, 1), batch)
@@ -69,8 +97,11 @@ def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: in
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   carry = (zeros, jnp.float32(0), jnp.float32(0),
            {k: init_stat(k, s) for k, s in stats_shape.items()})
-  (grads, total, weight, stats), _ = jax.lax.scan(body, carry, parts,
-                                                  unroll=microbatches if unroll else 1)
+  return jax.lax.scan(body, carry, parts, unroll=microbatches if unroll else 1)[0]
+
+
+def _mean(grads, total, weight, stats, params):
+  """((loss, stats), grads): the weighted sums of _summed divided by their weight."""
   weight = jnp.maximum(weight, 1.0)  # as each task's own mean: max(sum of weights, 1)
   grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
   stats = {k: v if k.startswith("max_") else v / weight for k, v in stats.items()}
@@ -79,7 +110,7 @@ def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: in
 
 def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = "stop",
                specs=None, microbatches: int = 1, loss_weight=None,
-               place=lambda mb: mb, unroll_microbatches: bool = False) -> tuple:
+               place=lambda mb: mb, unroll_microbatches: bool = False, local=None) -> tuple:
   """One optimizer step on a batch; returns the new state and metrics.
 
   A step whose loss or gradients are not finite is counted in `nonfinite`; with
@@ -89,13 +120,13 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = 
   each parameter's norms and update ratio (params.update_stats), every step: gating them
   to log steps with lax.cond cost more (its operands, the whole gradient and update
   trees, were materialized apart from the optimizer's fusions). With microbatches > 1
-  the gradient is accumulated over that many parts of the batch (accumulated_grad),
-  and the optimizer steps once.
+  the gradient is accumulated over that many parts of the batch (accumulated_grad; `local`
+  its per-device form), and the optimizer steps once.
   """
   rng, _ = jax.random.split(state.rng)  # the other half is this step's (dropout has none yet)
   if microbatches > 1:
     (loss, stats), grads = accumulated_grad(loss_fn, loss_weight, state.params, batch,
-                                            microbatches, place, unroll_microbatches)
+                                            microbatches, place, unroll_microbatches, local)
   else:
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
   grad_norm = optax.tree.norm(grads)
@@ -159,6 +190,11 @@ class Trainer:
                         opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
                         nonfinite=jnp.zeros((), jnp.int32))
 
+    # With every parameter whole on each device, each device accumulates its own gradient.
+    whole = not any(sharding.spec_axes(e) for s in jax.tree.leaves(self.param_shardings)
+                    for e in s.spec)
+    local = (self.mesh, axes) if c.train.microbatches > 1 and rows > 1 and whole else None
+
     def place(part):  # a microbatch keeps the batch's sharding: every device its own rows
       return {k: jax.lax.with_sharding_constraint(v, self.batch_shardings[k])
               for k, v in part.items()}
@@ -170,7 +206,8 @@ class Trainer:
                           specs=self.specs if c.train.layer_stats else None,
                           microbatches=c.train.microbatches,
                           loss_weight=self.task.loss_weight, place=place,
-                          unroll_microbatches=c.train.microbatch_loop == "unroll")
+                          unroll_microbatches=c.train.microbatch_loop == "unroll",
+                          local=local)
 
     def evaluate(params, batch):
       with sharding.activation_rules(self.mesh, rules):
