@@ -136,16 +136,20 @@ def activation_rules(mesh, rules):
 
 
 @contextlib.contextmanager
-def on_each_device():
-  """Within this context (code inside a shard_map that gives each device its own rows and
-  every parameter whole) nothing is constrained, as on one device, while platform() still
-  names the active mesh's platform."""
-  token, where = _ACTIVE.set(None), _PLATFORM.set(platform())
+def on_each_device(axes: tuple[str, ...]):
+  """Within this context, code inside a shard_map manual over the mesh `axes` (axes that
+  split the batch and no parameter: each device group's own rows): the rules split nothing
+  over `axes`, constraints and nested shard_maps take the context's abstract mesh,
+  axis_size() is 1 for `axes`, and platform() still names the active mesh's platform."""
+  _, rules = _ACTIVE.get()
+  rules = tuple((name, tuple(a for a in over if a not in axes)) for name, over in rules)
+  where = _PLATFORM.set(platform())
+  token = _ACTIVE.set((jax.sharding.get_abstract_mesh(), rules))
   try:
     yield
   finally:
-    _PLATFORM.reset(where)
     _ACTIVE.reset(token)
+    _PLATFORM.reset(where)
 
 
 def platform() -> str:
@@ -154,9 +158,11 @@ def platform() -> str:
   backend. Choices that depend on the hardware (the layer loop, the attention kernel)
   ask this, not jax.default_backend()."""
   active = _ACTIVE.get()
+  if _PLATFORM.get():
+    return _PLATFORM.get()
   if active is not None:
     return active[0].devices.flat[0].platform
-  return _PLATFORM.get() or jax.default_backend()
+  return jax.default_backend()
 
 
 def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
@@ -351,9 +357,12 @@ def mesh_axes_of(x: jax.Array, axes: tuple[str, ...]) -> set:
 
 
 def axis_size(name: str) -> int:
-  """The size of mesh axis `name` of the active rules' mesh (1 outside activation_rules())."""
+  """The size of mesh axis `name` of the active rules' mesh (1 outside activation_rules(),
+  and for an axis made manual by on_each_device)."""
   active = _ACTIVE.get()
-  return 1 if active is None else active[0].shape.get(name, 1)
+  if active is None or name in getattr(active[0], "manual_axes", ()):
+    return 1
+  return active[0].shape.get(name, 1)
 
 
 def spec_axes(entry) -> tuple[str, ...]:

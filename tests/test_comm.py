@@ -83,6 +83,10 @@ def test_minimum_of_each_parallelism():
   fsdp = comm.minimum(P, {"fsdp": 4}, **kw)
   # gathered forward and backward, in the compute dtype (param_bytes)
   assert fsdp["gradients"] == 4 * P * 3 / 4 and fsdp["fsdp parameters"] == 2 * 4 * P * 3 / 4
+  # 3 microbatches: FSDP's gathers and reduce-scatter each time, the data all-reduce once
+  parts = comm.minimum(P, {"data": 2, "fsdp": 4}, **kw, microbatches=3)
+  assert parts["gradients"] == 4 * P * (3 * 3 / 4 + 2 * 1 / 8)
+  assert parts["fsdp parameters"] == 3 * 2 * 4 * P * 3 / 4
   assert comm.minimum(P, {"tensor": 2}, **kw)["tensor activations"] == 4 * 2 * 2 * 0.5 * 64 * 8 * 4
   # An encoder-decoder (3 encoder layers over 32 source tokens per device): the encoder's
   # 4 all-reduces per layer, the decoder's cross-attention (2 per layer) and the memory's
@@ -145,10 +149,15 @@ def test_fsdp_layer_gradients_are_reduce_scattered_on_cpu():
   assert scattered == pytest.approx(least["gradients"], rel=0.1)
 
 
-def test_accumulated_gradients_are_reduced_once_with_data_parallelism():
-  # Under automatic sharding each microbatch's gradient was all-reduced inside the loop
-  # (4x the gradients' bytes for 4 microbatches on CPU); with every parameter whole on each
-  # device, each device accumulates its own and the sum is reduced once (accumulated_grad).
-  items, least = _compiled("llama_small", (8, 1, 1), **{"train.microbatches": 2,
-                                                        "train.batch_size": 32})
-  assert sum(c.moved_bytes for c in items) <= 1.1 * sum(least.values())
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1)], ids=["data8", "data2_fsdp4"])
+def test_accumulated_gradients_are_reduced_over_data_once(mesh):
+  # Under automatic sharding each microbatch's gradient was all-reduced over "data" inside
+  # the loop (twice the all-reduced bytes with 2 microbatches); each data group now
+  # accumulates its own and the sum is all-reduced once (accumulated_grad's local form).
+  reduced = {}
+  for k in (1, 2):
+    items, least = _compiled("llama_small", mesh, **{"train.microbatches": k,
+                                                     "train.batch_size": 32})
+    reduced[k] = sum(c.moved_bytes for c in items if c.kind == "all-reduce")
+    assert sum(c.moved_bytes for c in items) <= 1.1 * sum(least.values())
+  assert reduced[2] <= 1.05 * reduced[1]

@@ -27,6 +27,8 @@ bf16, below this count:
 - FSDP parameters: an all-gather over F for the forward pass and another for
   the backward (a gathered layer is not kept between the two):
   2 p P/T (F-1)/F;
+- with M microbatches (train.microbatches) the reduce-scatter and the two
+  gathers come once per microbatch, the all-reduce over D once;
 - tensor parallelism: two activation all-reduces per layer forward (after
   attention and after the MLP) and two backward: 4 L · 2 (T-1)/T · B d a, with
   a the bytes of an activation. An encoder-decoder (L_e encoder layers, S source
@@ -220,9 +222,13 @@ def by_kind(items: list[Collective]) -> dict[str, dict]:
 
 def minimum(params: int, mesh: dict, *, tokens_per_device: int, d_model: int, n_layers: int,
             grad_bytes: int = 4, param_bytes: int = 4, act_bytes: int = 4,
-            encoder_layers: int = 0, source_tokens_per_device: int = 0) -> dict[str, float]:
+            encoder_layers: int = 0, source_tokens_per_device: int = 0,
+            microbatches: int = 1) -> dict[str, float]:
   """The least bytes per device a train step moves on this mesh (module docstring).
-  encoder_layers > 0: an encoder-decoder, n_layers its decoder's."""
+  encoder_layers > 0: an encoder-decoder, n_layers its decoder's. With M microbatches
+  FSDP's gathers and reduce-scatter come once per microbatch (no device holds a whole
+  layer or gradient between them), the all-reduce over data once."""
+  M = microbatches
   D, F, T = mesh.get("data", 1), mesh.get("fsdp", 1), mesh.get("tensor", 1)
   per_t = params / T
   B, S = tokens_per_device, source_tokens_per_device
@@ -232,8 +238,8 @@ def minimum(params: int, mesh: dict, *, tokens_per_device: int, d_model: int, n_
   reduced_rows = 4 * n_layers * B + (4 * encoder_layers * S + 2 * n_layers * B + S
                                      if encoder_layers else 0)
   return {
-      "gradients": grad_bytes * per_t * ((F - 1) / F + 2 * (D - 1) / (D * F)),
-      "fsdp parameters": 2 * param_bytes * per_t * (F - 1) / F,
+      "gradients": grad_bytes * per_t * (M * (F - 1) / F + 2 * (D - 1) / (D * F)),
+      "fsdp parameters": 2 * M * param_bytes * per_t * (F - 1) / F,
       "tensor activations": 2 * (T - 1) / T * reduced_rows * d_model * act_bytes,
   }
 

@@ -211,7 +211,7 @@ def communication(compiled, trainer, n_params: int) -> tuple[list, dict]:
   least = comm.minimum(
       n_params, shape, tokens_per_device=c.train.batch_size * c.data.seq_len // replicas,
       d_model=c.model.d_model, n_layers=c.model.n_layers,
-      encoder_layers=c.model.encoder_layers,
+      encoder_layers=c.model.encoder_layers, microbatches=c.train.microbatches,
       source_tokens_per_device=c.train.batch_size * (c.data.source_len or c.data.seq_len)
       // replicas,
       grad_bytes=np.dtype(c.model.param_dtype).itemsize,

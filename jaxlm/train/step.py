@@ -8,6 +8,7 @@ applies jit, shardings and donation to them for one config on one mesh.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any
 
@@ -48,28 +49,27 @@ def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: in
   k, k + K, k + 2K, ...: with the batch split over devices in contiguous blocks, every
   device keeps its own rows. `place` pins a part to the batch's sharding.
 
-  local: (mesh, the batch's PartitionSpec entry) where every parameter is whole on each
-  device (data parallelism alone). The loop then runs on each device's own rows in a
-  shard_map, each device sums its own gradients, and the sums are reduced across devices
-  once after the loop, where under automatic sharding every part's gradient was
-  all-reduced (docs/sharding.md).
+  local: (mesh, the leading mesh axes of the batch's split that split no parameter: "data"
+  beside FSDP or alone). The loop then runs in a shard_map manual over those axes, on
+  each group's own rows (sharding.on_each_device), each group sums its own gradients,
+  and the sums are all-reduced over those axes once after the loop, where under automatic
+  sharding every part's gradient was (docs/sharding.md).
   """
   if local is None:
     return _mean(*_summed(loss_fn, loss_weight, params, batch, microbatches, place, unroll),
                  params)
-  mesh, entry = local
-  axes = sharding.spec_axes(entry)
+  mesh, axes = local
 
   def on_device(params, batch):
-    with sharding.on_each_device():
+    with sharding.on_each_device(axes):
       grads, total, weight, stats = _summed(loss_fn, loss_weight, params, batch, microbatches,
-                                            lambda part: part, unroll)
+                                            place, unroll)
     grads, total, weight = jax.lax.psum((grads, total, weight), axes)
     stats = {k: jax.lax.pmax(v, axes) if k.startswith("max_") else jax.lax.psum(v, axes)
              for k, v in stats.items()}
     return _mean(grads, total, weight, stats, params)
 
-  return jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(entry)), out_specs=P(),
+  return jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(axes)), out_specs=P(),
                        axis_names=set(axes), check_vma=False)(params, batch)
 
 
@@ -190,13 +190,19 @@ class Trainer:
                         opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
                         nonfinite=jnp.zeros((), jnp.int32))
 
-    # With every parameter whole on each device, each device accumulates its own gradient.
-    whole = not any(sharding.spec_axes(e) for s in jax.tree.leaves(self.param_shardings)
-                    for e in s.spec)
-    local = (self.mesh, axes) if c.train.microbatches > 1 and rows > 1 and whole else None
+    # The leading batch axes that split no parameter: each of their device groups
+    # accumulates its own gradient over the microbatches (accumulated_grad's local form).
+    # Not with parameters split over other axes (tensor): XLA's SPMD partitioner fails a
+    # check on the nested shard_maps there (jax 0.10.2, mesh 2x2x2).
+    split = {a for s in jax.tree.leaves(self.param_shardings) for e in s.spec
+             for a in sharding.spec_axes(e)}
+    lead = tuple(itertools.takewhile(lambda a: a not in split, sharding.spec_axes(axes)))
+    local = None
+    if c.train.microbatches > 1 and lead and split <= set(sharding.spec_axes(axes)):
+      local = (self.mesh, lead)
 
     def place(part):  # a microbatch keeps the batch's sharding: every device its own rows
-      return {k: jax.lax.with_sharding_constraint(v, self.batch_shardings[k])
+      return {k: sharding.constrain(v, ("batch",) + (None,) * (v.ndim - 1))
               for k, v in part.items()}
 
     def step(state, batch):
