@@ -120,6 +120,9 @@ FAMILIES = ("gpt2_small", "llama_small", "shakespeare_genre", "shakespeare_resto
 # one where a lookup's gradient (batch split over data and fsdp, the table over fsdp)
 # went through a full replication (now transformer.device_tables).
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
+# (data, fsdp, tensor, microbatches): the meshes, and 2x4x1 with gradient accumulation (its
+# loop runs in a shard_map over "data" with FSDP inside: accumulated_grad's local form).
+RUNS = tuple((*mesh, 1) for mesh in MESHES) + ((2, 4, 1, 2),)
 COMPILE_ALL = """
 import os, sys
 import numpy as np
@@ -127,12 +130,13 @@ from jaxlm import config as config_lib, registry, sharding
 from jaxlm.train.step import Trainer
 from tests.helpers import tiny_variant
 for name in {families!r}:
-  for data, fsdp, tensor in {meshes!r}:
+  for data, fsdp, tensor, parts in {meshes!r}:
     c = config_lib.replace(tiny_variant(registry.experiment(name)), **{{
-        "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}})
+        "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor,
+        "train.microbatches": parts, "train.batch_size": 8 * parts}})
     trainer = Trainer(c, sharding.make_mesh(c.mesh), np.ones(c.model.vocab_size, np.int32))
     # XLA logs to file descriptor 2: a marker there says which step a warning is about.
-    os.write(2, f"== {{name}} {{(data, fsdp, tensor)}}\\n".encode())
+    os.write(2, f"== {{name}} {{(data, fsdp, tensor)}} x {{parts}}\\n".encode())
     state, batch = trainer.abstract_state(), trainer.abstract_batch()
     trainer.step.lower(state, batch).compile()
     trainer.evaluate.lower(state.params, batch).compile()
@@ -145,11 +149,11 @@ def test_no_involuntary_resharding_in_any_family_on_any_mesh(family):
   # first: on a cluster, an all-gather of activations that should not exist.
   from conftest import xla_flags
   env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-  code = COMPILE_ALL.format(families=(family,), meshes=MESHES)
+  code = COMPILE_ALL.format(families=(family,), meshes=RUNS)
   proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stderr.count("\n== ") + proc.stderr.startswith("== ") == len(MESHES)
+  assert proc.stderr.count("\n== ") + proc.stderr.startswith("== ") == len(RUNS)
   where, found = None, []
   for line in proc.stderr.splitlines():
     if line.startswith("== "):
