@@ -141,20 +141,25 @@ def on_each_device(axes: tuple[str, ...]):
   split the batch and no parameter: each device group's own rows): the rules split nothing
   over `axes`, constraints and nested shard_maps take the context's abstract mesh,
   axis_size() is 1 for `axes`, and platform() still names the active mesh's platform."""
-  _, rules = _ACTIVE.get()
-  rules = tuple((name, tuple(a for a in over if a not in axes)) for name, over in rules)
-  where = _PLATFORM.set(platform())
-  token = _ACTIVE.set((jax.sharding.get_abstract_mesh(), rules))
+  if _ACTIVE.get() is None:
+    raise RuntimeError("sharding.on_each_device is used inside activation_rules() only")
+  rules = tuple((name, tuple(a for a in over if a not in axes))
+                for name, over in _ACTIVE.get()[1])
+  mesh, where = jax.sharding.get_abstract_mesh(), _PLATFORM.set(platform())
   try:
-    yield
+    token = _ACTIVE.set((mesh, rules))
+    try:
+      yield
+    finally:
+      _ACTIVE.reset(token)
   finally:
-    _ACTIVE.reset(token)
     _PLATFORM.reset(where)
 
 
 def platform() -> str:
   """The platform the computation being traced is built for: that of the active mesh's
-  devices (compile-only TPU devices under `--dry_run --topology`), else JAX's default
+  devices (compile-only TPU devices under `--dry_run --topology`; inside on_each_device,
+  whose abstract mesh has none, the one that context was entered on), else JAX's default
   backend. Choices that depend on the hardware (the layer loop, the attention kernel)
   ask this, not jax.default_backend()."""
   active = _ACTIVE.get()

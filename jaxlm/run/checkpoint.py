@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 import warnings
 
 import jax
@@ -266,6 +267,20 @@ def _ignore_abandoned_reads() -> None:
 
   hook.jaxlm_filter = True
   sys.unraisablehook = hook
+  logger = std_logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReads) for f in logger.filters):
+    logger.addFilter(_AbandonedReads())
+
+
+class _AbandonedReads(std_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for the reads of a failed
+  restore that ended after it (Orbax's async_deserialize, each with a traceback)."""
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[2] is not None:
+      message += "".join(traceback.format_tb(record.exc_info[2]))
+    return not ("exception was never retrieved" in message and "async_deserialize" in message)
 
 
 def _warn(text: str) -> None:

@@ -49,11 +49,14 @@ def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: in
   k, k + K, k + 2K, ...: with the batch split over devices in contiguous blocks, every
   device keeps its own rows. `place` pins a part to the batch's sharding.
 
-  local: (mesh, the leading mesh axes of the batch's split that split no parameter: "data"
-  alone or beside one axis that splits parameters, fsdp or tensor). The loop then runs in a shard_map manual over those axes, on
-  each group's own rows (sharding.on_each_device), each group sums its own gradients,
-  and the sums are all-reduced over those axes once after the loop, where under automatic
-  sharding every part's gradient was (docs/sharding.md).
+  local: (mesh, the leading mesh axes of the batch's split that split no parameter:
+  "data", alone or beside one axis that splits parameters, fsdp or tensor). The loop then
+  runs in a shard_map manual over those axes, on each group's own rows
+  (sharding.on_each_device), each group sums its own gradients, and the sums are
+  all-reduced over those axes once after the loop, where under automatic sharding every
+  part's gradient was (docs/sharding.md). A statistic that is a mean over a subset of a
+  part's tokens (a mixture's loss/NAME) is weighted by the part's whole token weight, so
+  smaller parts (here B / (M x data groups) rows) make it rougher, never the loss.
   """
   if local is None:
     return _mean(*_summed(loss_fn, loss_weight, params, batch, microbatches, place, unroll),
