@@ -1,5 +1,7 @@
 """The collectives of a compiled step, their bytes, and the analytic minimum (jaxlm/train/comm.py)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,17 @@ def test_accumulated_gradients_are_reduced_over_data_once(mesh):
     ratio[k] = sum(c.moved_bytes for c in items) / sum(least.values())
   assert reduced[2] <= 1.05 * reduced[1]
   assert ratio[2] <= max(1.1, 1.05 * ratio[1])
+
+
+def test_grouped_queries_share_one_input_gradient_reduction():
+  # Under tensor parallelism each layer's backward pass all-reduces two (tokens, d) input
+  # gradients, the attention's and the MLP's (plus one for the output projection). GQA's
+  # queries, of another shape than its keys and values, were reduced apart (three per
+  # layer); layers.dense_shared now runs them as one product of per-device head blocks.
+  c = {"model.n_heads": 8, "model.n_kv_heads": 2, "model.d_model": 64,
+       "model.compute_dtype": "float32"}
+  items, _ = _compiled("llama_small", (1, 4, 2), **c)
+  rows = 16 * 32 // 4  # batch 16 x length 32 over 4 fsdp devices
+  reduced = [a for x in items if x.kind == "all-reduce" and x.phase == "backward"
+             and x.group == 2 for a in re.findall(r"f32\[(\d+,\d+)\]", x.shape)]
+  assert reduced.count(f"{rows},64") == 2 * 2 + 1  # 2 layers

@@ -95,9 +95,14 @@ def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
   one product, stacked along a new last axis: their partial input
   gradients are then summed on each device before one all-reduce over "tensor", where
   XLA all-reduces each product's apart (docs/sharding.md)."""
-  if sharding.axis_size("tensor") == 1:
+  t = sharding.axis_size("tensor")
+  if t == 1:
     return [dense(x, w, n_in) for w in ws]
   value = lambda w: w.value if isinstance(w, sharding.Split) else w
+  shapes = [value(w).shape for w in ws]
+  if len(set(shapes)) > 1 and all(s[:n_in] + s[n_in + 1:] == shapes[0][:n_in] + shapes[0][n_in + 1:]
+                                  and s[n_in] % t == 0 for s in shapes):
+    return _dense_blocks(x, ws, n_in, t, value)
   groups: dict = {}
   for i, w in enumerate(ws):
     groups.setdefault(value(w).shape, []).append(i)
@@ -114,6 +119,27 @@ def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
     y = dense(x, stacked, n_in)
     for j, i in enumerate(members):
       out[i] = y[..., j]
+  return out
+
+
+def _dense_blocks(x: jax.Array, ws: list, n_in: int, t: int, value) -> list:
+  """dense_shared for weights that differ only in their first output axis, each split
+  over "tensor" (t ways): GQA's queries beside its keys and values. Each weight's axis is
+  cut into its t device blocks, and the blocks concatenated within each: one product whose
+  shards hold every weight's own heads, one summed input gradient to all-reduce."""
+  vals = [value(w) for w in ws]
+  blocks = jnp.concatenate([v.reshape(*v.shape[:n_in], t, v.shape[n_in] // t,
+                                      *v.shape[n_in + 1:]) for v in vals], axis=n_in + 1)
+  if isinstance(ws[0], sharding.Split):
+    axes = ws[0].axes
+    blocks = sharding.Split(blocks, axes[:n_in + 1] + (None,) + axes[n_in + 1:])
+  y = dense(x, blocks, n_in)  # (..., t, sum of the blocks, rest)
+  lead, out, start = x.ndim - n_in, [], 0
+  for v in vals:
+    size = v.shape[n_in] // t
+    part = jax.lax.slice_in_dim(y, start, start + size, axis=lead + 1)
+    out.append(part.reshape(*part.shape[:lead], v.shape[n_in], *part.shape[lead + 2:]))
+    start += size
   return out
 
 
