@@ -165,3 +165,31 @@ def test_a_mixture_run_logs_sources_and_resumes_exactly(corpora, tmp_path):
   again = [json.loads(l)["loss"] for l in open(os.path.join(first, "metrics.jsonl"))
            if "loss" in json.loads(l)]
   assert again == losses
+
+
+@pytest.mark.parametrize("mesh", [dict(data=1), dict(data=2)], ids=["1", "data2"])
+def test_each_sources_loss_is_exact_over_microbatches(corpora, mesh):
+  # A source's mean loss in a part is weighted by that source's tokens in it (tokens/NAME),
+  # not by the part's: over 4 microbatches (and data groups) it equals the whole batch's,
+  # also where a part holds few or none of a source's rows.
+  dotted = {"train.batch_size": 16, **{f"mesh.{k}": v for k, v in mesh.items()}}
+  rng = np.random.default_rng(0)
+  stats = {}
+  for k in (1, 4):
+    config = _config(corpora, **dotted, **{"train.microbatches": k})
+    tok = tokenizer_lib.load_tokenizer("bytes")
+    trainer = Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:mesh["data"]]),
+                      tok.token_bytes())
+    shapes = trainer.task.batch_shapes(16)
+    if k == 1:
+      batch = {name: rng.integers(0, 200, shape).astype(dtype)
+               for name, (shape, dtype) in shapes.items()}
+      batch["weights"] = np.ones_like(batch["weights"])
+      batch["sources"] = np.zeros_like(batch["sources"])
+      batch["sources"][[1, 6, 7]] = 1  # the second source in a few rows only
+    _, metrics = trainer.step(trainer.init(jax.random.key(0)), trainer.device_batch(batch))
+    stats[k] = {name: float(v) for name, v in metrics["stats"].items()
+                if name.startswith(("loss/", "tokens/"))}
+  assert stats[4]["tokens/tasks"] == 3 * 32 and set(stats[4]) == set(stats[1])
+  for name, value in stats[1].items():
+    assert stats[4][name] == pytest.approx(value, rel=1e-5), name

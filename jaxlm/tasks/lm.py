@@ -44,8 +44,8 @@ def loss_fn(params, batch: dict, config: Config, sources: tuple[str, ...] = ()):
   """Mean next-token cross-entropy over weighted targets (plus train.z_loss times the
   mean squared log-sum-exp of the logits: PaLM's z-loss, which keeps the softmax's
   normalizer near 1), and the model's statistics (with the z-loss term, if on; with a
-  mixture's source names, `loss/NAME`: each source's mean loss in the batch, which
-  microbatches (train.microbatches) average by their token weight)."""
+  mixture's source names, `loss/NAME` and `tokens/NAME`: each source's mean loss in the
+  batch and its weighted target tokens, by which microbatches weight it)."""
   nll_BT, lse_BT, stats = token_nll(params, batch, config)
   weights_BT = batch["weights"]
   mean = lambda x_BT: jnp.sum(x_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
@@ -55,6 +55,7 @@ def loss_fn(params, batch: dict, config: Config, sources: tuple[str, ...] = ()):
                        for x_BT in (nll_BT * weights_BT, weights_BT))
     stats.update({f"loss/{name}": nll_S[s] / jnp.maximum(tokens_S[s], 1.0)
                   for s, name in enumerate(sources)})
+    stats.update({f"tokens/{name}": tokens_S[s] for s, name in enumerate(sources)})
   if config.train.z_loss:
     stats["z_loss"] = config.train.z_loss * mean(jnp.square(lse_BT))
     loss = loss + stats["z_loss"]

@@ -45,18 +45,18 @@ def accumulated_grad(loss_fn, loss_weight, params, batch: dict, microbatches: in
   time; unroll: a copy of the body per part, which XLA may schedule across parts).
   Each part's mean loss and gradients are weighted by its loss_weight (the
   denominator of its weighted mean), so the result is the whole batch's to float
-  rounding; statistics are weighted means, those named max_* maxima. Part k holds rows
-  k, k + K, k + 2K, ...: with the batch split over devices in contiguous blocks, every
-  device keeps its own rows. `place` pins a part to the batch's sharding.
+  rounding; statistics are weighted means, those named max_* maxima, tokens/NAME sums,
+  and a loss/NAME beside a tokens/NAME (a mixture source's mean) is weighted by it.
+  Part k holds rows k, k + K, k + 2K, ...: with the batch split over devices in
+  contiguous blocks, every device keeps its own rows. `place` pins a part to the batch's
+  sharding.
 
   local: (mesh, the leading mesh axes of the batch's split that split no parameter:
   "data", alone or beside one axis that splits parameters, fsdp or tensor). The loop then
   runs in a shard_map manual over those axes, on each group's own rows
   (sharding.on_each_device), each group sums its own gradients, and the sums are
   all-reduced over those axes once after the loop, where under automatic sharding every
-  part's gradient was (docs/sharding.md). A statistic that is a mean over a subset of a
-  part's tokens (a mixture's loss/NAME) is weighted by the part's whole token weight, so
-  smaller parts (here B / (M x data groups) rows) make it rougher, never the loss.
+  part's gradient was (docs/sharding.md).
   """
   if local is None:
     return _mean(*_summed(loss_fn, loss_weight, params, batch, microbatches, place, unroll),
@@ -93,7 +93,7 @@ def _summed(loss_fn, loss_weight, params, batch: dict, microbatches: int, place,
     (loss, s), g = grad_fn(params, part)
     w = loss_weight(part).astype(jnp.float32)
     grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32) * w, grads, g)
-    stats = {k: jnp.maximum(v, s[k]) if k.startswith("max_") else v + s[k] * w
+    stats = {k: jnp.maximum(v, s[k]) if k.startswith("max_") else v + s[k] * _weight(k, s, w)
              for k, v in stats.items()}
     return (grads, total + loss * w, weight + w, stats), None
 
@@ -103,11 +103,21 @@ def _summed(loss_fn, loss_weight, params, batch: dict, microbatches: int, place,
   return jax.lax.scan(body, carry, parts, unroll=microbatches if unroll else 1)[0]
 
 
+def _weight(name: str, stats: dict, weight):
+  """What statistic `name` of a part is weighted by when summed over parts (_summed)."""
+  if name.startswith("tokens/"):
+    return 1.0
+  if name.startswith("loss/") and "tokens/" + name[5:] in stats:
+    return stats["tokens/" + name[5:]]
+  return weight
+
+
 def _mean(grads, total, weight, stats, params):
   """((loss, stats), grads): the weighted sums of _summed divided by their weight."""
   weight = jnp.maximum(weight, 1.0)  # as each task's own mean: max(sum of weights, 1)
   grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
-  stats = {k: v if k.startswith("max_") else v / weight for k, v in stats.items()}
+  stats = {k: v if k.startswith(("max_", "tokens/")) else v / jnp.maximum(
+      _weight(k, stats, weight), 1.0) for k, v in stats.items()}
   return (total / weight, stats), grads
 
 
