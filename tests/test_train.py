@@ -138,9 +138,9 @@ def test_z_loss_adds_the_mean_squared_log_normalizer():
     config_lib.replace(config, **{"train.z_loss": 1e-4, "task.kind": "classify"})
 
 
-@pytest.mark.parametrize("mesh", [dict(data=1), dict(data=4), dict(data=2, fsdp=2),
+@pytest.mark.parametrize("mesh", [dict(data=1), dict(data=2, fsdp=2),
                                   dict(data=1, fsdp=2, tensor=2)],
-                         ids=["1", "data4", "data2_fsdp2", "fsdp2_tensor2"])
+                         ids=["1", "data2_fsdp2", "fsdp2_tensor2"])
 def test_microbatches_take_the_same_step_as_the_whole_batch(mesh):
   # Gradient accumulation over 4 parts equals one step on the whole batch (to float
   # rounding), on a mesh that splits the batch and the params; the parts unrolled
