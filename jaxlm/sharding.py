@@ -145,14 +145,12 @@ def on_each_device(axes: tuple[str, ...]):
     raise RuntimeError("sharding.on_each_device is used inside activation_rules() only")
   rules = tuple((name, tuple(a for a in over if a not in axes))
                 for name, over in _ACTIVE.get()[1])
-  mesh, where = jax.sharding.get_abstract_mesh(), _PLATFORM.set(platform())
+  mesh = jax.sharding.get_abstract_mesh()
+  where, token = _PLATFORM.set(platform()), _ACTIVE.set((mesh, rules))
   try:
-    token = _ACTIVE.set((mesh, rules))
-    try:
-      yield
-    finally:
-      _ACTIVE.reset(token)
+    yield
   finally:
+    _ACTIVE.reset(token)
     _PLATFORM.reset(where)
 
 
@@ -162,9 +160,9 @@ def platform() -> str:
   whose abstract mesh has none, the one that context was entered on), else JAX's default
   backend. Choices that depend on the hardware (the layer loop, the attention kernel)
   ask this, not jax.default_backend()."""
-  active = _ACTIVE.get()
   if _PLATFORM.get():
     return _PLATFORM.get()
+  active = _ACTIVE.get()
   if active is not None:
     return active[0].devices.flat[0].platform
   return jax.default_backend()

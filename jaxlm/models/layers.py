@@ -98,14 +98,13 @@ def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
   t = sharding.axis_size("tensor")
   if t == 1:
     return [dense(x, w, n_in) for w in ws]
-  value = lambda w: w.value if isinstance(w, sharding.Split) else w
-  shapes = [value(w).shape for w in ws]
+  shapes = [_value(w).shape for w in ws]
   if len(set(shapes)) > 1 and all(s[:n_in] + s[n_in + 1:] == shapes[0][:n_in] + shapes[0][n_in + 1:]
                                   and s[n_in] % t == 0 for s in shapes):
-    return _dense_blocks(x, ws, n_in, t, value)
+    return _dense_blocks(x, ws, n_in, t)
   groups: dict = {}
   for i, w in enumerate(ws):
-    groups.setdefault(value(w).shape, []).append(i)
+    groups.setdefault(_value(w).shape, []).append(i)
   out = [None] * len(ws)
   for members in groups.values():
     if len(members) == 1:
@@ -113,7 +112,7 @@ def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
       continue
     # Stacked last: dense flattens the output axes, and a tensor-split axis must stay
     # the major one of the flattened product for each shard to be contiguous.
-    stacked = jnp.stack([value(ws[i]) for i in members], axis=-1)
+    stacked = jnp.stack([_value(ws[i]) for i in members], axis=-1)
     if isinstance(ws[members[0]], sharding.Split):
       stacked = sharding.Split(stacked, ws[members[0]].axes + (None,))
     y = dense(x, stacked, n_in)
@@ -122,12 +121,17 @@ def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
   return out
 
 
-def _dense_blocks(x: jax.Array, ws: list, n_in: int, t: int, value) -> list:
+def _value(w) -> jax.Array:
+  """The array of a weight or of a sharding.Split."""
+  return w.value if isinstance(w, sharding.Split) else w
+
+
+def _dense_blocks(x: jax.Array, ws: list, n_in: int, t: int) -> list:
   """dense_shared for weights that differ only in their first output axis, each split
   over "tensor" (t ways): GQA's queries beside its keys and values. Each weight's axis is
   cut into its t device blocks, and the blocks concatenated within each: one product whose
   shards hold every weight's own heads, one summed input gradient to all-reduce."""
-  vals = [value(w) for w in ws]
+  vals = [_value(w) for w in ws]
   blocks = jnp.concatenate([v.reshape(*v.shape[:n_in], t, v.shape[n_in] // t,
                                       *v.shape[n_in + 1:]) for v in vals], axis=n_in + 1)
   if isinstance(ws[0], sharding.Split):

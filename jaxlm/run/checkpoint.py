@@ -87,9 +87,14 @@ class _StorageNoise(std_logging.Filter):
 def _quiet_storage_noise() -> None:
   """Installs _StorageNoise on the loggers Orbax and asyncio use (once)."""
   for name in ("absl", "asyncio"):
-    logger = std_logging.getLogger(name)
-    if not any(isinstance(f, _StorageNoise) for f in logger.filters):
-      logger.addFilter(_StorageNoise())
+    _install(name, _StorageNoise)
+
+
+def _install(logger_name: str, kind) -> None:
+  """Adds a filter of class `kind` to the named logger, once."""
+  logger = std_logging.getLogger(logger_name)
+  if not any(isinstance(f, kind) for f in logger.filters):
+    logger.addFilter(kind())
 
 
 @contextlib.contextmanager
@@ -267,9 +272,7 @@ def _ignore_abandoned_reads() -> None:
 
   hook.jaxlm_filter = True
   sys.unraisablehook = hook
-  logger = std_logging.getLogger("asyncio")
-  if not any(isinstance(f, _AbandonedReads) for f in logger.filters):
-    logger.addFilter(_AbandonedReads())
+  _install("asyncio", _AbandonedReads)
 
 
 class _AbandonedReads(std_logging.Filter):

@@ -154,7 +154,7 @@ def hbm_bytes(compiled, trainer) -> float:
     """Bytes of the step with every loop unrolled, at `parts` microbatches of B/M rows."""
     overrides = {"model.n_layers": layers, "model.layer_loop": "unroll",
                  "train.microbatches": parts, "train.microbatch_loop": "unroll",
-                 "train.batch_size": c.train.batch_size // M * (parts if scan_parts else M)}
+                 "train.batch_size": c.train.batch_size // M * parts}
     if E:
       overrides["model.encoder_layers"] = encoder
     return hardware.bytes_accessed(compile_step(Trainer(
