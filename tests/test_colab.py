@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+from conftest import xla_flags
 
 nbclient = pytest.importorskip("nbclient", reason="needs nbclient (pip install -e '.[test]')")
 nbformat = pytest.importorskip("nbformat", reason="needs nbformat (pip install -e '.[test]')")
@@ -32,7 +33,8 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   # find this checkout (jaxlm may not be pip-installed), on one CPU device, no GPU.
   monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # conftest's 8 fake devices: not needed
+  # One device (conftest's 8 fake ones are not needed), compiled fast as in every test.
+  monkeypatch.setenv("XLA_FLAGS", xla_flags())
   # "python3" is ipykernel's own spec, whose "python" jupyter_client runs as sys.executable.
   client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                    resources={"metadata": {"path": REPO}})

@@ -106,3 +106,5 @@ def test_cli_bad_input_is_one_line_and_exit_2(workdir, tmp_path):
   (tmp_path / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
   with pytest.raises(FileNotFoundError, match="no checkpoint in"):
     evaluate.run(str(tmp_path))
+  with pytest.raises(ValueError, match="--batches=-1 is invalid"):
+    evaluate.run(workdir, max_batches=-1)

@@ -1,7 +1,7 @@
 """Command line of evaluation (`python -m jaxlm.evaluate`): loss, bits per byte, calibration,
 and downstream tasks of the LM Evaluation Harness.
 
-  python -m jaxlm.evaluate --workdir=DIR [--split=validation|train]
+  python -m jaxlm.evaluate --workdir=DIR [--split=validation|train] [--batches=N]
   python -m jaxlm.evaluate --workdir=DIR --tasks=a,b [--num_fewshot=K] [--limit=N]
       [--batch_size=B] [--include=DIR,...] [--step=N]
 
@@ -24,6 +24,8 @@ from jaxlm.inference import evaluate
 
 flags.DEFINE_string("workdir", None, "Directory of a trained run (config.json, checkpoints/).")
 flags.DEFINE_string("split", "validation", "Corpus split to evaluate: validation or train.")
+flags.DEFINE_integer("batches", 0, "Batches to evaluate, spread over the split (default 0: "
+                     "all of it).")
 flags.DEFINE_list("tasks", [], "LM Evaluation Harness tasks to run instead (comma-separated): "
                   "jaxlm's (shakespeare_cloze, shakespeare_genre), a --include directory's, "
                   "or lm-eval's built-in ones.")
@@ -48,7 +50,7 @@ def main(argv):
     fail("the reliability diagram needs matplotlib; install it with "
          "`pip install 'jaxlm[plot]'`")
   try:
-    r = evaluate.run(F.workdir, F.split)
+    r = evaluate.run(F.workdir, F.split, F.batches)
   except (ValueError, FileNotFoundError) as e:
     fail(str(e))
   for name, s in [(F.split, r), *r.get("sources", {}).items()]:

@@ -164,16 +164,20 @@ def reliability_diagram(result: dict):
   return fig
 
 
-def run(workdir: str, split: str = "validation") -> dict:
-  """Evaluates a run's latest checkpoint; writes eval_<split>.json and reliability_<split>.png,
-  and adds the diagram to the run's TensorBoard and W&B runs where it logs to them."""
+def run(workdir: str, split: str = "validation", max_batches: int = 0) -> dict:
+  """Evaluates a run's latest checkpoint (on all of the split, or max_batches spread over it);
+  writes eval_<split>.json and reliability_<split>.png, and adds the diagram to the run's
+  TensorBoard and W&B runs where it logs to them."""
+  if max_batches < 0:
+    raise ValueError(f"--batches={max_batches} is invalid: expected 0 (the whole split) or a "
+                     "positive count")
   config, tok, mesh, params, step = load_run(workdir)
   if config.model.encoder_layers:
     raise ValueError(f"--workdir={workdir} is an encoder-decoder run; this evaluation is of "
                      "language models (score it with python -m jaxlm.seq2seq_generate "
                      "--eval_lines=0)")
   result = {"split": split, "step": step, "tokenizer": tok.name,
-            **evaluate(params, config, tok, mesh, split)}
+            **evaluate(params, config, tok, mesh, split, max_batches)}
   files.write_atomic(os.path.join(workdir, f"eval_{split}.json"), json.dumps(result, indent=2))
   fig = reliability_diagram(result)
   fig.savefig(os.path.join(workdir, f"reliability_{split}.png"), dpi=100)
