@@ -5,7 +5,14 @@
 Builds benchmarks/train_throughput.py's GPT-2-style model, warms the jitted
 Trainer step up, traces a few steps with jax.profiler (perfetto trace), and
 prints the ops (XLA thunks on CPU, kernels on GPU) that took the most time,
-summed over the traced steps and divided by their number.
+summed over the traced steps and divided by their number; then the matrix
+products grouped by shape (from the optimized HLO: operand shapes, contracted
+dimensions, forward or backward) with their time and GFLOP/s.
+
+GFLOP/s of a product that XLA's CPU runtime runs asynchronously (a plain `dot`
+op, Eigen's) counts only the time until it was handed to the thread pool: such
+rows show impossible rates, and their real cost lands in the ops that run
+beside them.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import sys
@@ -29,6 +37,49 @@ import jax  # noqa: E402
 import report  # noqa: E402
 import train_throughput as tt  # noqa: E402
 from jaxlm import config_io, malloc  # noqa: E402
+
+
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.-]+) = \w+\[([\d,]*)\]")
+_DOT = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.-]+ = (\w+)\[([\d,]*)\]\S* dot\(%?([\w.-]+), "
+                  r"%?([\w.-]+)\).*?lhs_contracting_dims=\{([\d,]*)\}")
+
+
+def products(hlo: str) -> dict[str, tuple[float, str]]:
+  """{op name: (FLOPs, "lhs x rhs -> out, contracting lhs dims")} of each dot, or fusion
+  holding dots, in optimized HLO text."""
+  dims = lambda text: [int(x) for x in text.split(",") if x]
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    m = re.match(r"^\s*(?:ENTRY\s+)?%([\w.-]+) \(.*\{\s*$", line)
+    if m:
+      name = m.group(1)
+      comps[name] = []
+    elif name:
+      comps[name].append(line)
+
+  def dots(lines, only=None):
+    shapes = {m.group(1): dims(m.group(2)) for m in map(_DEF.match, lines) if m}
+    out = []
+    for m in filter(None, map(_DOT.match, lines if only is None else [only])):
+      lhs, rhs, k = shapes.get(m.group(3), []), shapes.get(m.group(4), []), 1
+      for d in dims(m.group(5)):
+        k *= lhs[d] if d < len(lhs) else 0
+      out.append((2 * math.prod(dims(m.group(2))) * k,
+                  f"{lhs} x {rhs} -> {dims(m.group(2))}, contracting {m.group(5)}"))
+    return out
+
+  found = {}
+  for lines in comps.values():
+    for line in lines:
+      m = re.match(r"^\s*(?:ROOT\s+)?%?([\w.-]+) = .*? (fusion|dot)\(", line)
+      if not m:
+        continue
+      called = re.search(r"calls=%?([\w.-]+)", line)
+      d = dots(lines, line) if m.group(2) == "dot" else \
+          dots(comps.get(called.group(1), [])) if called else []
+      if d:
+        found[m.group(1)] = (sum(f for f, _ in d), "; ".join(s for _, s in d))
+  return found
 
 
 def main():
@@ -84,12 +135,25 @@ def main():
   print("op time by kind (ms/step): " + ", ".join(
       f"{k} {us / args.steps / 1e3:.1f}" for k, us in kinds.most_common(args.top)))
   # What each op computes: the jax op_name XLA kept in the optimized HLO's metadata.
-  where = dict(re.findall(r"^\s*%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", step.hlo_text(), re.M))
+  hlo = step.hlo_text()
+  where = dict(re.findall(r"^\s*%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", hlo, re.M))
   print(f"{'us/step':>10} {'calls/step':>10}  name")
   for name, us in [(n, us) for n, us in total.most_common()
                    if not (args.skip and re.match(args.skip, n))][:args.top]:
     print(f"{us / args.steps:10.0f} {count[name] / args.steps:10.1f}  {name[:40]:40} "
           f"{where.get(name, '').replace('jit(step)/', '')[-80:]}")
+  groups = collections.defaultdict(lambda: [0.0, 0, 0.0])
+  for name, (flops, shapes) in products(hlo).items():
+    if name in total:
+      g = groups[(shapes, "backward" if "transpose(" in where.get(name, "") else "forward")]
+      g[0], g[1], g[2] = g[0] + total[name] / args.steps, g[1] + count[name] / args.steps, \
+          g[2] + flops * count[name] / args.steps
+  us_all = sum(g[0] for g in groups.values())
+  print(f"matrix products: {us_all / 1e3:.1f} ms/step, "
+        f"{sum(g[2] for g in groups.values()) / 1e9:.1f} GFLOP/step")
+  print(f"{'ms/step':>8} {'calls':>5} {'GFLOP/s':>8}  pass      shapes")
+  for (shapes, kind), (us, n, flops) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
+    print(f"{us / 1e3:8.1f} {n:5.0f} {flops / us / 1e3:8.0f}  {kind:9} {shapes}")
 
 
 if __name__ == "__main__":
