@@ -220,6 +220,13 @@ def _batch_entry(rows: int):
   return (mesh, entry, n) if n > 1 else None
 
 
+def batch_pieces(rows: int) -> int:
+  """How many pieces the active rules split a batch of `rows` rows into (1 outside
+  activation_rules())."""
+  where = _batch_entry(rows)
+  return where[2] if where else 1
+
+
 def _own_and_batch(x, axes, rows):
   """(mesh, batch entry, n, x's own PartitionSpec (one entry per dim), its entries without
   the batch axes, the batch axes per dim, the batch axes x is not split over), or None

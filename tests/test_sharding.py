@@ -112,6 +112,36 @@ def test_bad_mesh_is_a_config_error():
 
 # One experiment of each model family: GPT-2 (learned positions, tied embeddings), Llama
 # (RoPE, GQA, untied), the classifier (its own head and loss) and the encoder-decoder.
+@pytest.mark.parametrize("shape,tied", [((2, 2, 2), True), ((1, 4, 2), False)])
+def test_token_table_whole_over_tensor_when_vocabulary_is_small_matches_one_device(shape, tied):
+  # 64 rows of 32 tokens over 4 batch pieces: 512 tokens per device >= 384 words (a
+  # vocabulary "tensor" divides, padded beyond the bytes'), so device_tables copies the
+  # token table whole over "tensor" (no vocabulary-parallel lookup, whose (B, T, D)
+  # all-reduce would outweigh the table's gradient).
+  config = config_lib.replace(CONFIG, **{"model.tie_embeddings": tied, "train.steps": 4,
+                                         "train.batch_size": 64, "model.vocab_size": 384})
+  one = _losses(config_lib.replace(config, **{"mesh.data": 1}), jax.devices()[:1])[0]
+  config = config_lib.replace(config, mesh=MeshConfig(*shape))
+  losses, state, trainer = _losses(config, jax.devices())
+  np.testing.assert_allclose(losses, one, rtol=1e-4)
+
+  def copy_spec(rows):
+    seen = []
+
+    def copies(params):
+      with sharding.activation_rules(trainer.mesh, config.mesh.rules):
+        copy = transformer.device_tables(params, config.model, (rows, 32))["embed"]
+      jax.debug.inspect_array_sharding(copy, callback=lambda s: seen.append(s.spec))
+      return copy.sum()
+
+    jax.jit(copies).lower(state.params).compile()
+    return tuple(seen[0]) + (None,) * (3 - len(seen[0]))  # (copies, vocabulary, D)
+
+  whole, split = copy_spec(64), copy_spec(16)  # 512 and 128 tokens per device
+  assert whole[0] == split[0] and "fsdp" in sharding.spec_axes(whole[0])
+  assert whole[1:] == (None, None) and split[1:] == ("tensor", None)
+
+
 # SFT (shakespeare_speaker) is the language model's step with masked targets: it was in
 # this list when the test was written and raised no warning; left out to save a minute.
 FAMILIES = ("gpt2_small", "llama_small", "shakespeare_genre", "shakespeare_restore")

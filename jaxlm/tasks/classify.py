@@ -34,7 +34,7 @@ def class_logits(params, batch: dict, config: Config, pooling: str) -> jax.Array
   """Float32 logits (B, Y) of each row's passage."""
   m = config.model
   mask_BT = batch["segment_ids"] > 0
-  tables = transformer.device_tables(params, m, batch["inputs"].shape[0], output=False)
+  tables = transformer.device_tables(params, m, batch["inputs"].shape, output=False)
   x_BTD = transformer.trunk(tables, batch["inputs"], m, positions_BT=batch["positions"],
                             segment_ids_BT=batch["segment_ids"])
   x_BTD = layers.norm(params["final_norm"], x_BTD, m.norm, m.norm_eps).astype(jnp.float32)

@@ -26,7 +26,7 @@ def token_nll(params, batch: dict, config: Config):
   """Per-token next-token cross-entropy (B, T), the logits' log-sum-exp (B, T), and the
   model's statistics (the layers' largest attention scores, the output logits' RMS)."""
   segments = batch["segment_ids"] if config.data.mask_documents else None
-  tables = transformer.device_tables(params, config.model, batch["inputs"].shape[0])
+  tables = transformer.device_tables(params, config.model, batch["inputs"].shape)
   x_BTD, stats = transformer.trunk(tables, batch["inputs"], config.model, with_stats=True,
                                    positions_BT=batch["positions"], segment_ids_BT=segments)
   nll_BT, lse_BT = transformer.next_token_nll(tables, x_BTD, batch["targets"], config.model,
