@@ -153,7 +153,8 @@ def main():
         f"{sum(g[2] for g in groups.values()) / 1e9:.1f} GFLOP/step")
   print(f"{'ms/step':>8} {'calls':>5} {'GFLOP/s':>8}  pass      shapes")
   for (shapes, kind), (us, n, flops) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
-    print(f"{us / 1e3:8.1f} {n:5.0f} {flops / us / 1e3:8.0f}  {kind:9} {shapes}")
+    rate = f"{flops / us / 1e3:8.0f}" if us else f"{'-':>8}"
+    print(f"{us / 1e3:8.1f} {n:5.0f} {rate}  {kind:9} {shapes}")
 
 
 if __name__ == "__main__":

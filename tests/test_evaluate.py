@@ -84,7 +84,7 @@ def test_cli_writes_json_and_reliability_diagram(workdir):
   assert out.returncode == 0, out.stderr[-2000:]
   assert "perplexity" in out.stdout and "ECE" in out.stdout
   result = json.load(open(os.path.join(workdir, "eval_validation.json")))
-  assert result["split"] == "validation" and result["step"] == 0
+  assert result["split"] == "validation" and result["step"] == 0 and result["batches"] == 0
   assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
   # Byte tokenizer: each target but eos is one byte.
   assert result["bits_per_byte"] == pytest.approx(

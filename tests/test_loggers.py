@@ -104,7 +104,7 @@ def test_tensorboard_holds_the_jsonl_scalars_once_per_step_after_a_resume(resume
 
 def test_evaluate_adds_its_reliability_diagram_to_the_run(resumed_run):
   workdir, _ = resumed_run
-  evaluate.run(workdir, max_batches=4)
+  assert evaluate.run(workdir, max_batches=4)["batches"] == 4
   acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"),
                                            size_guidance={"images": 0})
   acc.Reload()

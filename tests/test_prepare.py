@@ -16,6 +16,8 @@ from conftest import xla_flags
 from jaxlm import config as config_lib
 from jaxlm.data import pipeline, prepared, sources
 from jaxlm.data import tokenizer as tokenizer_lib
+from jaxlm.train import loop
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTES = tokenizer_lib.load_tokenizer("bytes")
@@ -284,8 +286,9 @@ def test_train_on_files_prepares_once_and_on_prepared_dir(tmp_path):
   assert len(after) == 3 and after[0] == two_losses[0]
   for x, y in zip(after, losses[0]):
     assert abs(x - y) <= 1e-4 * abs(y), (after, losses[0])
-  # (The command line prints such errors as one line: tests/test_main.py.)
+  # Refused by the run's setup, before its workdir is written (the command line prints
+  # such errors as one line: tests/test_main.py).
   with pytest.raises(FileNotFoundError,
                      match="^data.corpus=prepared:/nonexistent has no manifest.json"):
-    pipeline.token_stream(dataclasses.replace(data, corpus="prepared:/nonexistent"), "train",
-                          BYTES)
+    loop.setup(tiny_config(**{"data.corpus": "prepared:/nonexistent"}), str(tmp_path / "r4"))
+  assert not (tmp_path / "r4").exists()

@@ -110,8 +110,6 @@ def test_bad_mesh_is_a_config_error():
     MeshConfig(data=-1, fsdp=-1)
 
 
-# One experiment of each model family: GPT-2 (learned positions, tied embeddings), Llama
-# (RoPE, GQA, untied), the classifier (its own head and loss) and the encoder-decoder.
 @pytest.mark.parametrize("shape,tied", [((2, 2, 2), True), ((1, 4, 2), False)])
 def test_token_table_whole_over_tensor_when_vocabulary_is_small_matches_one_device(shape, tied):
   # 64 rows of 32 tokens over 4 batch pieces: 512 tokens per device >= 384 words (a
@@ -142,6 +140,8 @@ def test_token_table_whole_over_tensor_when_vocabulary_is_small_matches_one_devi
   assert whole[1:] == (None, None) and split[1:] == ("tensor", None)
 
 
+# One experiment of each model family: GPT-2 (learned positions, tied embeddings), Llama
+# (RoPE, GQA, untied), the classifier (its own head and loss) and the encoder-decoder.
 # SFT (shakespeare_speaker) is the language model's step with masked targets: it was in
 # this list when the test was written and raised no warning; left out to save a minute.
 FAMILIES = ("gpt2_small", "llama_small", "shakespeare_genre", "shakespeare_restore")

@@ -60,7 +60,7 @@ def _run(*args):
 @needs_libtpu
 def test_dry_run_compiles_the_step_for_a_tpu_slice_on_this_cpu():
   # Layers unrolled: the step's HBM bytes need no second compile (tests/test_plan.py checks
-  # the scanned stack's); a TPU compile takes seconds even at this size.
+  # the scanned stack's re-compiles, on CPU devices); a TPU compile takes seconds even here.
   out = _run("--experiment=llama_small", "--dry_run", "--topology=v5e-8", *TINY,
              "--set", "mesh.data=2", "--set", "mesh.fsdp=4", "--set", "model.layer_loop=unroll")
   assert out.returncode == 0, out.stderr[-2000:]

@@ -43,6 +43,8 @@ def main(argv):
   if not F.workdir:
     fail("--workdir is required: the directory of a trained run")
   if F.tasks:
+    if F.batches:
+      fail("--batches is for the loss evaluation; with --tasks, --limit sets the examples")
     return harness_main()
   if F.split not in evaluate.SPLITS:
     fail(f"--split={F.split!r} is invalid: expected one of {', '.join(evaluate.SPLITS)}")

@@ -176,7 +176,7 @@ def run(workdir: str, split: str = "validation", max_batches: int = 0) -> dict:
     raise ValueError(f"--workdir={workdir} is an encoder-decoder run; this evaluation is of "
                      "language models (score it with python -m jaxlm.seq2seq_generate "
                      "--eval_lines=0)")
-  result = {"split": split, "step": step, "tokenizer": tok.name,
+  result = {"split": split, "step": step, "tokenizer": tok.name, "batches": max_batches,
             **evaluate(params, config, tok, mesh, split, max_batches)}
   files.write_atomic(os.path.join(workdir, f"eval_{split}.json"), json.dumps(result, indent=2))
   fig = reliability_diagram(result)

@@ -68,7 +68,8 @@ def encoded_rows(split: str, tok, src_len: int, tgt_len: int) -> dict:
 def target_nll(params, batch: dict, config: Config):
   """Per-token cross-entropy (B, T) of the targets, from the decoder's residual stream."""
   m = config.model
-  params = transformer.device_tables(params, m, batch["src"].shape)
+  rows, S = batch["src"].shape  # the table is looked up for the source and the target
+  params = transformer.device_tables(params, m, (rows, S + batch["tgt_inputs"].shape[1]))
   memory_BSD = encoder_decoder.encode(params, batch["src"], m, batch["src_segments"])
   x_BTD = encoder_decoder.decoder_trunk(params, memory_BSD, batch["tgt_inputs"], m,
                                         src_segments_BS=batch["src_segments"])
