@@ -265,7 +265,7 @@ def _summed_spec(rest, scatter) -> P:
   return P(*((r or ()) + s or None for r, s in zip(rest, scatter)))
 
 
-def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
+def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int, gather_dtype=None) -> jax.Array:
   """(n, *x.shape): parameter x (logical `axes`), gathered whole over the batch's mesh axes
   and copied once to each of the n devices that split a batch of `rows` rows, along a new
   first axis split over those axes; x itself (no new axis) where the batch is not split.
@@ -277,6 +277,9 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
   gradient is reduced where it is computed (a tied embedding's twice), and a lookup's
   scatter-add into a table split over "fsdp" reshards its (B, T, D) input through a full
   replication (XLA's "involuntary full rematerialization").
+
+  gather_dtype: the copies are gathered in this dtype (the compute dtype its uses cast
+  x to anyway) and cast back to x's, so that their gradient stays in x's dtype.
   """
   where = _own_and_batch(x, axes, rows)
   if where is None:
@@ -290,8 +293,9 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int) -> jax.Array:
 
   @jax.custom_vjp
   def copy(v):
-    return jax.lax.with_sharding_constraint(jnp.broadcast_to(v[None], (n, *v.shape)),
-                                           NamedSharding(mesh, copies))
+    w = v if gather_dtype is None else v.astype(gather_dtype)
+    return jax.lax.with_sharding_constraint(jnp.broadcast_to(w[None], (n, *v.shape)),
+                                           NamedSharding(mesh, copies)).astype(v.dtype)
 
   copy.defvjp(lambda v: (copy(v), None),
               lambda _, g: (jax.lax.with_sharding_constraint(reduce(g), NamedSharding(mesh, own)),))

@@ -116,7 +116,8 @@ def test_tied_table_gradient_is_reduced_once_on_a_tpu_slice_with_tensor_axes():
   # Under data x fsdp x tensor, XLA's TPU compiler reduced a tied table's two gradients
   # apart (the lookup's scatter-add over data x fsdp, the output projection's over data):
   # 1.55x the minimum here. transformer.device_tables sums them on each device first and
-  # reduces the sum once: 1.08x (gpt2_small at its own size: 1.13 -> 0.99).
+  # reduces the sum once: 1.08x (gpt2_small at its own size: 1.13 -> 0.99); gathering the
+  # copies in the compute dtype (bf16), not the parameters' float32: 1.01x.
   _, devices = hardware.devices("v5p-16")
   c = config_lib.replace(registry.experiment("gpt2_small"), **{
       "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "train.batch_size": 16,
@@ -125,4 +126,6 @@ def test_tied_table_gradient_is_reduced_once_on_a_tpu_slice_with_tensor_axes():
   trainer = Trainer(c, sharding.make_mesh(c.mesh, devices), np.ones(c.model.vocab_size, np.int32))
   items, least = plan.communication(plan.compile_step(trainer), trainer,
                                     params_lib.param_count(trainer.specs)["total"])
-  assert sum(x.moved_bytes for x in items) <= 1.15 * sum(least.values())
+  assert sum(x.moved_bytes for x in items) <= 1.05 * sum(least.values())
+  copies = [x for x in items if x.kind == "all-gather" and "broadcast_in_dim" in x.op_name]
+  assert copies and all(x.shape.startswith("bf16[") for x in copies)

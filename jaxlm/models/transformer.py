@@ -240,6 +240,10 @@ def device_tables(params: dict, config: ModelConfig, shape_BT: tuple[int, int],
   as an untied token table (one use, nothing to sum) and leaves an untied output weight
   alone.
 
+  The copies are gathered in the compute dtype (each use casts the table to it anyway)
+  and cast back, so that their gradients are summed and reduced in the parameters' dtype:
+  a bfloat16 model's table moves half the bytes.
+
   Under tensor parallelism the token table is split along the vocabulary (Megatron's
   vocabulary-parallel embedding): each device looks up its part and the (B, T, D) result
   is all-reduced over "tensor". Where the vocabulary is at most the tokens each device
@@ -269,7 +273,7 @@ def device_tables(params: dict, config: ModelConfig, shape_BT: tuple[int, int],
   if config.positions == "learned":
     tables["pos_embed"] = ("positions", "embed")
   for key, axes in tables.items():
-    out[key] = sharding.device_copies(params[key], axes, rows)
+    out[key] = sharding.device_copies(params[key], axes, rows, gather_dtype=config.compute_dtype)
   return out
 
 
