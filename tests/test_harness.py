@@ -213,6 +213,17 @@ def test_training_scores_harness_tasks_into_metrics_and_summary(tmp_path, capsys
       scored[-1]["harness/shakespeare_word/acc"]
   on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert on_disk["harness"] == summary["harness"]
+  # Where every score fails, the summary has no harness scores.
+  r = loop.setup(tiny_config(**{"train.steps": 1, "train.harness_tasks": "shakespeare_word",
+                                "train.final_eval_batches": 1}), str(tmp_path / "failing"))
+
+  def fails(params, beat):
+    calls.append("failed")
+    raise ValueError("a task asks for max_gen_toks=999")
+
+  r.harness, calls = fails, []
+  summary = loop.run(r)
+  assert calls == ["failed"] and summary["steps"] == 1 and "harness" not in summary
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["4"]
   # Lookup errors are config errors (a task found nowhere: test_bad_input_is_one_line).
   for bad, message in [({"train.harness_tasks": "shakespeare_word",
