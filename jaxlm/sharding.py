@@ -220,11 +220,11 @@ def _batch_entry(rows: int):
   return (mesh, entry, n) if n > 1 else None
 
 
-def batch_pieces(rows: int) -> int:
-  """How many pieces the active rules split a batch of `rows` rows into (1 outside
-  activation_rules())."""
+def batch_split(rows: int) -> tuple[tuple[str, ...], int]:
+  """(the mesh axes the active rules split a batch of `rows` rows over, the number of
+  pieces): ((), 1) outside activation_rules() or where the batch is not split."""
   where = _batch_entry(rows)
-  return where[2] if where else 1
+  return (spec_axes(where[1]), where[2]) if where else ((), 1)
 
 
 def _own_and_batch(x, axes, rows):

@@ -263,10 +263,9 @@ def device_tables(params: dict, config: ModelConfig, shape_BT: tuple[int, int],
   if ((config.tie_embeddings and output) or size("tensor") > 1
       or (not tpu and size("data") > 1 and size("fsdp") > 1)):
     # Only where "tensor" alone splits the vocabulary and not the batch (custom rules).
+    batch_axes, pieces = sharding.batch_split(rows)
     whole = (sharding.mesh_axes_of(params["embed"], ("vocab", None)) == {"tensor"}
-             and "tensor" not in sharding.mesh_axes_of(
-                 jax.ShapeDtypeStruct((rows,), jnp.int32), ("batch",))
-             and config.vocab_size <= rows * length // sharding.batch_pieces(rows))
+             and "tensor" not in batch_axes and config.vocab_size <= rows * length // pieces)
     tables["embed"] = (None if whole else "vocab", "embed")
   if output and not config.tie_embeddings and not tpu:
     tables["unembed"] = ("embed", "vocab")

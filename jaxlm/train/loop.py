@@ -181,7 +181,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
   schedule = optim.schedule(c.optim, c.train.steps)
   start_step = int(state.step)
   last_time, last_step = None, start_step
-  val, loss_mean, scored, scored_final = {}, None, None, False
+  val, loss_mean, scored = {}, None, None
   checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
   waiting = loggers.Timer()  # time spent waiting for the next batch
   profile = Profile(c.train.profile_steps, os.path.join(r.workdir, "tensorboard"), report)
@@ -284,7 +284,6 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
                         or final) and not preempted:
         harness_start = time.perf_counter()
         scored = _score_harness(r, state.params, step, report, watchdog) or scored
-        scored_final = final  # tried at the last step: a failure there is not retried
         if last_time is not None:  # the harness's time stays out of the throughput too
           last_time += time.perf_counter() - harness_start
       if preempted:
@@ -299,7 +298,9 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       saved = checkpoint.saved_metrics(mngr, c.train.steps) or {}
       full = {k[len(_FULL):]: v for k, v in saved.items() if k.startswith(_FULL)}
       val = full or saved or evaluate(c.train.steps, True)
-    if r.harness and not scored_final:  # resumed a finished run: score its final params
+    # A resumed finished run scores its final params here (the loop did not run); a score
+    # that failed at the last step is not tried again.
+    if r.harness and start_step >= c.train.steps:
       scored = _score_harness(r, state.params, c.train.steps, report, watchdog)
     watchdog.beat("the last checkpoint's write")
     checkpoint.finish(mngr)
