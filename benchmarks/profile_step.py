@@ -1,6 +1,7 @@
 """Where a jaxlm train step spends its time on this machine: a per-op table from the JAX profiler.
 
   python benchmarks/profile_step.py [--size 6x256] [--set KEY=VALUE ...] [--top 30]
+      [--threads N] [--torch]
 
 Builds benchmarks/train_throughput.py's GPT-2-style model, warms the jitted
 Trainer step up, traces a few steps with jax.profiler (perfetto trace), and
@@ -12,7 +13,12 @@ dimensions, forward or backward) with their time and GFLOP/s.
 GFLOP/s of a product that XLA's CPU runtime runs asynchronously (a plain `dot`
 op, Eigen's) counts only the time until it was handed to the thread pool: such
 rows show impossible rates, and their real cost lands in the ops that run
-beside them.
+beside them. With --threads 1 XLA runs every op, Eigen's products included, on
+one thread, one after another: each op's own time, none overlapping.
+
+--torch then profiles benchmarks/torch_gpt.py's PyTorch step on the same model
+and tokens (torch.profiler, the same thread count) and prints its ops by self
+time, so that the two steps can be compared op kind by op kind.
 """
 
 from __future__ import annotations
@@ -93,7 +99,17 @@ def main():
   parser.add_argument("--skip", default="",
                       help="regex: leave matching op names out of the table (e.g. ynn_fusion)")
   parser.add_argument("--set", action="append", default=[], help="jaxlm config override")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="threads of XLA's CPU pool (and PyTorch's); default: every core")
+  parser.add_argument("--torch", action="store_true",
+                      help="also profile the PyTorch step of benchmarks/train_throughput.py")
   args = parser.parse_args()
+  if args.threads < 0:
+    parser.error(f"--threads must be at least 1 (0: every core), got {args.threads}")
+  if args.threads:
+    # The size of XLA's CPU thread pool, read when the backend starts (below, at the
+    # first computation): jaxlib's PjRt CPU client takes it from NPROC.
+    os.environ["NPROC"] = str(args.threads)
   malloc.reuse_freed_memory()
   layers, width = tt.parse_size(args.size)
   config = config_io.apply_overrides(tt.make_config(layers, width, args), args.set)
@@ -155,6 +171,38 @@ def main():
   for (shapes, kind), (us, n, flops) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
     rate = f"{flops / us / 1e3:8.0f}" if us else f"{'-':>8}"
     print(f"{us / 1e3:8.1f} {n:5.0f} {rate}  {kind:9} {shapes}")
+  if args.torch:
+    profile_torch(config, args)
+
+
+def profile_torch(config, args) -> None:
+  """PyTorch's step on the same model and tokens: its median time and ops by self time."""
+  import torch  # noqa: E402  (only for this comparison)
+  from torch.profiler import ProfilerActivity, profile
+
+  import torch_gpt  # noqa: E402
+  torch_gpt.set_threads()
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  args.gpu = False
+  step, _ = tt.torch_step(config, tt.token_batches(config, 2), args)
+  for i in range(2):
+    step(i)
+  times = []
+  for i in range(args.steps):
+    start = time.perf_counter()
+    step(i)
+    times.append(time.perf_counter() - start)
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for i in range(args.steps):
+      step(i)
+  ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+  print(f"\nPyTorch step ({torch.get_num_threads()} threads): median "
+        f"{statistics.median(times) * 1e3:.0f} ms of {args.steps}, untraced")
+  print(f"{'ms/step':>8} {'calls/step':>10}  op (self time)")
+  for e in ops[:args.top]:
+    print(f"{e.self_cpu_time_total / args.steps / 1e3:8.1f} {e.count / args.steps:10.1f}  "
+          f"{e.key[:70]}")
 
 
 if __name__ == "__main__":
