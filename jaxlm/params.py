@@ -62,11 +62,8 @@ def abstract_params(specs: dict, dtype, shardings=None) -> dict:
   What compiling ahead of time and restoring a checkpoint need, without
   allocating anything.
   """
-  dtype = jnp.dtype(dtype)
-  if shardings is None:
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), specs, is_leaf=is_spec)
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
-                      specs, shardings, is_leaf=is_spec)
+  struct = lambda s, sh=None: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype), sharding=sh)
+  return jax.tree.map(struct, specs, *(() if shardings is None else (shardings,)), is_leaf=is_spec)
 
 
 def param_count(specs: dict) -> dict[str, int]:
@@ -97,8 +94,7 @@ def update_stats(specs: dict, params: dict, grads: dict, updates: dict) -> dict:
 
   out = {}
   flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0]
-  for (path, spec), p, g, u in zip(flat, *(jax.tree.leaves(t) for t in (params, grads,
-                                                                      updates))):
+  for (path, spec), p, g, u in zip(flat, *(jax.tree.leaves(t) for t in (params, grads, updates))):
     name = ".".join(str(getattr(k, "key", k)) for k in path)
     p_norm = norm(spec, p)
     out[name] = {"param_norm": p_norm, "grad_norm": norm(spec, g),

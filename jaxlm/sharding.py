@@ -27,9 +27,10 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jaxlm_sharding", defau
 _PLATFORM: contextvars.ContextVar = contextvars.ContextVar("jaxlm_platform", default=None)
 
 
-def mesh_shape(config: MeshConfig, n_devices: int) -> tuple[int, int, int]:
-  """Resolves -1 in (data, fsdp, tensor) and checks the product is n_devices."""
-  sizes = [config.data, config.fsdp, config.tensor]
+def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh over all (or the given) devices; a -1 axis fills the rest."""
+  devices = jax.devices() if devices is None else devices
+  sizes, n_devices = [config.data, config.fsdp, config.tensor], len(devices)
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if n_devices % known:
@@ -39,15 +40,9 @@ def mesh_shape(config: MeshConfig, n_devices: int) -> tuple[int, int, int]:
   if math.prod(sizes) != n_devices:
     raise ConfigError(f"mesh.data*mesh.fsdp*mesh.tensor = {math.prod(sizes)} but "
                       f"{n_devices} devices are available; set one axis to -1 to fill")
-  return tuple(sizes)
-
-
-def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
-  """A (data, fsdp, tensor) mesh over all (or the given) devices."""
-  devices = jax.devices() if devices is None else devices
   # Auto axes: XLA's partitioner propagates shardings from the params, batch and
   # the constraints the model places (jax >= 0.8 defaults to Explicit axes).
-  return jax.make_mesh(mesh_shape(config, len(devices)), MESH_AXES, devices=devices,
+  return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
@@ -85,9 +80,8 @@ def logical_to_spec(axes, rules, shape=None, mesh=None) -> P:
 
 def tree_shardings(specs, mesh, rules):
   """NamedShardings for a tree of ParamSpec (anything with .axes and .shape)."""
-  return jax.tree.map(lambda s: NamedSharding(mesh, logical_to_spec(s.axes, rules, s.shape,
-                                                                     mesh)),
-                      specs, is_leaf=is_spec)
+  sharding_of = lambda s: NamedSharding(mesh, logical_to_spec(s.axes, rules, s.shape, mesh))
+  return jax.tree.map(sharding_of, specs, is_leaf=is_spec)
 
 
 def like_params(state, params, param_shardings, default: NamedSharding):
@@ -98,9 +92,7 @@ def like_params(state, params, param_shardings, default: NamedSharding):
   Matching by key path, not by the state's structure, works for any optax
   transformation, including those that split the params (Muon, masked decay).
   """
-  by_path = {}
-  for path, p in jax.tree_util.tree_leaves_with_path(params):
-    by_path[_dict_keys(path)] = p.shape
+  by_path = {_dict_keys(path): p.shape for path, p in jax.tree_util.tree_leaves_with_path(params)}
   flat = dict(zip(by_path, jax.tree.leaves(param_shardings,
                                            is_leaf=lambda x: isinstance(x, NamedSharding))))
 
@@ -143,8 +135,7 @@ def on_each_device(axes: tuple[str, ...]):
   axis_size() is 1 for `axes`, and platform() still names the active mesh's platform."""
   if _ACTIVE.get() is None:
     raise RuntimeError("sharding.on_each_device is used inside activation_rules() only")
-  rules = tuple((name, tuple(a for a in over if a not in axes))
-                for name, over in _ACTIVE.get()[1])
+  rules = tuple((name, tuple(a for a in over if a not in axes)) for name, over in _ACTIVE.get()[1])
   mesh = jax.sharding.get_abstract_mesh()
   where, token = _PLATFORM.set(platform()), _ACTIVE.set((mesh, rules))
   try:
@@ -286,10 +277,9 @@ def device_copies(x: jax.Array, axes: tuple[str, ...], rows: int, gather_dtype=N
     return x
   mesh, entry, n, own, rest, scatter, summed = where
   copies = P(entry, *rest)
-  reduce = jax.shard_map(lambda partial: _sum_into_shard(partial[0], scatter, summed),
-                         mesh=mesh, in_specs=copies,
-                         out_specs=_summed_spec(rest, scatter), axis_names=_manual(copies),
-                         check_vma=False)
+  reduce = jax.shard_map(lambda partial: _sum_into_shard(partial[0], scatter, summed), mesh=mesh,
+                         in_specs=copies, out_specs=_summed_spec(rest, scatter),
+                         axis_names=_manual(copies), check_vma=False)
 
   @jax.custom_vjp
   def copy(v):

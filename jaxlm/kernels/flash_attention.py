@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.kernels import flash_attention_gpu, flash_attention_tpu
-from jaxlm.kernels.flash_blocks import (Config, Tuning, default_tuning, pow2_at_least_16,
-                                        round_up)
+from jaxlm.kernels.flash_blocks import Config, Tuning, default_tuning, pow2_at_least_16, round_up
 from jaxlm.kernels.reference import split_segments
 
 __all__ = ["flash_attention", "unsupported", "Tuning", "default_tuning"]
@@ -36,9 +35,8 @@ __all__ = ["flash_attention", "unsupported", "Tuning", "default_tuning"]
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 MAX_HEAD_DIM = 128
 BACKENDS = ("gpu", "tpu", "cpu")
-# (forward, backward) of each kernel variant.
-_VARIANTS = {"gpu": (flash_attention_gpu.forward, flash_attention_gpu.backward),
-             "tpu": (flash_attention_tpu.forward, flash_attention_tpu.backward)}
+# Each kernel variant's module: its forward and backward.
+_VARIANTS = {"gpu": flash_attention_gpu, "tpu": flash_attention_tpu}
 
 
 def unsupported(q, k, v=None, backend: str | None = None) -> str:
@@ -88,26 +86,24 @@ def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None
   if interpret is None:
     interpret = jax.default_backend() != variant
   t = _resolve_tuning(default_tuning(variant, q_BTNH.dtype), tuning, T, S)
-  segs = None
-  if segment_ids is not None:
-    segs = tuple(x.astype(jnp.int32) for x in split_segments(segment_ids, T, S))
-    if any(x.shape[0] != B for x in segs):
-      raise ValueError(f"segment ids must have the batch size {B} of q, got "
-                       f"{[x.shape for x in segs]}")
-  sm_scale = H ** -0.5 if scale is None else float(scale)
-  cfg = Config(bool(is_causal), sm_scale, T, S, t, variant, bool(interpret))
-
   # Pad to whole blocks (masked as keys, sliced off as queries) and the head dim to
   # a power of two >= 16, the smallest shape Triton's dot accepts; zero columns
   # change no score.
   Tp = round_up(T, max(t.block_q, t.block_q_dkv, t.block_q_dq))
   Sp = round_up(S, max(t.block_k, t.block_k_dkv, t.block_k_dq))
   Hp = pow2_at_least_16(H)
+  segs = None
+  if segment_ids is not None:
+    segs = tuple(x.astype(jnp.int32) for x in split_segments(segment_ids, T, S))
+    if any(x.shape[0] != B for x in segs):
+      raise ValueError(f"segment ids must have the batch size {B} of q, got "
+                       f"{[x.shape for x in segs]}")
+    segs = tuple(jnp.pad(x, ((0, 0), (0, Lp - L)), constant_values=-1)
+                 for x, L, Lp in zip(segs, (T, S), (Tp, Sp)))
+  sm_scale = H ** -0.5 if scale is None else float(scale)
+  cfg = Config(bool(is_causal), sm_scale, T, S, t, variant, bool(interpret))
   pad = lambda x, L, Lp: jnp.pad(x, ((0, 0), (0, Lp - L), (0, 0), (0, Hp - H)))
   q, k, v = pad(q_BTNH, T, Tp), pad(k_BSKH, S, Sp), pad(v_BSKH, S, Sp)
-  if segs is not None:
-    segs = (jnp.pad(segs[0], ((0, 0), (0, Tp - T)), constant_values=-1),
-            jnp.pad(segs[1], ((0, 0), (0, Sp - S)), constant_values=-1))
   o_BTpNHp, lse_BNTp = _flash(q, k, v, segs, cfg)
   o_BTNH = o_BTpNHp[:, :T, :, :H]
 
@@ -117,8 +113,7 @@ def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None
     G = N // K
     empty_BTKG1 = (lse_BNTp[:, :, :T] == jnp.inf).transpose(0, 2, 1).reshape(B, T, K, G, 1)
     mean_B1K1H = v_BSKH.astype(jnp.float32).mean(axis=1)[:, None, :, None, :]
-    o_BTKGH = jnp.where(empty_BTKG1, mean_B1K1H.astype(o_BTNH.dtype),
-                        o_BTNH.reshape(B, T, K, G, H))
+    o_BTKGH = jnp.where(empty_BTKG1, mean_B1K1H.astype(o_BTNH.dtype), o_BTNH.reshape(B, T, K, G, H))
     o_BTNH = o_BTKGH.reshape(B, T, N, H)
   return o_BTNH
 
@@ -132,20 +127,18 @@ def _resolve_tuning(base: Tuning, overrides: dict, T: int, S: int) -> Tuning:
       raise ValueError(f"{key}={value}: expected a power of two >= 16")
   t = dataclasses.replace(base, **overrides)
   # A block never needs to be longer than the (power-of-two-rounded) sequence.
-  qcap, kcap = pow2_at_least_16(T), pow2_at_least_16(S)
-  return dataclasses.replace(
-      t, block_q=min(t.block_q, qcap), block_k=min(t.block_k, kcap),
-      block_q_dkv=min(t.block_q_dkv, qcap), block_k_dkv=min(t.block_k_dkv, kcap),
-      block_q_dq=min(t.block_q_dq, qcap), block_k_dq=min(t.block_k_dq, kcap))
+  cap = {"q": pow2_at_least_16(T), "k": pow2_at_least_16(S)}
+  return dataclasses.replace(t, **{n: min(getattr(t, n), cap[n.split("_")[1]])
+                                   for n in names if n.startswith("block_")})
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _flash(q, k, v, segs, cfg):
-  return _VARIANTS[cfg.variant][0](q, k, v, segs, cfg)
+  return _VARIANTS[cfg.variant].forward(q, k, v, segs, cfg)
 
 
 def _flash_fwd(q, k, v, segs, cfg):
-  o, lse = _VARIANTS[cfg.variant][0](q, k, v, segs, cfg)
+  o, lse = _VARIANTS[cfg.variant].forward(q, k, v, segs, cfg)
   return (o, lse), (q, k, v, segs, o, lse)
 
 
@@ -154,7 +147,8 @@ def _flash_bwd(cfg, res, cotangents):
   do, _ = cotangents  # lse only marks empty rows; it carries no gradient
   # delta_i = sum_h o_ih do_ih = sum_j p_ij dp_ij: the softmax Jacobian's row term.
   delta_BNT = jnp.einsum("btnh,btnh->bnt", o.astype(jnp.float32), do.astype(jnp.float32))
-  dq, dk, dv = _VARIANTS[cfg.variant][1](q, k, v, segs, do.astype(q.dtype), lse, delta_BNT, cfg)
+  dq, dk, dv = _VARIANTS[cfg.variant].backward(q, k, v, segs, do.astype(q.dtype), lse,
+                                               delta_BNT, cfg)
   return dq, dk, dv, None
 
 

@@ -43,8 +43,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, o_ref, lse_ref, *, cfg
     acc, m, l = carry
     rows = pl.ds(j * bk, bk)
     kv_ids = None if kvseg_ref is None else kvseg_ref[rows]
-    s = scores(q, k_ref[rows, :], q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, cfg,
-               positional)
+    s = scores(q, k_ref[rows, :], q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, cfg, positional)
     m_new = jnp.maximum(m, s.max(axis=1))
     alpha = jnp.exp2(m - m_new)
     p = jnp.exp2(s - m_new[:, None])
@@ -122,9 +121,10 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_ref, lse_ref, delta
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _compiler_params(cfg: Config, Hp: int):
+def _pallas_call(kernel, name: str, cfg: Config, Hp: int, **kw):
   warps = cfg.tuning.num_warps or (4 if Hp <= 64 else 8)
-  return _GpuCompilerParams(num_warps=warps, num_stages=cfg.tuning.num_stages)
+  params = _GpuCompilerParams(num_warps=warps, num_stages=cfg.tuning.num_stages)
+  return pl.pallas_call(kernel, compiler_params=params, interpret=cfg.interpret, name=name, **kw)
 
 
 def _seg_specs(segs, q_spec, kv_spec):
@@ -144,16 +144,12 @@ def forward(q, k, v, segs, cfg: Config):
   q_spec = pl.BlockSpec((None, bq, None, Hp), lambda i, b, n: (b, qi(i), n, 0))
   seg_specs, seg_args = _seg_specs(segs, pl.BlockSpec((None, bq), lambda i, b, n: (b, qi(i))),
                                    pl.BlockSpec((None, Sp), lambda i, b, n: (b, 0)))
-  return pl.pallas_call(
-      functools.partial(_fwd_kernel, cfg=cfg, nq=nq, nk=nk),
-      grid=(nq, B, N),
-      in_specs=[q_spec, kv_spec, kv_spec, *seg_specs],
+  return _pallas_call(
+      functools.partial(_fwd_kernel, cfg=cfg, nq=nq, nk=nk), "flash_attention_fwd", cfg, Hp,
+      grid=(nq, B, N), in_specs=[q_spec, kv_spec, kv_spec, *seg_specs],
       out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda i, b, n: (b, n, qi(i)))],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, N, Tp), jnp.float32)],
-      compiler_params=_compiler_params(cfg, Hp),
-      interpret=cfg.interpret,
-      name="flash_attention_fwd",
   )(q, k, v, *seg_args)
 
 
@@ -173,15 +169,11 @@ def backward(q, k, v, segs, do, lse, delta, cfg: Config):
                                    pl.BlockSpec((None, bk), lambda j, b, h: (b, j)))
   split = lambda x: x.reshape(B, Tp, K, G, Hp)
   rows = lambda x: x.reshape(B, K, G, Tp)
-  dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, cfg=cfg, nq=nq, G=G),
+  dk, dv = _pallas_call(
+      functools.partial(_dkv_kernel, cfg=cfg, nq=nq, G=G), "flash_attention_dkv", cfg, Hp,
       grid=(nk, B, K),
       in_specs=[qg_spec, kv_spec, kv_spec, *seg_specs, qg_spec, rowg_spec, rowg_spec],
-      out_specs=[kv_spec, kv_spec],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2,
-      compiler_params=_compiler_params(cfg, Hp),
-      interpret=cfg.interpret,
-      name="flash_attention_dkv",
+      out_specs=[kv_spec, kv_spec], out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2,
   )(split(q), k, v, *seg_args, split(do), rows(lse), rows(delta))
 
   # dq: one program per (query block, batch, head), like the forward.
@@ -193,14 +185,9 @@ def backward(q, k, v, segs, do, lse, delta, cfg: Config):
   kv_spec = pl.BlockSpec((None, Sp, None, Hp), lambda i, b, n: (b, 0, lax.div(n, G), 0))
   seg_specs, seg_args = _seg_specs(segs, pl.BlockSpec((None, bq), lambda i, b, n: (b, qi(i))),
                                    pl.BlockSpec((None, Sp), lambda i, b, n: (b, 0)))
-  dq = pl.pallas_call(
-      functools.partial(_dq_kernel, cfg=cfg, nq=nq, nk=nk),
-      grid=(nq, B, N),
-      in_specs=[q_spec, kv_spec, kv_spec, *seg_specs, q_spec, row_spec, row_spec],
-      out_specs=q_spec,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=_compiler_params(cfg, Hp),
-      interpret=cfg.interpret,
-      name="flash_attention_dq",
+  dq = _pallas_call(
+      functools.partial(_dq_kernel, cfg=cfg, nq=nq, nk=nk), "flash_attention_dq", cfg, Hp,
+      grid=(nq, B, N), in_specs=[q_spec, kv_spec, kv_spec, *seg_specs, q_spec, row_spec, row_spec],
+      out_specs=q_spec, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
   )(q, k, v, *seg_args, do, lse, delta)
   return dq, dk, dv

@@ -120,7 +120,6 @@ def _dq_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_ref, lse_ref, delta_
 def _dkv_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_ref, lse_ref, delta_ref, dk_ref,
                 dv_ref, dk_sc, dv_sc, *, cfg, nq, G):
   j, g, i = pl.program_id(2), pl.program_id(3), pl.program_id(4)
-  t = cfg.tuning
 
   @pl.when((g == 0) & (i == 0))
   def _init():
@@ -136,7 +135,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_ref, lse_ref, delta
     dk_sc[...] += fb.dot(ds.astype(q.dtype), q, fb.TN)
 
   # As on the GPU, padded keys need no mask here: their dk, dv rows are sliced off.
-  lo, mid = fb.q_range(j, t.block_q_dkv, t.block_k_dkv, nq, cfg)
+  lo, mid = fb.q_range(j, cfg.tuning.block_q_dkv, cfg.tuning.block_k_dkv, nq, cfg)
   _dispatch(i, (mid, nq), (lo, mid) if cfg.causal else None, step)
 
   @pl.when((g == G - 1) & (i == nq - 1))
@@ -149,12 +148,11 @@ def _lanes(x_BNT):
   return jnp.broadcast_to(x_BNT[..., None], (*x_BNT.shape, LANES))
 
 
-def _seg_inputs(segs, Tp, Sp):
+def _seg_inputs(segs, Sp):
   if segs is None:
     return None, None
   q_seg, kv_seg = segs
-  return (jnp.broadcast_to(q_seg[:, :, None], (*q_seg.shape, LANES)),
-          jnp.broadcast_to(kv_seg[:, None, :], (kv_seg.shape[0], SUBLANES, Sp)))
+  return _lanes(q_seg), jnp.broadcast_to(kv_seg[:, None, :], (kv_seg.shape[0], SUBLANES, Sp))
 
 
 def _seg_specs(segs, bq, bk, q_map, kv_map):
@@ -163,22 +161,21 @@ def _seg_specs(segs, bq, bk, q_map, kv_map):
   return [pl.BlockSpec((None, bq, LANES), q_map), pl.BlockSpec((None, SUBLANES, bk), kv_map)]
 
 
-def _interpret(cfg):
+def _pallas_call(kernel, name, cfg, n_reduced, **kw):
+  """pl.pallas_call on a grid whose last n_reduced axes reduce ("arbitrary")."""
+  semantics = ("parallel",) * (len(kw["grid"]) - n_reduced) + ("arbitrary",) * n_reduced
   # The TPU interpreter models VMEM, DMAs and grid semantics (uninitialised scratch
   # reads NaN, out-of-bounds blocks raise), so it checks more than interpret=True.
-  return pltpu.InterpretParams() if cfg.interpret else False
+  return pl.pallas_call(kernel, compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
+                        interpret=pltpu.InterpretParams() if cfg.interpret else False, name=name,
+                        **kw)
 
 
-def _params(*semantics):
-  return pltpu.CompilerParams(dimension_semantics=semantics)
-
-
-def _last_visible_kv(i, cfg, nk, bq, bk):
+def _last_visible_kv(i, j, cfg, nk, bq, bk):
   """Kv block to fetch at (i, j): j itself, or the last visible one if j is skipped."""
   if not cfg.causal:
-    return lambda j: j
-  _, hi = fb.kv_range(i, bq, bk, nk, cfg)
-  return lambda j: jnp.clip(j, 0, jnp.maximum(hi - 1, 0))
+    return j
+  return jnp.clip(j, 0, jnp.maximum(fb.kv_range(i, bq, bk, nk, cfg)[1] - 1, 0))
 
 
 def forward(q, k, v, segs, cfg):
@@ -188,26 +185,21 @@ def forward(q, k, v, segs, cfg):
   G, bq, bk = N // K, cfg.tuning.block_q, cfg.tuning.block_k
   nq, nk = Tp // bq, Sp // bk
   q_BNTH, k_BKSH, v_BKSH = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-  kv_j = lambda i, j: _last_visible_kv(i, cfg, nk, bq, bk)(j)
+  kv_j = lambda i, j: _last_visible_kv(i, j, cfg, nk, bq, bk)
   q_spec = pl.BlockSpec((None, None, bq, Hp), lambda b, n, i, j: (b, n, i, 0))
-  kv_spec = pl.BlockSpec((None, None, bk, Hp),
-                         lambda b, n, i, j: (b, lax.div(n, G), kv_j(i, j), 0))
+  kv_spec = pl.BlockSpec((None, None, bk, Hp), lambda b, n, i, j: (b, lax.div(n, G), kv_j(i, j), 0))
   row_spec = pl.BlockSpec((None, None, bq, LANES), lambda b, n, i, j: (b, n, i, 0))
   seg_specs = _seg_specs(segs, bq, bk, lambda b, n, i, j: (b, i, 0),
                          lambda b, n, i, j: (b, 0, kv_j(i, j)))
-  o_BNTH, lse_BNTW = pl.pallas_call(
-      functools.partial(_fwd_kernel, cfg=cfg, nk=nk),
-      grid=(B, N, nq, nk),
-      in_specs=[q_spec, kv_spec, kv_spec, *seg_specs],
+  o_BNTH, lse_BNTW = _pallas_call(
+      functools.partial(_fwd_kernel, cfg=cfg, nk=nk), "flash_attention_fwd_tpu", cfg, 1,
+      grid=(B, N, nq, nk), in_specs=[q_spec, kv_spec, kv_spec, *seg_specs],
       out_specs=[q_spec, row_spec],
       out_shape=[jax.ShapeDtypeStruct(q_BNTH.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, N, Tp, LANES), jnp.float32)],
       scratch_shapes=[pltpu.VMEM((bq, LANES), jnp.float32), pltpu.VMEM((bq, LANES), jnp.float32),
                       pltpu.VMEM((bq, Hp), jnp.float32)],
-      compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
-      interpret=_interpret(cfg),
-      name="flash_attention_fwd_tpu",
-  )(q_BNTH, k_BKSH, v_BKSH, *_seg_inputs(segs, Tp, Sp))
+  )(q_BNTH, k_BKSH, v_BKSH, *_seg_inputs(segs, Sp))
   return o_BNTH.transpose(0, 2, 1, 3), lse_BNTW[..., 0]
 
 
@@ -218,7 +210,7 @@ def backward(q, k, v, segs, do, lse, delta, cfg):
   G, t = N // K, cfg.tuning
   q_BNTH, k_BKSH, v_BKSH, do_BNTH = (x.transpose(0, 2, 1, 3) for x in (q, k, v, do))
   lse_BNTW, delta_BNTW = _lanes(lse), _lanes(delta)
-  seg_args = _seg_inputs(segs, Tp, Sp)
+  seg_args = _seg_inputs(segs, Sp)
 
   # dk, dv: grid (B, K, kv block, head in group, query block); the last two reduce.
   bq, bk = t.block_q_dkv, t.block_k_dkv
@@ -235,38 +227,29 @@ def backward(q, k, v, segs, do, lse, delta, cfg):
   kv_spec = pl.BlockSpec((None, None, bk, Hp), lambda b, h, j, g, i: (b, h, j, 0))
   seg_specs = _seg_specs(segs, bq, bk, lambda b, h, j, g, i: (b, q_i(j, i), 0),
                          lambda b, h, j, g, i: (b, 0, j))
-  dk_BKSH, dv_BKSH = pl.pallas_call(
-      functools.partial(_dkv_kernel, cfg=cfg, nq=nq, G=G),
+  dk_BKSH, dv_BKSH = _pallas_call(
+      functools.partial(_dkv_kernel, cfg=cfg, nq=nq, G=G), "flash_attention_dkv_tpu", cfg, 2,
       grid=(B, K, nk, G, nq),
       in_specs=[q_spec, kv_spec, kv_spec, *seg_specs, q_spec, row_spec, row_spec],
-      out_specs=[kv_spec, kv_spec],
-      out_shape=[jax.ShapeDtypeStruct(k_BKSH.shape, k.dtype)] * 2,
+      out_specs=[kv_spec, kv_spec], out_shape=[jax.ShapeDtypeStruct(k_BKSH.shape, k.dtype)] * 2,
       scratch_shapes=[pltpu.VMEM((bk, Hp), jnp.float32)] * 2,
-      compiler_params=_params("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
-      interpret=_interpret(cfg),
-      name="flash_attention_dkv_tpu",
   )(q_BNTH, k_BKSH, v_BKSH, *seg_args, do_BNTH, lse_BNTW, delta_BNTW)
 
   # dq: grid (B, N, query block, kv block), like the forward.
   bq, bk = t.block_q_dq, t.block_k_dq
   nq, nk = Tp // bq, Sp // bk
-  kv_j = lambda i, j: _last_visible_kv(i, cfg, nk, bq, bk)(j)
+  kv_j = lambda i, j: _last_visible_kv(i, j, cfg, nk, bq, bk)
   q_spec = pl.BlockSpec((None, None, bq, Hp), lambda b, n, i, j: (b, n, i, 0))
   row_spec = pl.BlockSpec((None, None, bq, LANES), lambda b, n, i, j: (b, n, i, 0))
-  kv_spec = pl.BlockSpec((None, None, bk, Hp),
-                         lambda b, n, i, j: (b, lax.div(n, G), kv_j(i, j), 0))
+  kv_spec = pl.BlockSpec((None, None, bk, Hp), lambda b, n, i, j: (b, lax.div(n, G), kv_j(i, j), 0))
   seg_specs = _seg_specs(segs, bq, bk, lambda b, n, i, j: (b, i, 0),
                          lambda b, n, i, j: (b, 0, kv_j(i, j)))
-  dq_BNTH = pl.pallas_call(
-      functools.partial(_dq_kernel, cfg=cfg, nk=nk),
+  dq_BNTH = _pallas_call(
+      functools.partial(_dq_kernel, cfg=cfg, nk=nk), "flash_attention_dq_tpu", cfg, 1,
       grid=(B, N, nq, nk),
       in_specs=[q_spec, kv_spec, kv_spec, *seg_specs, q_spec, row_spec, row_spec],
-      out_specs=q_spec,
-      out_shape=jax.ShapeDtypeStruct(q_BNTH.shape, q.dtype),
+      out_specs=q_spec, out_shape=jax.ShapeDtypeStruct(q_BNTH.shape, q.dtype),
       scratch_shapes=[pltpu.VMEM((bq, Hp), jnp.float32)],
-      compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
-      interpret=_interpret(cfg),
-      name="flash_attention_dq_tpu",
   )(q_BNTH, k_BKSH, v_BKSH, *seg_args, do_BNTH, lse_BNTW, delta_BNTW)
   return (dq_BNTH.transpose(0, 2, 1, 3), dk_BKSH.transpose(0, 2, 1, 3),
           dv_BKSH.transpose(0, 2, 1, 3))

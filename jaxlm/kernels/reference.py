@@ -46,15 +46,13 @@ def mask_BTS(T: int, S: int, is_causal: bool, q_seg_BT=None, kv_seg_BS=None):
   return mask
 
 
-def reference_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None,
-                        scale=None):
+def reference_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, scale=None):
   """Softmax(q k^T * scale, masked) v over all keys, in float32; (B, T, N, H) in v's dtype."""
   T, S = q_BTNH.shape[1], k_BSKH.shape[1]
   G = q_BTNH.shape[2] // k_BSKH.shape[2]
   k_BSNH, v_BSNH = jnp.repeat(k_BSKH, G, axis=2), jnp.repeat(v_BSKH, G, axis=2)
   scale = q_BTNH.shape[-1] ** -0.5 if scale is None else scale
-  s_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH,
-                      preferred_element_type=jnp.float32) * scale
+  s_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH, preferred_element_type=jnp.float32) * scale
   visible_BTS = mask_BTS(T, S, is_causal, *split_segments(segment_ids, T, S))
   s_BNTS = jnp.where(visible_BTS[:, None], s_BNTS, MASKED)
   p_BNTS = jax.nn.softmax(s_BNTS, -1).astype(v_BSNH.dtype)

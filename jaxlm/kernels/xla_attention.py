@@ -90,8 +90,7 @@ def _bmm(a, b, dtype=None):
   transposed operand it falls back to Eigen, and the attention's forward and
   backward ran 15-27% slower (docs/benchmarks.md, CPU section).
   """
-  return jax.lax.dot_general(a, b, (((3,), (2,)), ((0, 1), (0, 1))),
-                             preferred_element_type=dtype)
+  return jax.lax.dot_general(a, b, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=dtype)
 
 
 def _transposed_copy(x):
@@ -145,8 +144,7 @@ def _attend_blocks_bwd(spans, scale, residuals, cotangents):
   dq_blocks, dk_parts, dv_parts = [], [], []  # dK, dV transposed: each product is canonical
   for (a, b, end), mask, p_BKRS in zip(spans, masks, probs):
     do_BKRH = _query_block(do_BKGTH, a, b)
-    dv_parts.append(
-        _bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BKSH.dtype), jnp.float32))
+    dv_parts.append(_bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BKSH.dtype), jnp.float32))
     dp_BKRS = _bmm(do_BKRH, v_BKHS[..., :end], jnp.float32)
     ds_BKRS = p_BKRS * (dp_BKRS - jnp.sum(dp_BKRS * p_BKRS, axis=-1, keepdims=True))
     if mask is not None:  # as autodiff of the where: no gradient into masked scores

@@ -25,14 +25,6 @@ class AttentionUnsupportedError(ValueError):
   """The requested implementation cannot serve this call; the message says why."""
 
 
-def _cudnn_attention(q, k, v, *, is_causal=False, segment_ids=None, scale=None):
-  why = _cudnn_unsupported(q, k, segment_ids)
-  if why:
-    raise AttentionUnsupportedError(f"cudnn attention cannot serve this call: {why}")
-  return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, scale=scale,
-                                      implementation="cudnn")
-
-
 def _cudnn_unsupported(q, k, segment_ids) -> str:
   if sharding.platform() != "gpu":
     return f"it needs a GPU, and the backend is {sharding.platform()}"
@@ -45,37 +37,15 @@ def _cudnn_unsupported(q, k, segment_ids) -> str:
   return ""
 
 
-def _pallas_attention(q, k, v, *, is_causal=False, segment_ids=None, scale=None):
-  why = flash_attention.unsupported(q, k, v)
-  if why:
-    raise AttentionUnsupportedError(f"pallas attention cannot serve this call: {why}")
-  # On CPU this runs the GPU kernel in the Pallas interpreter: exact but slow. The platform
-  # is the mesh's: compiling for a TPU topology from a CPU builds the Mosaic kernel.
-  platform = sharding.platform()
-  return flash_attention.flash_attention(q, k, v, is_causal=is_causal, segment_ids=segment_ids,
-                                         scale=scale, backend=platform,
-                                         interpret=platform not in ("gpu", "tpu"))
-
-
-def _pallas_unsupported(q, k, segment_ids) -> str:
-  """Why pallas should not be chosen automatically here, or "" if it should."""
-  if sharding.platform() != "gpu":
-    return (f"it is only chosen on GPU (elsewhere it is interpreted or unverified), and "
-            f"the backend is {sharding.platform()}")
-  if segment_ids is None:
-    return "without segment ids cuDNN is expected to be faster"
-  return flash_attention.unsupported(q, k)
-
-
-_IMPLS = {"xla": xla_attention, "cudnn": _cudnn_attention, "pallas": _pallas_attention}
-
-
 def choose(q, k, segment_ids=None) -> str:
   """The fastest implementation that serves this backend, dtype and shape."""
   if not _cudnn_unsupported(q, k, segment_ids):
     return "cudnn"
-  if not _pallas_unsupported(q, k, segment_ids):
-    return "pallas"  # packed sequences on GPU: cuDNN cannot mask them here
+  # Pallas only on GPU (elsewhere it is interpreted or unverified) and for packed sequences,
+  # which cuDNN cannot mask here (without segment ids cuDNN is expected to be faster).
+  if (sharding.platform() == "gpu" and segment_ids is not None
+      and not flash_attention.unsupported(q, k)):
+    return "pallas"
   return "xla"
 
 
@@ -107,11 +77,23 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_id
                      f"{k_BSKH.shape[2]}")
   if implementation in (None, "auto"):
     implementation = choose(q_BTNH, k_BSKH, segment_ids)
-  if implementation not in _IMPLS:
+  if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}: expected None, 'auto' or one of "
                      f"{', '.join(IMPLEMENTATIONS)}")
   kw = dict(is_causal=is_causal, segment_ids=segment_ids, scale=scale)
   if implementation == "xla":
     return xla_attention(q_BTNH, k_BSKH, v_BSKH, return_max_logit=return_max_logit, **kw)
-  out_BTNH = _IMPLS[implementation](q_BTNH, k_BSKH, v_BSKH, **kw)
+  why = (_cudnn_unsupported(q_BTNH, k_BSKH, segment_ids) if implementation == "cudnn"
+         else flash_attention.unsupported(q_BTNH, k_BSKH, v_BSKH))
+  if why:
+    raise AttentionUnsupportedError(f"{implementation} attention cannot serve this call: {why}")
+  if implementation == "cudnn":
+    out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, is_causal=is_causal,
+                                            scale=scale, implementation="cudnn")
+  else:
+    # On CPU this runs the GPU kernel in the Pallas interpreter: exact but slow. The platform
+    # is the mesh's: compiling for a TPU topology from a CPU builds the Mosaic kernel.
+    platform = sharding.platform()
+    out_BTNH = flash_attention.flash_attention(q_BTNH, k_BSKH, v_BSKH, **kw, backend=platform,
+                                               interpret=platform not in ("gpu", "tpu"))
   return (out_BTNH, None) if return_max_logit else out_BTNH

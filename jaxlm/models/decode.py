@@ -79,9 +79,8 @@ def step(params: dict, cache: dict, tokens_B: jax.Array, config: ModelConfig,
   The caller keeps index < C; a full cache is not checked here.
   """
   index, pad_B = cache["index"], cache["pad"]
-  C = cache["k"].shape[3]
   positions_B1 = (index - pad_B)[:, None]
-  c_C = jnp.arange(C, dtype=jnp.int32)
+  c_C = jnp.arange(cache["k"].shape[3], dtype=jnp.int32)
   valid_BC = (c_C[None, :] >= pad_B[:, None]) & (c_C[None, :] < index)
 
   def body(x_B1D, xs):
@@ -95,8 +94,7 @@ def step(params: dict, cache: dict, tokens_B: jax.Array, config: ModelConfig,
     return layer(x_B1D, p, positions_B1, attend, *extra)
 
   x_B1D = transformer.embed(params, tokens_B[:, None], positions_B1, config)
-  x_B1D, (k_LBKH, v_LBKH) = jax.lax.scan(body, x_B1D, (stacked, cache["k"], cache["v"],
-                                                       *extra_L))
+  x_B1D, (k_LBKH, v_LBKH) = jax.lax.scan(body, x_B1D, (stacked, cache["k"], cache["v"], *extra_L))
   logits_BV = transformer.unembed(params, x_B1D, config)[:, 0]
 
   def write(cache_LBKCH, new_LBKH):
@@ -113,10 +111,8 @@ def prefill(params: dict, tokens_BT: jax.Array, lengths_B: jax.Array, config: Mo
   """Runs left-padded prompts through a decoder-only model; returns last-token logits and the cache.
 
   Args:
-    params: the tree from transformer.init().
     tokens_BT: prompts, each right-aligned: row b's tokens are tokens_BT[b, T - lengths_B[b]:].
     lengths_B: prompt lengths, 1 <= length <= T.
-    config: the model config.
     slots: cache slots C >= T (room for C - T more tokens).
   Returns:
     (logits_BV, cache): float32 next-token logits after each prompt, and the cache.
@@ -130,12 +126,10 @@ def prefill(params: dict, tokens_BT: jax.Array, lengths_B: jax.Array, config: Mo
   segment_ids_BT = (t_BT >= pad_B[:, None]).astype(jnp.int32)
   attend = transformer.self_attention(segment_ids_BT, config)
 
-  def body(x_BTD, p):
-    def keep_kv(q_BTNH, k_BTKH, v_BTKH):
-      o_BTNH, _ = attend(q_BTNH, k_BTKH, v_BTKH)
-      return o_BTNH, (k_BTKH, v_BTKH)
-    return transformer.block(x_BTD, p, positions_BT, config, keep_kv)
+  def keep_kv(q_BTNH, k_BTKH, v_BTKH):  # a layer's aux: its keys and values, for the cache
+    return attend(q_BTNH, k_BTKH, v_BTKH)[0], (k_BTKH, v_BTKH)
 
+  body = lambda x_BTD, p: transformer.block(x_BTD, p, positions_BT, config, keep_kv)
   x_BTD = transformer.embed(params, tokens_BT, positions_BT, config)
   x_BTD, (k_LBTKH, v_LBTKH) = jax.lax.scan(body, x_BTD, params["layers"])
   logits_BV = transformer.unembed(params, x_BTD[:, -1:], config)[:, 0]
@@ -145,8 +139,6 @@ def prefill(params: dict, tokens_BT: jax.Array, lengths_B: jax.Array, config: Mo
 def decode_step(params: dict, cache: dict, tokens_B: jax.Array,
                 config: ModelConfig) -> tuple[jax.Array, dict]:
   """A decoder-only model's step (see step): next-token logits (B, V) and the cache."""
-
-  def layer(x_B1D, p, positions_B1, attend):
-    return transformer.block(x_B1D, p, positions_B1, config, attend)
-
+  layer = lambda x_B1D, p, positions_B1, attend: transformer.block(
+      x_B1D, p, positions_B1, config, attend)
   return step(params, cache, tokens_B, config, layer, params["layers"])

@@ -55,14 +55,12 @@ def param_specs(config: ModelConfig) -> dict:
   attention's wq, wk, wv, wo) to the decoder-only layer.
   """
   _check(config)
-  c = config
-  specs = transformer.param_specs(c)  # embed, layers (n_layers), final_norm, ...
+  specs = transformer.param_specs(config)  # embed, layers (n_layers), final_norm, ...
   decoder_layers = specs.pop("layers")
   decoder_layers["cross_norm"] = dict(decoder_layers["attn_norm"])
   decoder_layers["cross"] = dict(decoder_layers["attn"])
-  encoder = transformer.param_specs(dataclasses.replace(c, n_layers=c.encoder_layers))
-  specs["encoder"] = {"layers": encoder["layers"], "final_norm": layers.norm_specs(c.norm,
-                                                                                   c.d_model)}
+  encoder = transformer.param_specs(dataclasses.replace(config, n_layers=config.encoder_layers))
+  specs["encoder"] = {"layers": encoder["layers"], "final_norm": encoder["final_norm"]}
   specs["decoder"] = {"layers": decoder_layers}
   return specs
 
@@ -72,29 +70,20 @@ def init(config: ModelConfig, rng: jax.Array) -> dict:
   return params_lib.init_params(param_specs(config), rng, jnp.dtype(config.param_dtype))
 
 
-def encode(params: dict, src_BS: jax.Array, config: ModelConfig,
-           segment_ids_BS=None) -> jax.Array:
+def encode(params: dict, src_BS: jax.Array, config: ModelConfig, segment_ids_BS=None) -> jax.Array:
   """The encoder's final-normed output (B, S, D): the memory the decoder attends to.
 
-  Args:
-    params: the tree from init().
-    src_BS: int source token ids.
-    config: the model config.
-    segment_ids_BS: 1 on source tokens, 0 on padding (which no real token sees);
-      None: every token is real.
+  segment_ids_BS: 1 on source tokens, 0 on padding (which no real token sees); None: every
+  token is real.
   """
   _check(config)
   positions_BS = transformer.default_positions(src_BS)
   attend = transformer.self_attention(segment_ids_BS, config, causal=False)
-
-  def body(x_BSD, p):
-    return transformer.block(x_BSD, p, positions_BS, config, attend)
-
+  body = lambda x_BSD, p: transformer.block(x_BSD, p, positions_BS, config, attend)
   x_BSD = transformer.embed(params, src_BS, positions_BS, config)
   x_BSD, _ = transformer.layer_stack(body, x_BSD, params["encoder"]["layers"], config,
                                      param_specs(config)["encoder"]["layers"])
-  p = params["encoder"]["final_norm"]
-  return layers.norm(p, x_BSD, config.norm, config.norm_eps)
+  return layers.norm(params["encoder"]["final_norm"], x_BSD, config.norm, config.norm_eps)
 
 
 def memory_kv(p: dict, memory_BSD: jax.Array, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
@@ -111,15 +100,12 @@ def cross_attention(src_segments_BS, config: ModelConfig):
   dot_product_attention, which its xla and pallas paths serve for T != S
   (cudnn takes no segment ids, so the automatic choice skips it).
   """
-  impl = None if config.attention == "auto" else config.attention
   kv_seg_BS = None if src_segments_BS is None else (src_segments_BS > 0).astype(jnp.int32)
 
   def attend(q_BTNH, k_BSKH, v_BSKH):
-    segments = None
-    if kv_seg_BS is not None:
-      segments = (jnp.ones(q_BTNH.shape[:2], jnp.int32), kv_seg_BS)
+    segments = None if kv_seg_BS is None else (jnp.ones(q_BTNH.shape[:2], jnp.int32), kv_seg_BS)
     return dot_product_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids=segments,
-                                 implementation=impl, scale=config.attention_scale)
+                                 implementation=config.attention, scale=config.attention_scale)
 
   return attend
 
@@ -156,9 +142,8 @@ def decoder_trunk(params: dict, memory_BSD: jax.Array, tgt_BT: jax.Array, config
     return decoder_block(x_BTD, p, kv, positions_BT, config, self_attend, cross_attend)
 
   x_BTD = transformer.embed(params, tgt_BT, positions_BT, config)
-  x_BTD, _ = transformer.layer_stack(body, x_BTD, params["decoder"]["layers"], config,
-                                     param_specs(config)["decoder"]["layers"])
-  return x_BTD
+  return transformer.layer_stack(body, x_BTD, params["decoder"]["layers"], config,
+                                 param_specs(config)["decoder"]["layers"])[0]
 
 
 def decode(params: dict, memory_BSD: jax.Array, tgt_BT: jax.Array, config: ModelConfig, *,

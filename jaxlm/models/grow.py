@@ -62,8 +62,7 @@ SAME_KEYS = ("vocab_size", "positions", "norm", "mlp", "use_bias", "tie_embeddin
              "rope_theta", "max_seq_len", "qk_norm")
 # Params that write to the residual stream, and the embedding tables that start it.
 _WRITERS = {("layers", "attn", "wo"), ("layers", "attn", "bo"), ("layers", "mlp", "w_out"),
-            ("layers", "mlp", "b_out")}
-_TABLES = {("embed",), ("pos_embed",)}
+            ("layers", "mlp", "b_out"), ("embed",), ("pos_embed",)}
 
 
 def _sizes(c: ModelConfig) -> dict[str, int]:
@@ -112,9 +111,8 @@ def head_sources(small: ModelConfig, large: ModelConfig) -> tuple[np.ndarray, np
     for c in range(per):
       g = j * per + c
       kv_src[g] = j
-      for r in range(Gl):
-        if c * Gl + r < Gs:
-          q_src[g * Gl + r] = j * Gs + c * Gl + r
+      for r in range(min(Gl, Gs - c * Gl)):
+        q_src[g * Gl + r] = j * Gs + c * Gl + r
   return q_src, kv_src
 
 
@@ -197,21 +195,17 @@ def grow_params(params: dict, small: ModelConfig, large: ModelConfig, *, depth: 
   pad = lambda n, m: np.where(np.arange(m) < n, np.arange(m), -1)
   d_map, f_map = pad(s["d_model"], l["d_model"]), pad(s["d_ff"], l["d_ff"])
   maps = {"layers": src, "embed": d_map, "heads": q_src, "kv_heads": kv_src, "mlp": f_map}
-  # Where each kind of param must be zero; copies and new heads/units only with zero_new.
-  no = lambda m: np.zeros(len(m), bool)
-  writer_zero = {"embed": d_map < 0,
-                 "heads": (q_src < 0) if zero_new else no(q_src),
-                 "mlp": (f_map < 0) if zero_new else no(f_map),
-                 "layers": is_copy if zero_new else no(is_copy)}
+  # Where writers must be zero: new dims; copies and new heads/units only with zero_new.
+  writer_zero = {"embed": d_map < 0}
+  if zero_new:
+    writer_zero.update(heads=q_src < 0, mlp=f_map < 0, layers=is_copy)
   fresh = transformer.init(large, rng)
 
   def grow_leaf(path, old, new, spec):
     names = tuple(k.key for k in path)
     out = _place(old, new, [maps.get(a, np.arange(n)) for a, n in zip(spec.axes, spec.shape)])
-    if names in _WRITERS:
+    if names in _WRITERS:  # a table's axes are (rows, "embed"): zero in the new dims only
       out = jnp.where(_any_axis(spec.axes, writer_zero), 0, out).astype(new.dtype)
-    elif names in _TABLES:
-      out = jnp.where(_any_axis(spec.axes, {"embed": d_map < 0}), 0, out).astype(new.dtype)
     elif names[-1] == "scale" and spec.axes[-1] == "embed":  # not qk_norm's: H is fixed
       out = _grow_norm(out, d_map, large.norm)
     return out
@@ -219,8 +213,7 @@ def grow_params(params: dict, small: ModelConfig, large: ModelConfig, *, depth: 
   return jax.tree_util.tree_map_with_path(grow_leaf, params, fresh, specs)
 
 
-def preserving(small: ModelConfig, large: ModelConfig, depth: str,
-               zero_new: bool = True) -> str:
+def preserving(small: ModelConfig, large: ModelConfig, depth: str, zero_new: bool = True) -> str:
   """How close the grown model's function is to the small one's, in a few words."""
   s, l = _sizes(small), _sizes(large)
   wider = l["d_model"] > s["d_model"]
@@ -229,8 +222,7 @@ def preserving(small: ModelConfig, large: ModelConfig, depth: str,
     return "not function-preserving: zero_new=False keeps copies' and new units' outputs"
   if wider and large.norm == "layernorm":
     return "not function-preserving: LayerNorm's mean over the wider stream"
-  if not math.isclose(large.norm_eps, small.norm_eps * s["d_model"] / l["d_model"],
-                                rel_tol=1e-6):
+  if not math.isclose(large.norm_eps, small.norm_eps * s["d_model"] / l["d_model"], rel_tol=1e-6):
     return "function-preserving up to norm_eps"
   return "function-preserving"
 

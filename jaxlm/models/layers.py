@@ -41,8 +41,7 @@ def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
   half = x_BTNH.shape[-1] // 2
   freq_H = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_BTH = positions_BT[..., None].astype(jnp.float32) * freq_H
-  sin = jnp.sin(angle_BTH)[:, :, None, :]
-  cos = jnp.cos(angle_BTH)[:, :, None, :]
+  sin, cos = jnp.sin(angle_BTH)[:, :, None, :], jnp.cos(angle_BTH)[:, :, None, :]
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BTNH.dtype)
@@ -54,20 +53,15 @@ def mlp_specs(kind: str, d: int, f: int, use_bias: bool, std: float, out_std: fl
 
   `lr_scale` applies to the matrices (μP's 1/width_mult for hidden weights).
   """
-  specs = {
-      "w_in": ParamSpec(lead + (d, f), lead_axes + ("embed", "mlp"), normal(std), decay=True,
-                        lr_scale=lr_scale),
-      "w_out": ParamSpec(lead + (f, d), lead_axes + ("mlp", "embed"), normal(out_std),
-                         decay=True, lr_scale=lr_scale),
-  }
-  if kind == "swiglu":
-    specs["w_gate"] = ParamSpec(lead + (d, f), lead_axes + ("embed", "mlp"), normal(std),
-                                decay=True, lr_scale=lr_scale)
-  if use_bias:
-    specs["b_in"] = ParamSpec(lead + (f,), lead_axes + ("mlp",), zeros)
-    specs["b_out"] = ParamSpec(lead + (d,), lead_axes + ("embed",), zeros)
-    if kind == "swiglu":
-      specs["b_gate"] = ParamSpec(lead + (f,), lead_axes + ("mlp",), zeros)
+  names = ("w_in", "w_gate", "w_out") if kind == "swiglu" else ("w_in", "w_out")
+  specs = {}
+  for name in names:
+    shape, axes = ((f, d), ("mlp", "embed")) if name == "w_out" else ((d, f), ("embed", "mlp"))
+    specs[name] = ParamSpec(lead + shape, lead_axes + axes,
+                            normal(out_std if name == "w_out" else std), decay=True,
+                            lr_scale=lr_scale)
+    if use_bias:  # b_in, b_gate, b_out: along the matrix's output axis
+      specs["b" + name[1:]] = ParamSpec(lead + shape[1:], lead_axes + axes[1:], zeros)
   return specs
 
 
@@ -85,9 +79,8 @@ def dense(x: jax.Array, w, n_in: int = 1, out_dtype=None) -> jax.Array:
                    preferred_element_type=out_dtype)
     return y.reshape(*lead, *w.shape[n_in:])
 
-  if isinstance(w, sharding.Split):
-    return sharding.split_matmul(matmul, x, w, n_in)
-  return matmul(x, w)
+  split = isinstance(w, sharding.Split)
+  return sharding.split_matmul(matmul, x, w, n_in) if split else matmul(x, w)
 
 
 def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
@@ -149,24 +142,15 @@ def _dense_blocks(x: jax.Array, ws: list, n_in: int, t: int) -> list:
 
 def mlp(params: dict, x_BTD: jax.Array, kind: str) -> jax.Array:
   """GELU MLP or SwiGLU (Shazeer 2020)."""
-  dtype = x_BTD.dtype
+  bias = lambda y, name: y + params[name].astype(x_BTD.dtype) if name in params else y
   if kind == "swiglu":
     h_BTF, g_BTF = dense_shared(x_BTD, [params["w_in"], params["w_gate"]])
-  else:
-    h_BTF = dense(x_BTD, params["w_in"])
-  if "b_in" in params:
-    h_BTF = h_BTF + params["b_in"].astype(dtype)
-  if kind == "swiglu":
-    if "b_gate" in params:
-      g_BTF = g_BTF + params["b_gate"].astype(dtype)
+    h_BTF, g_BTF = bias(h_BTF, "b_in"), bias(g_BTF, "b_gate")
     h_BTF = jax.nn.silu(g_BTF) * h_BTF
   else:
-    h_BTF = jax.nn.gelu(h_BTF, approximate=True)
+    h_BTF = jax.nn.gelu(bias(dense(x_BTD, params["w_in"]), "b_in"), approximate=True)
   h_BTF = sharding.constrain(h_BTF, ("batch", "length", "act_mlp"))
-  out_BTD = dense(h_BTF, params["w_out"])
-  if "b_out" in params:
-    out_BTD = out_BTD + params["b_out"].astype(dtype)
-  return out_BTD
+  return bias(dense(h_BTF, params["w_out"]), "b_out")
 
 
 def cross_entropy(x_BTD: jax.Array, w_DV: jax.Array, targets_BT: jax.Array,

@@ -12,6 +12,7 @@ The layer stack runs over params stacked on a leading L axis (layer_stack).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -41,7 +42,6 @@ def param_specs(config: ModelConfig) -> dict:
   # both relative to the base width (width_mult is 1 there, and under "standard").
   # Embeddings, norms and biases keep width-independent init and lr; the readout
   # is scaled in unembed().
-  emb_std = c.init_std
   std = c.init_std / math.sqrt(c.width_mult)
   hidden_lr = 1.0 / c.width_mult
   out_std = std / math.sqrt(2 * L)  # GPT-2: scale residual projections by depth
@@ -65,7 +65,7 @@ def param_specs(config: ModelConfig) -> dict:
     attn["bv"] = ParamSpec((L, K, H), lead_axes + ("kv_heads", "head_dim"), params_lib.zeros)
     attn["bo"] = ParamSpec((L, D), lead_axes + ("embed",), params_lib.zeros)
   specs = {
-      "embed": ParamSpec((V, D), ("vocab", "embed"), normal(emb_std), embedding=True),
+      "embed": ParamSpec((V, D), ("vocab", "embed"), normal(c.init_std), embedding=True),
       "layers": {
           "attn_norm": layers.norm_specs(c.norm, D, lead, lead_axes),
           "attn": attn,
@@ -77,11 +77,11 @@ def param_specs(config: ModelConfig) -> dict:
   }
   if c.positions == "learned":
     specs["pos_embed"] = ParamSpec((c.max_seq_len, D), ("positions", "embed"),
-                                   normal(emb_std), embedding=True)
+                                   normal(c.init_std), embedding=True)
   if not c.tie_embeddings:
     # μP's readout in table 8's form: init and lr width-independent, the logits
     # multiplied by 1/width_mult (unembed()), like a tied embedding.
-    specs["unembed"] = ParamSpec((D, V), ("embed", "vocab"), normal(emb_std), decay=True,
+    specs["unembed"] = ParamSpec((D, V), ("embed", "vocab"), normal(c.init_std), decay=True,
                                  embedding=True)
   return specs
 
@@ -98,22 +98,16 @@ def param_count(config: ModelConfig) -> dict[str, int]:
 
 def default_positions(tokens_BT: jax.Array) -> jax.Array:
   """Positions 0..T-1 in every row: each row one document."""
-  B, T = tokens_BT.shape[:2]
-  return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  return jnp.broadcast_to(jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape[:2])
 
 
 def self_attention(segment_ids_BT, config: ModelConfig, causal: bool = True):
   """The training-time `attend`: attention within documents (causal, or not for an
   encoder); its aux output is the largest attention score (None where the attention
   implementation does not give it), which costs nothing when unused."""
-  impl = None if config.attention == "auto" else config.attention
-
-  def attend(q_BTNH, k_BTKH, v_BTKH):
-    return dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=causal,
-                                 segment_ids=segment_ids_BT, implementation=impl,
-                                 scale=config.attention_scale, return_max_logit=True)
-
-  return attend
+  return functools.partial(dot_product_attention, is_causal=causal, segment_ids=segment_ids_BT,
+                           implementation=config.attention, scale=config.attention_scale,
+                           return_max_logit=True)
 
 
 # An attention sublayer in three pieces, so that a key/value cache (models/decode.py)
@@ -166,10 +160,9 @@ def attention_sublayer(p, x_BTD, positions_BT, config, attend):
 
 def block(x_BTD, p, positions_BT, config, attend):
   """One pre-norm layer with `attend(q, k, v) -> (o, aux)`; returns (x_BTD, aux)."""
-  c = config
-  h_BTD = layers.norm(p["attn_norm"], x_BTD, c.norm, c.norm_eps)
-  a_BTD, aux = attention_sublayer(p["attn"], h_BTD, positions_BT, c, attend)
-  return mlp_sublayer(p, x_BTD + a_BTD, c), aux
+  h_BTD = layers.norm(p["attn_norm"], x_BTD, config.norm, config.norm_eps)
+  a_BTD, aux = attention_sublayer(p["attn"], h_BTD, positions_BT, config, attend)
+  return mlp_sublayer(p, x_BTD + a_BTD, config), aux
 
 
 def mlp_sublayer(p, x_BTD, config):
@@ -182,10 +175,9 @@ def mlp_sublayer(p, x_BTD, config):
 def embed(params: dict, tokens_BT: jax.Array, positions_BT: jax.Array,
           config: ModelConfig) -> jax.Array:
   """Token (and learned position) embeddings (B, T, D) in the compute dtype."""
-  c = config
-  dtype = jnp.dtype(c.compute_dtype)
+  dtype = jnp.dtype(config.compute_dtype)
   x_BTD = _lookup(params["embed"], tokens_BT, "vocab").astype(dtype)
-  if c.positions == "learned":
+  if config.positions == "learned":
     x_BTD = x_BTD + _lookup(params["pos_embed"], positions_BT, "positions").astype(dtype)
   return sharding.constrain(x_BTD, ("batch", "length", "act_embed"))
 
@@ -194,10 +186,6 @@ def _lookup(table, ids_BT: jax.Array, rows_axis: str) -> jax.Array:
   """Rows of a (R, D) table, or of each device's copy of it (n, R, D) (device_tables)."""
   if table.ndim == 3:
     return sharding.per_device(lambda t_RD, ids_bT: jnp.take(t_RD, ids_bT, axis=0), table, ids_BT)
-  return jnp.take(_whole_table(table, rows_axis), ids_BT, axis=0)
-
-
-def _whole_table(table, rows_axis: str):
   # A table whole along D before the lookup (FSDP's all-gather of a parameter): a gather
   # from a table split over D makes XLA reshard its (B, T, D) gradient from the batch's
   # sharding to the table's through a full replication. The gradient is reduce-scattered
@@ -206,8 +194,8 @@ def _whole_table(table, rows_axis: str):
   # and a plain constraint all-reduces the gradient whole instead. A step that
   # differentiates the tables gives each device a copy instead (device_tables).
   if sharding.axis_size("tensor") == 1:
-    return sharding.gathered(table, (rows_axis, "embed"))
-  return sharding.constrain(table, (rows_axis, "act_embed"))
+    return jnp.take(sharding.gathered(table, (rows_axis, "embed")), ids_BT, axis=0)
+  return jnp.take(sharding.constrain(table, (rows_axis, "act_embed")), ids_BT, axis=0)
 
 
 def device_tables(params: dict, config: ModelConfig, shape_BT: tuple[int, int],
@@ -258,7 +246,6 @@ def device_tables(params: dict, config: ModelConfig, shape_BT: tuple[int, int],
   rows, length = shape_BT
   if tpu and size("data") == 1 and size("tensor") == 1:
     return params
-  out = dict(params)
   tables = {}
   if ((config.tie_embeddings and output) or size("tensor") > 1
       or (not tpu and size("data") > 1 and size("fsdp") > 1)):
@@ -271,9 +258,9 @@ def device_tables(params: dict, config: ModelConfig, shape_BT: tuple[int, int],
     tables["unembed"] = ("embed", "vocab")
   if config.positions == "learned":
     tables["pos_embed"] = ("positions", "embed")
-  for key, axes in tables.items():
-    out[key] = sharding.device_copies(params[key], axes, rows, gather_dtype=config.compute_dtype)
-  return out
+  return {**params, **{key: sharding.device_copies(params[key], axes, rows,
+                                                   gather_dtype=config.compute_dtype)
+                       for key, axes in tables.items()}}
 
 
 def _readout_input(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
@@ -300,27 +287,20 @@ def unembed_weight(params: dict, config: ModelConfig) -> jax.Array:
 
 def unembed(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
   """Final norm and output projection: float32 logits (B, T, V)."""
-  c = config
-  x_BTD = _readout_input(params, x_BTD, c)
-  unembed_DV = unembed_weight(params, c)
-  logits_BTV = layers.dense(x_BTD, unembed_DV, out_dtype=jnp.float32)
+  logits_BTV = layers.dense(_readout_input(params, x_BTD, config),
+                            unembed_weight(params, config), out_dtype=jnp.float32)
   return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
 
 def apply(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_BT=None,
           segment_ids_BT=None) -> jax.Array:
-  """Next-token logits (B, T, V) in float32 for int tokens (B, T).
+  """Next-token logits (B, T, V) in float32 for int tokens (B, T) of params from init().
 
-  Args:
-    params: the tree from init().
-    tokens_BT: int token ids.
-    config: the model config the params were made for.
-    positions_BT: position of each token within its document (default 0..T-1).
-    segment_ids_BT: document id of each token; attention stays within a
-      document. None treats each row as one document.
+  positions_BT: each token's position within its document (default 0..T-1).
+  segment_ids_BT: each token's document id; attention stays within a document. None
+  treats each row as one document.
   """
-  x_BTD = trunk(params, tokens_BT, config, positions_BT=positions_BT,
-                segment_ids_BT=segment_ids_BT)
+  x_BTD = trunk(params, tokens_BT, config, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)
   return unembed(params, x_BTD, config)
 
 
@@ -332,16 +312,11 @@ def trunk(params: dict, tokens_BT: jax.Array, config: ModelConfig, *, positions_
   largest attention score (empty where the attention implementation lacks it).
   """
   c = config
-  if positions_BT is None:
-    positions_BT = default_positions(tokens_BT)
+  positions_BT = default_positions(tokens_BT) if positions_BT is None else positions_BT
   x_BTD = embed(params, tokens_BT, positions_BT, c)
   attend = self_attention(segment_ids_BT, c)
-
-  def body(x_BTD, p):
-    return block(x_BTD, p, positions_BT, c, attend)
-
-  x_BTD, max_logit_L = layer_stack(body, x_BTD, params["layers"], c,
-                                   param_specs(c)["layers"])
+  body = lambda x_BTD, p: block(x_BTD, p, positions_BT, c, attend)
+  x_BTD, max_logit_L = layer_stack(body, x_BTD, params["layers"], c, param_specs(c)["layers"])
   if not with_stats:
     return x_BTD
   return x_BTD, ({} if max_logit_L is None else {"max_attention_logit": max_logit_L})
@@ -355,7 +330,7 @@ def layer_loop(config: ModelConfig, platform: str) -> str:
   return "unroll" if platform == "cpu" else "scan"
 
 
-def layer_stack(body, x, stacked, config: ModelConfig, specs=None):
+def layer_stack(body, x, stacked, config: ModelConfig, specs: dict):
   """Runs `body(x, layer_params) -> (x, aux)` over params stacked on a leading L axis.
 
   Given the stack's ParamSpecs and a model.remat, each layer's params are gathered over
@@ -376,22 +351,19 @@ def layer_stack(body, x, stacked, config: ModelConfig, specs=None):
   scans elsewhere, where one compiled body keeps compile time flat in depth.
   Each layer runs under jax.checkpoint when model.remat is set.
   """
-  split = (specs is not None and sharding.platform() == "cpu"
-           and sharding.axis_size("fsdp") > 1)
-  if split:  # matrices as sharding.Split: layers.dense reduce-scatters their gradients
+  split = sharding.platform() == "cpu" and sharding.axis_size("fsdp") > 1
+  if split or config.remat != "none":
     inner = body
 
-    def body(x, p):
-      return inner(x, jax.tree.map(
-          lambda s, w: (sharding.Split(w, s.axes[1:])
-                        if w.ndim > 1 and "fsdp" in sharding.mesh_axes_of(w, s.axes[1:])
-                        else w), specs, p, is_leaf=params_lib.is_spec))
-  elif specs is not None and config.remat != "none":
-    inner = body
+    def prepare(s, w):
+      if not split:
+        return sharding.gathered(w, s.axes[1:])
+      # Matrices as sharding.Split: layers.dense reduce-scatters their gradients.
+      split_fsdp = w.ndim > 1 and "fsdp" in sharding.mesh_axes_of(w, s.axes[1:])
+      return sharding.Split(w, s.axes[1:]) if split_fsdp else w
 
     def body(x, p):
-      return inner(x, jax.tree.map(lambda s, w: sharding.gathered(w, s.axes[1:]), specs, p,
-                                   is_leaf=params_lib.is_spec))
+      return inner(x, jax.tree.map(prepare, specs, p, is_leaf=params_lib.is_spec))
   if config.remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[config.remat])
   if layer_loop(config, sharding.platform()) == "scan":
@@ -416,10 +388,8 @@ def next_token_nll(params: dict, x_BTD: jax.Array, targets_BT: jax.Array,
   B*T at a time (0: all at once) so the float32 logits never exist whole.
   return_lse: also the logits' log-sum-exp (B, T) (layers.cross_entropy).
   """
-  c = config
-  x_BTD = _readout_input(params, x_BTD, c)
-  unembed_DV = unembed_weight(params, c)
-  return layers.cross_entropy(x_BTD, unembed_DV, targets_BT, chunk, return_lse)
+  return layers.cross_entropy(_readout_input(params, x_BTD, config),
+                              unembed_weight(params, config), targets_BT, chunk, return_lse)
 
 
 def logits_rms(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array:
@@ -431,10 +401,9 @@ def logits_rms(params: dict, x_BTD: jax.Array, config: ModelConfig) -> jax.Array
   """
   x_RD = _readout_input(params, x_BTD, config).reshape(-1, x_BTD.shape[-1]).astype(jnp.float32)
   w_DV = unembed_weight(params, config).astype(jnp.float32)
-  if w_DV.ndim == 3:  # each device's copy (device_tables): the same Gram matrix on each
-    gram_DD = jnp.mean(jnp.einsum("ndv,nev->nde", w_DV, w_DV), axis=0)
-  else:
-    gram_DD = w_DV @ w_DV.T
+  # (n, D, V): each device's copy (device_tables), the same Gram matrix on each.
+  gram_DD = (jnp.mean(jnp.einsum("ndv,nev->nde", w_DV, w_DV), axis=0) if w_DV.ndim == 3
+             else w_DV @ w_DV.T)
   total = jnp.sum((x_RD.T @ x_RD) * gram_DD)
   count = float(x_RD.shape[0]) * w_DV.shape[-1]  # a Python float: B*T*V passes 2**31 at scale
   return jnp.sqrt(jnp.maximum(total, 0.0) / count)
@@ -448,8 +417,6 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> dict[str, float]:
   causal attention adds 6 * L * T * D (QK^T and AV, halved for causality,
   tripled for the backward pass; 12 * L * T * D without the halving).
   """
-  counts = param_count(config)
-  matmul_params = counts["non_embedding"] + config.vocab_size * config.d_model
-  dense = 6.0 * matmul_params
+  dense = 6.0 * (param_count(config)["non_embedding"] + config.vocab_size * config.d_model)
   attention = 6.0 * config.n_layers * seq_len * config.d_model
   return {"dense": dense, "attention": attention, "total": dense + attention}
