@@ -14,8 +14,7 @@ import json
 import shlex
 import sys
 
-from jaxlm import registry
-from jaxlm.cli import fail
+from jaxlm import cli, registry
 from jaxlm.scaling import collect, fit, plots, sweeps, transfer
 
 
@@ -147,9 +146,6 @@ def main(argv=None):
   p.add_argument("--plot", required=True, help="PNG to write")
   p.add_argument("--metric", default="acc", help="the metric of each task (default acc)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
+  with cli.failing(ValueError, KeyError, FileNotFoundError):
     {"sweep": _sweep, "collect": _collect, "fit": _fit, "predict": _predict,
      "transfer": _transfer, "downstream": _downstream}[args.command](args)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    fail(str(e))
-
