@@ -15,9 +15,7 @@ import jax
 def initialize(coordinator_address: str = "", num_processes: int = 0,
                process_id: int = -1) -> bool:
   """Calls jax.distributed.initialize when the run spans processes; returns whether it did.
-
-  Must run before anything touches a JAX backend.
-  """
+  Must run before anything touches a JAX backend."""
   explicit = bool(coordinator_address)
   if explicit and (num_processes < 1 or not 0 <= process_id < num_processes):
     raise ValueError(f"--coordinator_address needs --num_processes >= 1 and "

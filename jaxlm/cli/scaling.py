@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import shlex
 import sys
@@ -32,9 +33,7 @@ def _sweep(args):
 def _collect(args):
   rows = collect.collect(args.sweep, args.flops_convention)
   collect.write_csv(rows, args.out)
-  counts = {}
-  for row in rows:
-    counts[row["status"]] = counts.get(row["status"], 0) + 1
+  counts = collections.Counter(row["status"] for row in rows)
   spent = sum(row.get("spent_flops") or 0.0 for row in rows if row["status"] == "ok")
   print(f"{len(rows)} runs -> {args.out}: "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

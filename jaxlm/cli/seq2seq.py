@@ -39,8 +39,7 @@ def main(argv):
       raise ValueError(f"--eval_lines={F.eval_lines} is invalid: expected >= 0 (0: all)")
     if F.text is not None and not finetune.unpunctuate(F.text):
       raise ValueError(f"--text={F.text!r} has no words once unpunctuated; expected a line")
-    run = load_run(F.workdir, task_kind="seq2seq")
-    config, tok, params, step = run.config, run.tokenizer, run.params, run.step
+    config, tok, _, params, step = load_run(F.workdir, task_kind="seq2seq")
   if F.text is not None:
     with cli.failing(ValueError, prefix="--text: "):
       print(seq2seq.restore(params, config, tok, [F.text], temperature=F.temperature,

@@ -106,10 +106,8 @@ def storage_fault(mngr: ocp.CheckpointManager, reason: str,
   checkpoint, if any).
   """
   directory = str(mngr.directory)
-  try:
+  with contextlib.suppress(Exception):  # it failed too: its files are partial, removed below
     mngr.wait_until_finished()
-  except Exception:  # noqa: BLE001  (it failed too: its files are partial, removed below)
-    pass
   # The write coroutines the failed save never started are reported when the process ends.
   warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
                           category=RuntimeWarning)
@@ -146,11 +144,11 @@ def manager(workdir: str, keep: int, async_save: bool = True,
                             keep_checkpoints_without_metrics=False)]
   if keep_steps:
     keeping.append(policies.CustomSteps(steps=list(keep_steps)))
-  preserve = policies.AnyPreservationPolicy(keeping)
   options = ocp.CheckpointManagerOptions(
       create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
       save_interval_steps=0 if read_only else 1,  # else read_only warns that it resets it
-      preservation_policy=preserve, cleanup_tmp_directories=not read_only,
+      preservation_policy=policies.AnyPreservationPolicy(keeping),
+      cleanup_tmp_directories=not read_only,
       # best_fn only makes the manager write each step's metrics and answer best_step().
       best_fn=_best_metric, best_mode="min")
   for name in ("absl", "asyncio"):  # the loggers Orbax and asyncio use (addFilter: once)
@@ -168,11 +166,8 @@ def manager(workdir: str, keep: int, async_save: bool = True,
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
          config: config_lib.Config, metrics: dict | None = None, wait: bool = False,
          wall_seconds: float | None = None) -> None:
-  """Starts saving step `step` (asynchronously unless `wait`); metrics rank it for keep-best.
-
-  wall_seconds: the run's wall time so far (all segments), which a resume from
-  this step goes on from (saved_wall_seconds).
-  """
+  """Starts saving step `step` (asynchronously unless `wait`); metrics rank it for keep-best,
+  and a resume from it goes on from wall_seconds, the run's wall time so far (all segments)."""
   metrics = {k: float(v) for k, v in (metrics or {}).items()}
   if not all(map(math.isfinite, metrics.values())):
     metrics = {}  # a NaN would sort anywhere; such a step is kept only while latest
@@ -298,10 +293,8 @@ def restore_params(workdir: str, abstract_params, step: int | None = None):
 
 
 def restore_config(workdir: str, step: int | None = None):
-  """(config, step): the resolved config saved with a run's latest or given checkpoint.
-
-  The config is None where that checkpoint was written without one.
-  """
+  """(config, step): the resolved config saved with a run's latest or given checkpoint; None
+  where that checkpoint was written without one."""
   mngr, step = _open_step(workdir, step)
   if not os.path.isdir(os.path.join(str(mngr.directory), str(step), "config")):
     return None, step

@@ -147,11 +147,9 @@ class Reporter:
     self.stdout = (_Stdout(config.train.steps, start_step)
                    if "stdout" in names and self.enabled else None)
     self.jsonl = "jsonl" in names and self.enabled
-    self.sinks = []
-    if self.enabled and "tensorboard" in names:
-      self.sinks.append(_TensorBoard(workdir, start_step, resumed))
-    if self.enabled and "wandb" in names:
-      self.sinks.append(_Wandb(workdir, config))
+    self.sinks = [] if not self.enabled else (
+        ([_TensorBoard(workdir, start_step, resumed)] if "tensorboard" in names else [])
+        + ([_Wandb(workdir, config)] if "wandb" in names else []))
     if self.sinks and not resumed:
       self.text(start_step, "config", config_io.dumps(config))
 

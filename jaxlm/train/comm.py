@@ -250,9 +250,7 @@ def report(items: list[Collective], least: dict[str, float], largest: int = 5) -
         phases[c.phase] = phases.get(c.phase, 0.0) + c.moved_bytes
     split = ", ".join(f"{p} {b / 2**20:,.2f}" for p, b in sorted(phases.items()))
     lines.append(f"  {kind:<18} {row['count']:>4} x, {row['bytes'] / 2**20:>10,.2f} MiB ({split})")
-  for name, b in least.items():
-    if b:
-      lines.append(f"  minimum: {name:<19} {b / 2**20:>10,.2f} MiB")
+  lines += [f"  minimum: {name:<19} {b / 2**20:>10,.2f} MiB" for name, b in least.items() if b]
   for c in sorted(items, key=lambda c: -c.moved_bytes)[:largest]:
     lines.append(f"  largest: {c.kind} of {c.group}, {c.moved_bytes / 2**20:,.2f} MiB, {c.phase}, "
                  f"{c.shape} from {c.op_name.removeprefix('jit(step)/')[-60:]}")

@@ -53,11 +53,8 @@ class Run:
 
 
 def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
-  """Checks inputs (tokenizer, corpus, mesh, workdir, checkpoints) and builds the run.
-
-  Raises on bad input, before anything in workdir is written; `mode` is as in
-  prepare_workdir.
-  """
+  """Checks inputs (tokenizer, corpus, mesh, workdir, checkpoints) and builds the run;
+  raises on bad input before anything in workdir is written (`mode`: prepare_workdir's)."""
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, mesh, tok.token_bytes())
