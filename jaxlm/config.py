@@ -13,7 +13,6 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("stdout", "jsonl", "tensorboard", "wandb")
-OPTIMIZERS = ("adamw", "lion", "adafactor", "muon")
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -30,11 +29,24 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-  _check(value in choices, key, value, "one of " + ", ".join(choices))
+def _fields(config, ok, **expected: str) -> None:
+  """_check of ok(value) for each named field of a config section, keyed section.field."""
+  section = type(config).__name__.removesuffix("Config").lower()
+  for key, text in expected.items():
+    _check(ok(getattr(config, key)), f"{section}.{key}", getattr(config, key), text)
 
 
-CORPUS_KINDS = ("shakespeare", "files", "hf", "prepared")
+def _positive(config, **expected: str) -> None:
+  _fields(config, lambda v: v > 0, **expected)
+
+
+def _nonnegative(config, **expected: str) -> None:
+  _fields(config, lambda v: v >= 0, **expected)
+
+
+def _choices(config, **choices: tuple[str, ...]) -> None:
+  for key, options in choices.items():
+    _fields(config, lambda v: v in options, **{key: "one of " + ", ".join(options)})
 
 
 def parse_corpus(spec: str, key: str = "data.corpus") -> tuple[str, str]:
@@ -42,14 +54,14 @@ def parse_corpus(spec: str, key: str = "data.corpus") -> tuple[str, str]:
   kind, sep, arg = spec.partition(":")
   if spec == "shakespeare":
     return "shakespeare", ""
-  _check(kind in CORPUS_KINDS[1:] and bool(sep) and bool(arg.strip()), key, spec,
+  _check(kind in ("files", "hf", "prepared") and bool(sep) and bool(arg.strip()), key, spec,
          "shakespeare, files:GLOB[,GLOB...], hf:NAME_OR_DIR or prepared:DIR")
   _check(kind == "hf" or "://" not in arg, key, spec, "local paths (files and prepared shards "
          "are read through the local filesystem API: mount a bucket with gcsfuse, or use NFS)")
   return kind, arg.strip()
 
 
-def _positive(text: str) -> float:
+def _weight(text: str) -> float:
   """float(text) if it is a positive finite number, else 0.0."""
   try:
     x = float(text)
@@ -68,7 +80,7 @@ def parse_mixture(corpora: str, mixture: str) -> tuple[tuple[str, str, float], .
            "NAME=SPEC;NAME=SPEC;... with distinct names (letters, digits, _)")
     parse_corpus(spec, f"data.corpora ({name})")
     named[name] = spec
-  items = [(n.strip(), _positive(w)) for n, _, w in (x.partition(":") for x in names(mixture))]
+  items = [(n.strip(), _weight(w)) for n, _, w in (x.partition(":") for x in names(mixture))]
   _check(all(n in named and w > 0 for n, w in items) and len(dict(items)) == len(items),
          "data.mixture", mixture, "NAME:WEIGHT,... with WEIGHT > 0 and each NAME once, one of "
          f"data.corpora ({', '.join(named) or 'none named'})")
@@ -107,32 +119,25 @@ class ModelConfig:
   qk_norm: bool = False        # RMSNorm of each head's queries and keys before rotary (stability)
 
   def __post_init__(self):
-    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-      _check(getattr(self, key) > 0, f"model.{key}", getattr(self, key), "a positive integer")
-    _check(self.n_kv_heads >= 0, "model.n_kv_heads", self.n_kv_heads, ">= 0 (0 means n_heads)")
-    _check(self.d_ff >= 0, "model.d_ff", self.d_ff, ">= 0 (0 means derived from d_model)")
+    _positive(self, **dict.fromkeys(("vocab_size", "d_model", "n_layers", "n_heads",
+                                     "max_seq_len"), "a positive integer"))
+    _nonnegative(self, n_kv_heads=">= 0 (0 means n_heads)",
+                 d_ff=">= 0 (0 means derived from d_model)")
     _check(self.d_model % self.n_heads == 0, "model.n_heads", self.n_heads,
            f"a divisor of model.d_model={self.d_model}")
     _check(self.n_heads % self.kv_heads == 0, "model.n_kv_heads", self.n_kv_heads,
            f"a divisor of model.n_heads={self.n_heads}")
     _check(self.head_dim % 2 == 0 or self.positions != "rope", "model.d_model", self.d_model,
            "an even head dimension (d_model / n_heads) for rotary positions")
-    _choice("model.positions", self.positions, ("rope", "learned"))
-    _choice("model.norm", self.norm, ("rmsnorm", "layernorm"))
-    _choice("model.mlp", self.mlp, ("swiglu", "gelu"))
-    _choice("model.attention", self.attention, ("auto", "xla", "cudnn", "pallas"))
-    _choice("model.remat", self.remat, ("none", "full", "dots"))
-    _choice("model.layer_loop", self.layer_loop, ("auto", "scan", "unroll"))
-    _choice("model.param_dtype", self.param_dtype, DTYPES)
-    _choice("model.compute_dtype", self.compute_dtype, DTYPES)
-    _check(self.init_std > 0, "model.init_std", self.init_std, "a positive float")
-    _check(self.encoder_layers >= 0, "model.encoder_layers", self.encoder_layers,
-           ">= 0 (0 means decoder-only)")
-    _choice("model.parameterization", self.parameterization, ("standard", "mup"))
-    _check(self.mup_base_width > 0, "model.mup_base_width", self.mup_base_width,
-           "a positive integer")
-    _check(self.mup_base_head_dim >= 0, "model.mup_base_head_dim", self.mup_base_head_dim,
-           ">= 0 (0 means the model's own head dim)")
+    _choices(self, positions=("rope", "learned"), norm=("rmsnorm", "layernorm"),
+             mlp=("swiglu", "gelu"), attention=("auto", "xla", "cudnn", "pallas"),
+             remat=("none", "full", "dots"), layer_loop=("auto", "scan", "unroll"),
+             param_dtype=DTYPES, compute_dtype=DTYPES)
+    _positive(self, init_std="a positive float")
+    _nonnegative(self, encoder_layers=">= 0 (0 means decoder-only)")
+    _choices(self, parameterization=("standard", "mup"))
+    _positive(self, mup_base_width="a positive integer")
+    _nonnegative(self, mup_base_head_dim=">= 0 (0 means the model's own head dim)")
 
   @property
   def kv_heads(self) -> int:
@@ -193,16 +198,13 @@ class DataConfig:
   def __post_init__(self):
     parse_corpus(self.corpus)
     parse_mixture(self.corpora, self.mixture)
-    _check(0 < self.validation_fraction < 1, "data.validation_fraction",
-           self.validation_fraction, "in (0, 1)")
-    _choice("data.tokenizer", self.tokenizer, ("sentencepiece", "bytes", "hf"))
+    _fields(self, lambda v: 0 < v < 1, validation_fraction="in (0, 1)")
+    _choices(self, tokenizer=("sentencepiece", "bytes", "hf"))
     _check(self.tokenizer != "hf" or bool(self.tokenizer_path), "data.tokenizer_path",
            self.tokenizer_path, "a Hugging Face tokenizer directory with data.tokenizer=hf")
-    _check(self.seq_len > 0, "data.seq_len", self.seq_len, "a positive integer")
-    _check(self.source_len >= 0, "data.source_len", self.source_len,
-           ">= 0 (0 means data.seq_len)")
-    _check(self.vocab_size >= 0, "data.vocab_size", self.vocab_size,
-           ">= 0 (0 means model.vocab_size)")
+    _positive(self, seq_len="a positive integer")
+    _nonnegative(self, source_len=">= 0 (0 means data.seq_len)",
+                 vocab_size=">= 0 (0 means model.vocab_size)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,26 +229,20 @@ class OptimConfig:
   muon_ns_steps: int = 5      # muon: Newton-Schulz iterations
 
   def __post_init__(self):
-    _choice("optim.name", self.name, OPTIMIZERS)
-    _check(self.lr > 0, "optim.lr", self.lr, "a positive float")
-    _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
-    _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
-    _choice("optim.schedule", self.schedule, ("cosine", "constant", "wsd"))
-    _check(0 < self.decay_fraction <= 1, "optim.decay_fraction", self.decay_fraction,
-           "in (0, 1]")
-    _check(self.decay_steps >= 0, "optim.decay_steps", self.decay_steps,
-           ">= 0 (0: from optim.decay_fraction)")
-    _choice("optim.decay_shape", self.decay_shape, ("linear", "cosine", "1-sqrt"))
-    _check(0 <= self.b1 < 1, "optim.b1", self.b1, "in [0, 1)")
-    _check(0 <= self.b2 < 1, "optim.b2", self.b2, "in [0, 1)")
-    _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
-    _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 disables)")
-    _check(0 < self.adafactor_decay_rate <= 1, "optim.adafactor_decay_rate",
-           self.adafactor_decay_rate, "in (0, 1]")
-    _check(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a positive float")
-    _check(0 <= self.muon_beta < 1, "optim.muon_beta", self.muon_beta, "in [0, 1)")
-    _check(self.muon_ns_steps > 0, "optim.muon_ns_steps", self.muon_ns_steps,
-           "a positive integer")
+    _choices(self, name=("adamw", "lion", "adafactor", "muon"))
+    _positive(self, lr="a positive float")
+    _fields(self, lambda v: 0 <= v <= 1, min_lr_ratio="in [0, 1]")
+    _nonnegative(self, warmup_steps=">= 0")
+    _choices(self, schedule=("cosine", "constant", "wsd"))
+    _fields(self, lambda v: 0 < v <= 1, decay_fraction="in (0, 1]")
+    _nonnegative(self, decay_steps=">= 0 (0: from optim.decay_fraction)")
+    _choices(self, decay_shape=("linear", "cosine", "1-sqrt"))
+    _fields(self, lambda v: 0 <= v < 1, b1="in [0, 1)", b2="in [0, 1)")
+    _nonnegative(self, weight_decay=">= 0", grad_clip=">= 0 (0 disables)")
+    _fields(self, lambda v: 0 < v <= 1, adafactor_decay_rate="in (0, 1]")
+    _positive(self, muon_lr="a positive float")
+    _fields(self, lambda v: 0 <= v < 1, muon_beta="in [0, 1)")
+    _positive(self, muon_ns_steps="a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,37 +276,28 @@ class TrainConfig:
   harness_include: str = ""   # directories of lm-eval task YAMLs, comma-separated
 
   def __post_init__(self):
-    for key in ("steps", "batch_size", "log_every", "eval_batches"):
-      _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "a positive integer")
-    _check(self.eval_every >= 0, "train.eval_every", self.eval_every, ">= 0")
-    _check(self.final_eval_batches >= 0, "train.final_eval_batches", self.final_eval_batches,
-           ">= 0 (0: the whole validation split)")
-    _choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
-    _check(self.spike_factor == 0 or self.spike_factor > 1, "train.spike_factor",
-           self.spike_factor, "0 (off) or a float > 1")
-    _check(self.sample_tokens >= 0, "train.sample_tokens", self.sample_tokens, ">= 0")
-    _check(self.loss_chunk >= 0, "train.loss_chunk", self.loss_chunk, ">= 0 (0: no chunks)")
-    _check(self.sample_temperature >= 0, "train.sample_temperature", self.sample_temperature,
-           ">= 0")
+    _positive(self, **dict.fromkeys(("steps", "batch_size", "log_every", "eval_batches"),
+                                    "a positive integer"))
+    _nonnegative(self, eval_every=">= 0",
+                 final_eval_batches=">= 0 (0: the whole validation split)")
+    _choices(self, nonfinite=("stop", "skip"))
+    _fields(self, lambda v: v == 0 or v > 1, spike_factor="0 (off) or a float > 1")
+    _nonnegative(self, sample_tokens=">= 0", loss_chunk=">= 0 (0: no chunks)",
+                 sample_temperature=">= 0")
     names = self.logger_names
     _check(len(set(names)) == len(names) and set(names) <= set(LOGGERS), "train.loggers",
            self.loggers, f"distinct names among {', '.join(LOGGERS)}, comma-separated")
-    _choice("train.wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
+    _choices(self, wandb_mode=("online", "offline", "disabled"))
     start, stop = self.profile_steps or (1, 2)
     _check(0 < start < stop, "train.profile", self.profile,
            "START:STOP, two step numbers with 0 < START < STOP (e.g. 10:15), or empty")
     _check(self.microbatches > 0 and self.batch_size % self.microbatches == 0,
            "train.microbatches", self.microbatches,
            f"a positive divisor of train.batch_size={self.batch_size}")
-    _choice("train.microbatch_loop", self.microbatch_loop, ("scan", "unroll"))
-    _check(self.z_loss >= 0, "train.z_loss", self.z_loss, ">= 0 (0: off)")
-    _check(self.hang_timeout >= 0, "train.hang_timeout", self.hang_timeout,
-           ">= 0 seconds (0: no watchdog)")
-    _check(self.harness_every >= 0, "train.harness_every", self.harness_every,
-           ">= 0 (0: only at the end)")
-    _check(self.harness_limit >= 0, "train.harness_limit", self.harness_limit, ">= 0 (0: all)")
-    _check(self.harness_fewshot >= -1, "train.harness_fewshot", self.harness_fewshot,
-           ">= 0, or -1 for each task's own")
+    _choices(self, microbatch_loop=("scan", "unroll"))
+    _nonnegative(self, z_loss=">= 0 (0: off)", hang_timeout=">= 0 seconds (0: no watchdog)",
+                 harness_every=">= 0 (0: only at the end)", harness_limit=">= 0 (0: all)")
+    _fields(self, lambda v: v >= -1, harness_fewshot=">= 0, or -1 for each task's own")
 
   @property
   def logger_names(self) -> tuple[str, ...]:
@@ -336,8 +323,8 @@ class CheckpointConfig:
   at_steps: tuple[int, ...] = ()  # also save, and keep, these steps (a WSD study's branch points)
 
   def __post_init__(self):
-    _check(self.every >= 0, "checkpoint.every", self.every, ">= 0")
-    _check(self.keep > 0, "checkpoint.keep", self.keep, "a positive integer")
+    _nonnegative(self, every=">= 0")
+    _positive(self, keep="a positive integer")
     _check(all(s > 0 for s in self.at_steps), "checkpoint.at_steps", self.at_steps,
            "positive step numbers, comma-separated")
 
@@ -350,10 +337,8 @@ class TaskConfig:
   max_response_tokens: int = 16  # sft: longest response kept (prompts are cut from the left)
 
   def __post_init__(self):
-    _choice("task.kind", self.kind, ("lm", "classify", "sft", "seq2seq"))
-    _choice("task.pooling", self.pooling, ("last", "mean"))
-    _check(self.max_response_tokens > 0, "task.max_response_tokens", self.max_response_tokens,
-           "a positive integer")
+    _choices(self, kind=("lm", "classify", "sft", "seq2seq"), pooling=("last", "mean"))
+    _positive(self, max_response_tokens="a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,7 +350,7 @@ class InitConfig:
   from_step: int = 0          # >0: continue init.from_workdir's whole state at this step (a branch)
 
   def __post_init__(self):
-    _choice("init.grow", self.grow, ("none", "stack", "interleave"))
+    _choices(self, grow=("none", "stack", "interleave"))
     _check(self.grow == "none" or self.from_workdir, "init.grow", self.grow,
            "'none' unless init.from_workdir names the run to grow from")
     _check(self.from_step >= 0, "init.from_step", self.from_step, ">= 0 (0: params only)")
@@ -426,10 +411,8 @@ class Config:
   seed: int = 0                # seeds parameter init, data order and sampling
 
   def __post_init__(self):
-    _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len", self.data.seq_len,
-           f"at most model.max_seq_len={self.model.max_seq_len}")
-    _check(self.data.source_len <= self.model.max_seq_len, "data.source_len",
-           self.data.source_len, f"at most model.max_seq_len={self.model.max_seq_len}")
+    _fields(self.data, lambda v: v <= self.model.max_seq_len, **dict.fromkeys(
+        ("seq_len", "source_len"), f"at most model.max_seq_len={self.model.max_seq_len}"))
     _check(not (self.optim.name == "muon" and self.model.parameterization == "mup"),
            "optim.name", self.optim.name, "adamw, lion or adafactor with "
            "model.parameterization=mup (muon's updates already scale with width)")
@@ -451,14 +434,9 @@ class Config:
 
 def replace(config, **changes):
   """dataclasses.replace that also accepts dotted keys: replace(c, **{"model.d_model": 64})."""
-  nested: dict[str, dict[str, Any]] = {}
-  flat = {}
+  flat, nested = {}, {}
   for key, value in changes.items():
     head, _, rest = key.partition(".")
-    if rest:
-      nested.setdefault(head, {})[rest] = value
-    else:
-      flat[key] = value
-  for head, sub in nested.items():
-    flat[head] = replace(getattr(config, head), **sub)
+    (nested.setdefault(head, {}) if rest else flat)[rest or key] = value
+  flat.update({head: replace(getattr(config, head), **sub) for head, sub in nested.items()})
   return dataclasses.replace(config, **flat)

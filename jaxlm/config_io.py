@@ -81,8 +81,7 @@ def _tuples(value):
 def from_dict(cls, data: dict):
   """Rebuilds a config dataclass from to_dict() output (e.g. a run's config.json)."""
   hints = typing.get_type_hints(cls)
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = set(data) - names
+  unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
   if unknown:
     raise ConfigError(f"unknown keys {sorted(unknown)} for {cls.__name__}")
   return cls(**{k: from_dict(hints[k], v) if dataclasses.is_dataclass(hints[k]) else _tuples(v)

@@ -12,26 +12,18 @@ import os
 import jax
 
 
-def auto_detected() -> str | None:
-  """The cluster environment jax.distributed can read by itself, if any."""
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-    return "slurm"
-  if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    return "tpu"
-  return None
-
-
 def initialize(coordinator_address: str = "", num_processes: int = 0,
                process_id: int = -1) -> bool:
   """Calls jax.distributed.initialize when the run spans processes; returns whether it did.
-
-  Must run before anything touches a JAX backend.
-  """
+  Must run before anything touches a JAX backend."""
   explicit = bool(coordinator_address)
   if explicit and (num_processes < 1 or not 0 <= process_id < num_processes):
     raise ValueError(f"--coordinator_address needs --num_processes >= 1 and "
                      f"0 <= --process_id < num_processes; got {num_processes}, {process_id}")
-  if not explicit and auto_detected() is None:
+  # Without flags: a SLURM job of several tasks, or a multi-host TPU VM slice.
+  if not explicit and not (
+      (int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ)
+      or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
     return False
   # CPU processes exchange collectives over gloo; accelerators use their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -32,9 +32,8 @@ def reuse_freed_memory() -> bool:
   installed (the step's buffers then live on the device), or where
   GLIBC_TUNABLES already sets malloc parameters.
   """
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-    return False
-  if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or not hardware.cpu_only():
+  if (platform.system() != "Linux" or platform.libc_ver()[0] != "glibc"
+      or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or not hardware.cpu_only()):
     return False
   libc = ctypes.CDLL(ctypes.util.find_library("c"))
   # Trim threshold -1: glibc takes it as a size_t, SIZE_MAX, so the heap is never

@@ -25,7 +25,9 @@ class UnknownNameError(KeyError):
     return self.args[0]
 
 
-def _add(table: dict, kind: str, fn: Callable, name: str | None) -> Callable:
+def _add(table: dict, kind: str, fn: Callable | None, name: str | None):
+  if fn is None:  # used as @register(name=...)
+    return lambda f: _add(table, kind, f, name)
   name = name or fn.__name__
   if name in table and table[name] is not fn:
     raise ValueError(f"{kind} {name!r} is registered twice "
@@ -38,15 +40,11 @@ def _add(table: dict, kind: str, fn: Callable, name: str | None) -> Callable:
 
 def register(fn: Callable | None = None, *, name: str | None = None):
   """Registers an experiment: a no-argument function returning a Config."""
-  if fn is None:
-    return lambda f: _add(_EXPERIMENTS, "experiment", f, name)
   return _add(_EXPERIMENTS, "experiment", fn, name)
 
 
 def register_sweep(fn: Callable | None = None, *, name: str | None = None):
   """Registers a sweep: a no-argument function returning a sweep spec."""
-  if fn is None:
-    return lambda f: _add(_SWEEPS, "sweep", f, name)
   return _add(_SWEEPS, "sweep", fn, name)
 
 

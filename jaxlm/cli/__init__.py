@@ -12,6 +12,7 @@ imports a command line.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -34,6 +35,15 @@ def fail(message: str) -> None:
   """One line `error: ...` on stderr and exit status 2: the contract for bad input."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(exit_status.BAD_INPUT)
+
+
+@contextlib.contextmanager
+def failing(*errors: type[Exception], prefix: str = ""):
+  """Turns the given errors (bad input that the library found) into fail()."""
+  try:
+    yield
+  except errors as e:
+    fail(f"{prefix}{e}")
 
 
 def start(argv, hint: str = "", verbosity: str = "error") -> None:

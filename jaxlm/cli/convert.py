@@ -32,7 +32,7 @@ def main(argv):
   cli.start(argv, USAGE)
   if (FLAGS.from_hf is None) == (FLAGS.to_hf is None) or not FLAGS.workdir:
     fail(f"expected exactly one of --from_hf and --to_hf, and --workdir; {USAGE}")
-  try:
+  with cli.failing(ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError):
     if FLAGS.from_hf is not None:
       config = hf.from_hf(FLAGS.from_hf, FLAGS.workdir, FLAGS.dtype or "float32")
       if config.data.tokenizer == "hf":
@@ -48,8 +48,6 @@ def main(argv):
       with_tok = os.path.isfile(os.path.join(FLAGS.to_hf, "tokenizer.json"))
       print(f"wrote step {step} of {FLAGS.workdir} as a {arch} in {FLAGS.to_hf}"
             f"{' with its byte tokenizer' if with_tok else ' (its tokenizer is not converted)'}")
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
-    fail(str(e))
 
 
 def entry():

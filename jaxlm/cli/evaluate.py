@@ -51,10 +51,8 @@ def main(argv):
   if importlib.util.find_spec("matplotlib") is None:  # before an evaluation of minutes
     fail("the reliability diagram needs matplotlib; install it with "
          "`pip install 'jaxlm[plot]'`")
-  try:
+  with cli.failing(ValueError, FileNotFoundError):
     r = evaluate.run(F.workdir, F.split, F.batches)
-  except (ValueError, FileNotFoundError) as e:
-    fail(str(e))
   for name, s in [(F.split, r), *r.get("sources", {}).items()]:
     print(f"{name}: loss {s['loss']:.4f} | perplexity {s['perplexity']:.2f} | "
           f"bpb {s['bits_per_byte']:.4f} | accuracy {s['accuracy']:.3f} | ECE {s['ece']:.4f} | "
@@ -78,11 +76,9 @@ def harness_main():
     fail(f"--num_fewshot={F.num_fewshot} is invalid: expected an integer >= 0")
   from jaxlm.inference import harness  # lm-eval is optional: imported only when asked for
   limit = None if F.limit is None else (int(F.limit) if F.limit >= 1 else F.limit)
-  try:
+  with cli.failing(ValueError, FileNotFoundError):
     summary = harness.run(F.workdir, F.tasks, num_fewshot=F.num_fewshot, limit=limit,
                           batch_size=F.batch_size, include=F.include, step=F.step)
-  except (ValueError, FileNotFoundError) as e:
-    fail(str(e))
   with open(os.path.join(F.workdir, harness.RESULTS)) as f:
     print(harness.table(json.load(f)))
   print(f"step {summary['step']}: {summary['examples']:,} examples, "

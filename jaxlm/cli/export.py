@@ -27,10 +27,8 @@ def main(argv):
   cli.start(argv, USAGE)
   if not F.workdir or not F.out:
     fail(f"{USAGE}; got no --workdir or --out")
-  try:
+  with cli.failing(ValueError, KeyError, FileNotFoundError):
     step = export(F.workdir, F.out, None if F.step < 0 else F.step)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    fail(str(e))
   print(f"wrote the params of step {step} of {F.workdir} to {F.out}")
 
 

@@ -20,7 +20,6 @@ import numpy as np
 from absl import app, flags
 
 from jaxlm import cli
-from jaxlm.cli import fail
 from jaxlm.inference.generate import generate, stream
 from jaxlm.inference.sampling import Sampling
 from jaxlm.run.load import load_run
@@ -69,15 +68,14 @@ def print_stream(tokens: Iterator[np.ndarray], tok, out=sys.stdout) -> list[int]
       out.write(text[len(shown):])
       out.flush()
       shown = text
-  text = tok.decode(ids)
-  out.write(text[len(shown):] + "\n")
+  out.write(tok.decode(ids)[len(shown):] + "\n")
   out.flush()
   return ids
 
 
 def main(argv):
   cli.start(argv)
-  try:
+  with cli.failing(ValueError, FileNotFoundError):
     if not F.workdir:
       raise ValueError("--workdir is required: the directory of a trained run")
     if F.num_samples < 1:
@@ -88,22 +86,18 @@ def main(argv):
     Sampling(F.temperature, F.top_k, F.top_p)  # checks the flags before the slow load
     texts = read_prompts(F.prompt, F.prompt_file)
     config, tok, mesh, params, _ = load_run(F.workdir)
-  except (ValueError, FileNotFoundError) as e:
-    fail(str(e))
   prompts = [tok.encode(t) for t in texts for _ in range(F.num_samples)]
   kw = dict(temperature=F.temperature, top_k=F.top_k, top_p=F.top_p, seed=F.seed,
             eos_id=tok.eos_id, mesh=mesh, rules=config.mesh.rules, vocab_limit=tok.vocab_size)
   # A language model continues its prompt; an encoder-decoder writes a new text from it.
   continues = not config.model.encoder_layers
-  try:
+  with cli.failing(ValueError):
     if len(prompts) == 1:
       tokens = stream(params, config.model, prompts, F.max_new_tokens, **kw)
       sys.stdout.write(texts[0] if continues else "")
       print_stream(tokens, tok)
       return
     outs = generate(params, config.model, prompts, F.max_new_tokens, **kw)
-  except ValueError as e:
-    fail(str(e))
   for i, ids in enumerate(outs):
     p, s = divmod(i, F.num_samples)
     shown = texts[p] if continues else ""

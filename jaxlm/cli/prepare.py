@@ -75,14 +75,13 @@ def main(argv):
     bar.update()
 
   try:
-    if F.merge:
-      manifest = prepared.merge(F.corpus, F.out, spec, options, shard_bytes=F.shard_mb << 20)
-    else:
-      manifest = prepared.prepare(F.corpus, F.out, spec, options, workers=F.workers,
-                                  shard_bytes=F.shard_mb << 20, progress=progress,
-                                  num_tasks=F.num_tasks, task_id=F.task_id)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    fail(str(e))
+    with cli.failing(ValueError, KeyError, FileNotFoundError):
+      if F.merge:
+        manifest = prepared.merge(F.corpus, F.out, spec, options, shard_bytes=F.shard_mb << 20)
+      else:
+        manifest = prepared.prepare(F.corpus, F.out, spec, options, workers=F.workers,
+                                    shard_bytes=F.shard_mb << 20, progress=progress,
+                                    num_tasks=F.num_tasks, task_id=F.task_id)
   finally:
     if bar is not None:
       bar.close()

@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import shlex
 import sys
 
-from jaxlm import registry
-from jaxlm.cli import fail
+from jaxlm import cli, registry
 from jaxlm.scaling import collect, fit, plots, sweeps, transfer
 
 
@@ -33,9 +33,7 @@ def _sweep(args):
 def _collect(args):
   rows = collect.collect(args.sweep, args.flops_convention)
   collect.write_csv(rows, args.out)
-  counts = {}
-  for row in rows:
-    counts[row["status"]] = counts.get(row["status"], 0) + 1
+  counts = collections.Counter(row["status"] for row in rows)
   spent = sum(row.get("spent_flops") or 0.0 for row in rows if row["status"] == "ok")
   print(f"{len(rows)} runs -> {args.out}: "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -147,9 +145,6 @@ def main(argv=None):
   p.add_argument("--plot", required=True, help="PNG to write")
   p.add_argument("--metric", default="acc", help="the metric of each task (default acc)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
+  with cli.failing(ValueError, KeyError, FileNotFoundError):
     {"sweep": _sweep, "collect": _collect, "fit": _fit, "predict": _predict,
      "transfer": _transfer, "downstream": _downstream}[args.command](args)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    fail(str(e))
-

@@ -14,7 +14,6 @@ import numpy as np
 from absl import app, flags
 
 from jaxlm import cli
-from jaxlm.cli import fail
 from jaxlm.data import finetune
 from jaxlm.inference import seq2seq
 from jaxlm.run.load import load_run
@@ -31,7 +30,7 @@ F = flags.FLAGS
 
 def main(argv):
   cli.start(argv)
-  try:
+  with cli.failing(ValueError, FileNotFoundError):
     if not F.workdir:
       raise ValueError("--workdir is required: the directory of a trained seq2seq run")
     if (F.text is None) == (F.eval_lines is None):
@@ -40,16 +39,11 @@ def main(argv):
       raise ValueError(f"--eval_lines={F.eval_lines} is invalid: expected >= 0 (0: all)")
     if F.text is not None and not finetune.unpunctuate(F.text):
       raise ValueError(f"--text={F.text!r} has no words once unpunctuated; expected a line")
-    run = load_run(F.workdir, task_kind="seq2seq")
-    config, tok, params, step = run.config, run.tokenizer, run.params, run.step
-  except (ValueError, FileNotFoundError) as e:
-    fail(str(e))
+    config, tok, _, params, step = load_run(F.workdir, task_kind="seq2seq")
   if F.text is not None:
-    try:
+    with cli.failing(ValueError, prefix="--text: "):
       print(seq2seq.restore(params, config, tok, [F.text], temperature=F.temperature,
                             seed=F.seed)[0])
-    except ValueError as e:
-      fail(f"--text: {e}")
     return
   result = seq2seq.evaluate(params, config, tok, F.eval_lines)
   print(f"step {step}, {result['lines']} test lines (greedy):")

@@ -53,14 +53,12 @@ def main(argv):
     fail(f"--validation_fraction={F.validation_fraction} is invalid: expected a value in (0, 1)")
   options = prepared.Options(F.text_field, F.validation_fraction, F.hf_config, F.hf_split)
   began = time.time()
-  try:
+  with cli.failing(ValueError, KeyError, FileNotFoundError, ImportError, RuntimeError):
     texts, held_out = training.sample(F.corpus, options, F.sample_mb << 20)
     print(f"training a {F.kind} tokenizer of {F.vocab_size:,} on {len(texts):,} documents "
           f"({sum(len(t) for t in texts) / 1e6:.1f}M characters)", flush=True)
     kind = training.train(F.kind, texts, F.vocab_size, F.out)
     ratio = training.check(kind, F.out, held_out) if held_out else None
-  except (ValueError, KeyError, FileNotFoundError, ImportError, RuntimeError) as e:
-    fail(str(e))
   measured = (f"{ratio:.3f} bytes per token on {len(held_out):,} held-out documents"
               if ratio else "no held-out documents to measure it on")
   print(f"wrote {F.out} in {time.time() - began:.1f}s: {measured}; train with "

@@ -63,7 +63,7 @@ def main(argv):
     # The slice's devices are compile-only; this process computes nothing, and an installed
     # libtpu must not try to open a TPU here.
     jax.config.update("jax_platforms", "cpu")
-  try:
+  with cli.failing(ValueError, KeyError, FileNotFoundError):
     if distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                               FLAGS.process_id) and not FLAGS.workdir:
       fail("a multi-process run needs an explicit --workdir shared by all processes")
@@ -78,18 +78,13 @@ def main(argv):
     mode = "resume" if FLAGS.resume else "overwrite" if FLAGS.overwrite else "auto"
     records = _restart_records(FLAGS.restart_record)
     run = loop.setup(config, workdir, mode)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    fail(str(e))
   if jax.process_index() == 0:  # an attempt that died before this point left its record out
     files.add_restarts(workdir, records)
   try:
     loop.run(run)
-  except loop.NonFiniteError as e:  # not bad input, but one readable line, and a status
-    print(f"error: {e}", file=sys.stderr, flush=True)  # that launchers do not restart
-    sys.exit(exit_status.NONFINITE)
-  except checkpoint.StorageError as e:  # the workdir is full or read-only
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(exit_status.STORAGE)
+  except (loop.NonFiniteError, checkpoint.StorageError) as e:  # not bad input: one readable
+    print(f"error: {e}", file=sys.stderr, flush=True)  # line, and a status of its own
+    sys.exit(exit_status.NONFINITE if isinstance(e, loop.NonFiniteError) else exit_status.STORAGE)
 
 
 def _restart_records(text: str) -> list[dict]:

@@ -67,34 +67,19 @@ def storage_reason(error: BaseException) -> str | None:
   return None
 
 
-class _StorageNoise(std_logging.Filter):
-  """Drops the log records of a storage fault inside a save.
+def _drop_storage_noise(record) -> bool:
+  """A log filter: False (dropped) for the records of a storage fault inside a save.
 
   When a save fails, Orbax's background threads log the error with its
   traceback once per thread, and asyncio logs every write task that ended with
   it ("exception was never retrieved"), each with a page of tensorstore spec;
   StorageError says it all in one line at the next save or wait.
   """
-
-  def filter(self, record) -> bool:
-    message = record.getMessage()
-    if record.exc_info and record.exc_info[1] is not None:
-      message += str(record.exc_info[1])
-    from_save = "orbax" in record.pathname or "exception was never retrieved" in message
-    return not (from_save and any(text in message for text in _STORAGE_TEXTS))
-
-
-def _quiet_storage_noise() -> None:
-  """Installs _StorageNoise on the loggers Orbax and asyncio use (once)."""
-  for name in ("absl", "asyncio"):
-    _install(name, _StorageNoise)
-
-
-def _install(logger_name: str, kind) -> None:
-  """Adds a filter of class `kind` to the named logger, once."""
-  logger = std_logging.getLogger(logger_name)
-  if not any(isinstance(f, kind) for f in logger.filters):
-    logger.addFilter(kind())
+  message = record.getMessage()
+  if record.exc_info and record.exc_info[1] is not None:
+    message += str(record.exc_info[1])
+  from_save = "orbax" in record.pathname or "exception was never retrieved" in message
+  return not (from_save and any(text in message for text in _STORAGE_TEXTS))
 
 
 @contextlib.contextmanager
@@ -121,10 +106,8 @@ def storage_fault(mngr: ocp.CheckpointManager, reason: str,
   checkpoint, if any).
   """
   directory = str(mngr.directory)
-  try:
+  with contextlib.suppress(Exception):  # it failed too: its files are partial, removed below
     mngr.wait_until_finished()
-  except Exception:  # noqa: BLE001  (it failed too: its files are partial, removed below)
-    pass
   # The write coroutines the failed save never started are reported when the process ends.
   warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
                           category=RuntimeWarning)
@@ -161,14 +144,15 @@ def manager(workdir: str, keep: int, async_save: bool = True,
                             keep_checkpoints_without_metrics=False)]
   if keep_steps:
     keeping.append(policies.CustomSteps(steps=list(keep_steps)))
-  preserve = policies.AnyPreservationPolicy(keeping)
   options = ocp.CheckpointManagerOptions(
       create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
       save_interval_steps=0 if read_only else 1,  # else read_only warns that it resets it
-      preservation_policy=preserve, cleanup_tmp_directories=not read_only,
+      preservation_policy=policies.AnyPreservationPolicy(keeping),
+      cleanup_tmp_directories=not read_only,
       # best_fn only makes the manager write each step's metrics and answer best_step().
       best_fn=_best_metric, best_mode="min")
-  _quiet_storage_noise()
+  for name in ("absl", "asyncio"):  # the loggers Orbax and asyncio use (addFilter: once)
+    std_logging.getLogger(name).addFilter(_drop_storage_noise)
   verbosity = logging.get_verbosity()
   if read_only:  # Orbax warns "Given directory is read only" on every read-only open
     logging.set_verbosity(logging.ERROR)
@@ -182,11 +166,8 @@ def manager(workdir: str, keep: int, async_save: bool = True,
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
          config: config_lib.Config, metrics: dict | None = None, wait: bool = False,
          wall_seconds: float | None = None) -> None:
-  """Starts saving step `step` (asynchronously unless `wait`); metrics rank it for keep-best.
-
-  wall_seconds: the run's wall time so far (all segments), which a resume from
-  this step goes on from (saved_wall_seconds).
-  """
+  """Starts saving step `step` (asynchronously unless `wait`); metrics rank it for keep-best,
+  and a resume from it goes on from wall_seconds, the run's wall time so far (all segments)."""
   metrics = {k: float(v) for k, v in (metrics or {}).items()}
   if not all(map(math.isfinite, metrics.values())):
     metrics = {}  # a NaN would sort anywhere; such a step is kept only while latest
@@ -235,20 +216,15 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
       "expected a complete checkpoint of the same model, or use --overwrite to start over")
 
 
-def _step_metadata(mngr: ocp.CheckpointManager, step: int):
-  """Orbax's metadata of saved step `step`, or None if there is no such step."""
-  return mngr.metadata(step) if step in mngr.all_steps() else None
-
-
 def saved_metrics(mngr: ocp.CheckpointManager, step: int) -> dict | None:
   """The evaluation metrics saved with `step`, or None if it had none."""
-  meta = _step_metadata(mngr, step)
+  meta = mngr.metadata(step) if step in mngr.all_steps() else None
   return (meta and meta.metrics) or None
 
 
 def saved_wall_seconds(mngr: ocp.CheckpointManager, step: int) -> float | None:
   """The run's wall time when `step` was saved, or None (a checkpoint from before it was kept)."""
-  meta = _step_metadata(mngr, step)
+  meta = mngr.metadata(step) if step in mngr.all_steps() else None
   value = ((meta and meta.custom_metadata) or {}).get("wall_seconds")
   return None if value is None else float(value)
 
@@ -272,18 +248,16 @@ def _ignore_abandoned_reads() -> None:
 
   hook.jaxlm_filter = True
   sys.unraisablehook = hook
-  _install("asyncio", _AbandonedReads)
+  std_logging.getLogger("asyncio").addFilter(_drop_abandoned_reads)
 
 
-class _AbandonedReads(std_logging.Filter):
-  """Drops asyncio's "Task exception was never retrieved" for the reads of a failed
-  restore that ended after it (Orbax's async_deserialize, each with a traceback)."""
-
-  def filter(self, record) -> bool:
-    message = record.getMessage()
-    if record.exc_info and record.exc_info[2] is not None:
-      message += "".join(traceback.format_tb(record.exc_info[2]))
-    return not ("exception was never retrieved" in message and "async_deserialize" in message)
+def _drop_abandoned_reads(record) -> bool:
+  """A log filter: drops asyncio's "Task exception was never retrieved" for the reads of a
+  failed restore that ended after it (Orbax's async_deserialize, each with a traceback)."""
+  message = record.getMessage()
+  if record.exc_info and record.exc_info[2] is not None:
+    message += "".join(traceback.format_tb(record.exc_info[2]))
+  return not ("exception was never retrieved" in message and "async_deserialize" in message)
 
 
 def _warn(text: str) -> None:
@@ -319,10 +293,8 @@ def restore_params(workdir: str, abstract_params, step: int | None = None):
 
 
 def restore_config(workdir: str, step: int | None = None):
-  """(config, step): the resolved config saved with a run's latest or given checkpoint.
-
-  The config is None where that checkpoint was written without one.
-  """
+  """(config, step): the resolved config saved with a run's latest or given checkpoint; None
+  where that checkpoint was written without one."""
   mngr, step = _open_step(workdir, step)
   if not os.path.isdir(os.path.join(str(mngr.directory), str(step), "config")):
     return None, step

@@ -40,11 +40,8 @@ def has_config(workdir: str) -> bool:
 
 
 def read_config(workdir: str, what: str = "--workdir") -> config_lib.Config:
-  """The config.json of the run in workdir.
-
-  Raises FileNotFoundError if there is none, ConfigError if it does not load
-  in this version of jaxlm; `what` names the flag or key that gave workdir.
-  """
+  """The config.json of the run in workdir: FileNotFoundError if there is none, ConfigError if
+  it does not load in this version of jaxlm (`what`: the flag or key that gave workdir)."""
   path = os.path.join(workdir, CONFIG)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{what}={workdir} has no {CONFIG}; expected the directory of a "
@@ -66,11 +63,8 @@ def write_summary(workdir: str, summary: dict) -> None:
 
 
 def truncate_metrics(path: str, step: int) -> float:
-  """Drops metrics.jsonl records past `step`, and any line a crash cut short.
-
-  Returns the wall time the kept records reached (0 if none): the earlier
-  segments' share of the run, which a resumed run adds to its own.
-  """
+  """Drops metrics.jsonl records past `step`, and any line a crash cut short; returns the
+  wall time the kept records reached (0 if none), which a resumed run adds to its own."""
   if not os.path.exists(path):
     return 0.0
   kept, wall = [], 0.0

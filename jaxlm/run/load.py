@@ -49,21 +49,15 @@ def run_mesh(config: config_lib.Config) -> jax.sharding.Mesh:
 
 def load_run(workdir: str, step: int | None = None, *, mesh=None, what: str = "--workdir",
              task_kind: str | None = None) -> LoadedRun:
-  """Restores checkpoint `step` (default the latest) of the run in workdir.
+  """Restores checkpoint `step` (default: the latest) of the run in workdir.
 
-  Args:
-    workdir: a run's directory (config.json, checkpoints/).
-    step: the checkpoint to load; None: the latest.
-    mesh: the mesh to shard params over; None: run_mesh(config).
-    what: the flag or key that named workdir, for error messages.
-    task_kind: if given, the task.kind the run must have (checked before any restore).
-  Returns:
-    The LoadedRun; its config is the one saved with that checkpoint (config.json's
-    for checkpoints saved without one), and its params the whole task's (a
-    classifier's head too) in the run's model.param_dtype.
-  Raises:
-    FileNotFoundError if workdir is not a run or has no such checkpoint;
-    ValueError (ConfigError) if the run's config does not load or is not of task_kind.
+  Its params are sharded over `mesh` (default: run_mesh(config)); `what` names the flag or
+  key that gave workdir, for error messages; task_kind, if given, is the task.kind the run
+  must have (checked before any restore). The config is the one saved with that checkpoint
+  (config.json's for checkpoints saved without one), the params the whole task's (a
+  classifier's head too) in the run's model.param_dtype. Raises FileNotFoundError if
+  workdir is not a run or has no such checkpoint, ConfigError if the run's config does not
+  load or is not of task_kind.
   """
   if not files.has_config(workdir) and not checkpoint.saved_steps(workdir):
     raise FileNotFoundError(f"{what}={workdir} has no config.json and no checkpoint; expected "

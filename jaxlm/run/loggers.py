@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import sys
-import time
 
 import jax
 import numpy as np
@@ -29,18 +28,12 @@ from jaxlm import config_io
 from jaxlm import hardware
 from jaxlm.run import files
 
+
 def peak_flops(device=None) -> float | None:
   """The dense bf16 peak of a device by its kind (jaxlm.hardware.CHIPS), for MFU; None when
   unknown (e.g. CPU)."""
   chip = hardware.chip_of(device or jax.devices()[0])
   return chip.peak_flops if chip else None
-
-
-def fmt_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 def flat_scalars(stats: dict) -> dict[str, float]:
@@ -61,10 +54,8 @@ def flat_scalars(stats: dict) -> dict[str, float]:
 class _Stdout:
   """A progress bar on a terminal; plain progress lines anywhere else."""
 
-  def __init__(self, total: int, start: int, stream=None):
-    self.stream = stream or sys.stdout
-    self.total = total
-    self.bar = None
+  def __init__(self, total: int, start: int):
+    self.stream, self.total, self.bar = sys.stdout, total, None
     if self.stream.isatty():
       self.bar = tqdm.tqdm(total=total, initial=start, file=self.stream, unit="step",
                            dynamic_ncols=True, smoothing=0.1)
@@ -84,7 +75,8 @@ class _Stdout:
       self.advance(step)
       self.bar.set_postfix_str(f"loss {r['loss']:.4f} | {r['tokens_per_sec']:,.0f} tok/s")
       return
-    eta = fmt_duration((self.total - step) * r["step_seconds"])
+    h, rem = divmod(int(max((self.total - step) * r["step_seconds"], 0)), 3600)
+    eta = f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
     mfu = f" | mfu {r['mfu']:5.1%}" if r.get("mfu") is not None else ""
     self.line(f"step {step:>{len(str(self.total))}}/{self.total} | loss {r['loss']:7.4f} | "
               f"lr {r['lr']:.2e} | {r['tokens_per_sec']:9,.0f} tok/s{mfu} | eta {eta}")
@@ -148,19 +140,16 @@ class Reporter:
   """The loggers of train.loggers, fed by the train loop (and by evaluate); process 0 only."""
 
   def __init__(self, config: config_lib.Config, workdir: str, start_step: int = 0,
-               resumed: bool = False, total_steps: int | None = None, stream=None):
+               resumed: bool = False):
     names = config.train.logger_names
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, files.METRICS)
-    total = config.train.steps if total_steps is None else total_steps
-    self.stdout = _Stdout(total, start_step, stream) if "stdout" in names and self.enabled \
-        else None
+    self.stdout = (_Stdout(config.train.steps, start_step)
+                   if "stdout" in names and self.enabled else None)
     self.jsonl = "jsonl" in names and self.enabled
-    self.sinks = []
-    if self.enabled and "tensorboard" in names:
-      self.sinks.append(_TensorBoard(workdir, start_step, resumed))
-    if self.enabled and "wandb" in names:
-      self.sinks.append(_Wandb(workdir, config))
+    self.sinks = [] if not self.enabled else (
+        ([_TensorBoard(workdir, start_step, resumed)] if "tensorboard" in names else [])
+        + ([_Wandb(workdir, config)] if "wandb" in names else []))
     if self.sinks and not resumed:
       self.text(start_step, "config", config_io.dumps(config))
 
@@ -184,8 +173,9 @@ class Reporter:
     """A log step: record (loss, lr, tokens_per_sec, ...) and the step's statistics."""
     if not self.enabled:
       return
+    json_stats = jax.tree.map(lambda x: np.asarray(x).tolist(), stats or {})
     self.log({"step": step, **{k: v for k, v in record.items() if k != "step_seconds"},
-              **({"stats": jax.tree.map(_json_value, stats)} if stats else {})})
+              **({"stats": json_stats} if stats else {})})
     scalars = {f"train/{k}": v for k, v in record.items() if v is not None}
     self._scalars(step, {**scalars, **flat_scalars(stats or {})})
     if self.stdout is not None:
@@ -197,25 +187,18 @@ class Reporter:
     self.log({"step": step, **result})
     self._scalars(step, {f"eval/{k}": v for k, v in result.items()})
     values = " | ".join(f"{k} {v:.4f}" for k, v in result.items())
-    self.print(f"eval {step:>{len(str(self._total))}}/{self._total} | {values}")
+    total = self.stdout.total if self.stdout is not None else 0
+    self.print(f"eval {step:>{len(str(total))}}/{total} | {values}")
 
   def text(self, step: int, name: str, text: str) -> None:
     for sink in self.sinks:
       sink.text(step, name, text)
-
-  def figure(self, step: int, name: str, figure) -> None:
-    for sink in self.sinks:
-      sink.figure(step, name, figure)
 
   def close(self) -> None:
     for sink in self.sinks:
       sink.close()
     if self.stdout is not None:
       self.stdout.close()
-
-  @property
-  def _total(self) -> int:
-    return self.stdout.total if self.stdout is not None else 0
 
   def _scalars(self, step: int, values: dict) -> None:
     for sink in self.sinks:
@@ -240,26 +223,3 @@ def progress(iterable=None, total: int | None = None, desc: str = ""):
   if sys.stdout.isatty():
     return tqdm.tqdm(iterable, total=total, desc=desc, file=sys.stdout, dynamic_ncols=True)
   return iterable if iterable is not None else tqdm.tqdm(disable=True)
-
-
-def _json_value(x):
-  x = np.asarray(x)
-  return x.item() if x.ndim == 0 else x.tolist()
-
-
-class Timer:
-  """Seconds spent in a phase (e.g. waiting for input) since the last `take()`."""
-
-  def __init__(self):
-    self.seconds = 0.0
-
-  def __enter__(self):
-    self._start = time.perf_counter()
-    return self
-
-  def __exit__(self, *exc):
-    self.seconds += time.perf_counter() - self._start
-
-  def take(self) -> float:
-    seconds, self.seconds = self.seconds, 0.0
-    return seconds

@@ -45,7 +45,6 @@ import re
 KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _OP = re.compile(r"=\s*(?P<shape>.*?)\s(?P<kind>" + "|".join(KINDS) + r")(?:-start)?\((?P<rest>.*)$")
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
-_ITEMSIZE = {"pred": 1, "bf16": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,16 +65,10 @@ class Collective:
         self.array_bytes
 
 
-def _itemsize(dtype: str) -> int:
-  if dtype in _ITEMSIZE:
-    return _ITEMSIZE[dtype]
-  if dtype.startswith("f8"):
-    return 1
-  return int(re.sub(r"\D", "", dtype)) // 8
-
-
 def _array_bytes(shape: str) -> list[int]:
-  return [math.prod(int(d) for d in dims.split(",") if d) * _itemsize(dtype)
+  itemsize = lambda t: ({"pred": 1, "bf16": 2}.get(t) or (1 if t.startswith("f8") else
+                                                           int(re.sub(r"\D", "", t)) // 8))
+  return [math.prod(int(d) for d in dims.split(",") if d) * itemsize(dtype)
           for dtype, dims in _ARRAY.findall(shape)]
 
 
@@ -103,8 +96,7 @@ def _trip_counts(lines: list[str]) -> dict[str, int]:
   element counted from a constant by a constant step (N, start and step read from the
   HLO). XLA's TPU pipeline leaves no known_trip_count on its loops: the layer scan, and
   the windowed all-gathers of FSDP (a ring of collective-permutes, two steps a turn)."""
-  body_of, consts, gte, tuples, adds, roots, results = {}, {}, {}, {}, {}, {}, {}
-  owner = None
+  body_of, consts, gte, tuples, adds, roots, results, owner = {}, {}, {}, {}, {}, {}, {}, None
   for line in lines:
     if m := _HEADER.match(line):
       owner = m.group(1)
@@ -201,8 +193,7 @@ def collectives(hlo_text: str, n_devices: int) -> list[Collective]:
       total = sizes[0]  # async form: (operand, result, context...)
     else:
       total = sum(sizes)
-    name = re.search(r'op_name="([^"]*)"', rest)
-    op_name = name.group(1) if name else ""
+    op_name = next(iter(re.findall(r'op_name="([^"]*)"', rest)), "")
     phase = ("backward" if "transpose(" in op_name else
              "forward" if "jvp(" in op_name else "update")
     c = Collective(kind, group, total, phase, op_name, m.group("shape")[:80])
@@ -259,9 +250,7 @@ def report(items: list[Collective], least: dict[str, float], largest: int = 5) -
         phases[c.phase] = phases.get(c.phase, 0.0) + c.moved_bytes
     split = ", ".join(f"{p} {b / 2**20:,.2f}" for p, b in sorted(phases.items()))
     lines.append(f"  {kind:<18} {row['count']:>4} x, {row['bytes'] / 2**20:>10,.2f} MiB ({split})")
-  for name, b in least.items():
-    if b:
-      lines.append(f"  minimum: {name:<19} {b / 2**20:>10,.2f} MiB")
+  lines += [f"  minimum: {name:<19} {b / 2**20:>10,.2f} MiB" for name, b in least.items() if b]
   for c in sorted(items, key=lambda c: -c.moved_bytes)[:largest]:
     lines.append(f"  largest: {c.kind} of {c.group}, {c.moved_bytes / 2**20:,.2f} MiB, {c.phase}, "
                  f"{c.shape} from {c.op_name.removeprefix('jit(step)/')[-60:]}")

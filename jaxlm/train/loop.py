@@ -53,11 +53,8 @@ class Run:
 
 
 def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
-  """Checks inputs (tokenizer, corpus, mesh, workdir, checkpoints) and builds the run.
-
-  Raises on bad input, before anything in workdir is written; `mode` is as in
-  prepare_workdir.
-  """
+  """Checks inputs (tokenizer, corpus, mesh, workdir, checkpoints) and builds the run;
+  raises on bad input before anything in workdir is written (`mode`: prepare_workdir's)."""
   tok = pipeline.tokenizer_for(config.data, config.model.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, mesh, tok.token_bytes())
@@ -123,8 +120,7 @@ def run(r: Run) -> dict:
   """
   c, trainer = r.config, r.trainer
   wall_start = time.time()
-  mngr = r.checkpoints or checkpoint.manager(r.workdir, c.checkpoint.keep,
-                                             keep_steps=c.checkpoint.at_steps)
+  mngr = r.checkpoints
   it = pipeline.train_iterator(r.dataset)
   earlier_seconds = 0.0  # wall time of the segments before a resume
   counts = params_lib.param_count(trainer.specs)  # the task's head included
@@ -183,7 +179,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
   last_time, last_step = None, start_step
   val, loss_mean, scored = {}, None, None
   checked = {"step": start_step, "nonfinite": int(state.nonfinite)}
-  waiting = loggers.Timer()  # time spent waiting for the next batch
+  waited = 0.0  # seconds spent waiting for the next batch since the last log step
   profile = Profile(c.train.profile_steps, os.path.join(r.workdir, "tensorboard"), report)
 
   def evaluate_batches(n_batches: int) -> dict:
@@ -233,8 +229,9 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       # After the first (compiled) step, every step's time joins the watchdog's median.
       watchdog.beat(f"step {step}", step_done=step > start_step + 1)
       profile.before(step)
-      with waiting:
-        host_batch = next(it)
+      fetch_start = time.perf_counter()
+      host_batch = next(it)
+      waited += time.perf_counter() - fetch_start
       indices = host_batch.pop("index", None)  # where each row came from, for spike records
       state, step_metrics = trainer.step(state, trainer.device_batch(host_batch))
       profile.after(step, step_metrics)
@@ -242,8 +239,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       if last_time is None:  # the first step includes compilation
         jax.block_until_ready(step_metrics)
         report.print(f"compiled and ran step {step} in {wall_seconds() - began:.1f}s")
-        last_time, last_step = time.perf_counter(), step
-        waiting.take()
+        last_time, last_step, waited = time.perf_counter(), step, 0.0
       final = step == c.train.steps
       if step % c.train.log_every == 0 or final:
         m = jax.device_get(step_metrics)
@@ -256,21 +252,20 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
         record = {"loss": loss, "lr": float(schedule(step - 1)), "tokens_per_sec": tps,
                   "wall_seconds": wall_seconds(), "grad_norm": float(m["grad_norm"]),
                   "nonfinite_steps": int(m["nonfinite_steps"]),
-                  "tokens": step * tokens_per_step, "input_wait_seconds": waiting.take() / steps,
+                  "tokens": step * tokens_per_step, "input_wait_seconds": waited / steps,
                   "step_seconds": seconds}
         if peak and tps:
           record["mfu"] = tps * flops_per_token / (peak * jax.device_count())
         report.train(step, record, m.get("stats"))
         loss_mean = _log_spike(report, step, loss, loss_mean, c.train.spike_factor, indices)
-        last_time, last_step = now, step
+        last_time, last_step, waited = now, step, 0.0
       # Every process calls this every step: in multi-process runs it is how they agree.
       preempted = preemption.reached(step) and not final
       evaluated = None
       if ((c.train.eval_every and step % c.train.eval_every == 0) or final) and not preempted:
         eval_start = time.perf_counter()
         val = evaluated = evaluate(step, final)
-        if last_time is not None:  # keep evaluation time out of the training throughput
-          last_time += time.perf_counter() - eval_start
+        last_time += time.perf_counter() - eval_start  # out of the training throughput
       if ((c.checkpoint.every and step % c.checkpoint.every == 0) or final or preempted
           or step in c.checkpoint.at_steps):
         check_finite(step, jax.device_get(step_metrics))  # never save a non-finite state
@@ -284,8 +279,7 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
                         or final) and not preempted:
         harness_start = time.perf_counter()
         scored = _score_harness(r, state.params, step, report, watchdog) or scored
-        if last_time is not None:  # the harness's time stays out of the throughput too
-          last_time += time.perf_counter() - harness_start
+        last_time += time.perf_counter() - harness_start  # out of the throughput too
       if preempted:
         profile.stop()
         by = f" by {preemption.signal}" if preemption.signal else ""
@@ -326,8 +320,11 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
                          "tokens": parent, "flops": flops_per_token * parent}
   if jax.process_index() == 0:
     files.write_summary(r.workdir, summary)
-  if c.train.sample_tokens and trainer.task.samples_text:
-    text = sample_text(state.params, c, tok, c.train.sample_prompt, c.train.sample_tokens)
+  if c.train.sample_tokens and trainer.task.samples_text:  # at train.sample_temperature
+    new = generate(state.params, c.model, [tok.encode(c.train.sample_prompt)],
+                   c.train.sample_tokens, temperature=c.train.sample_temperature, seed=c.seed,
+                   eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
+    text = c.train.sample_prompt + tok.decode(new)
     report.print("sample:\n" + text)
     report.text(c.train.steps, "sample", text)
   return summary
@@ -388,12 +385,3 @@ def _log_spike(report, step: int, loss: float, mean: float | None, factor: float
 
 
 _FULL = "full_"  # the final checkpoint's whole-split metrics, next to its ranking ones
-
-
-def sample_text(params, config: Config, tok, prompt: str, n_tokens: int) -> str:
-  """The prompt followed by n_tokens sampled at train.sample_temperature."""
-  ids = tok.encode(prompt)
-  new = generate(params, config.model, [ids], n_tokens,
-                 temperature=config.train.sample_temperature, seed=config.seed,
-                 eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
-  return prompt + tok.decode(new)

@@ -33,12 +33,6 @@ def _decay(shape: str, lr: float, end: float, steps: int) -> optax.Schedule:
   return schedule
 
 
-def wsd_decay_steps(config: OptimConfig, total_steps: int) -> int:
-  """The steps a WSD schedule decays over: the last optim.decay_steps, or decay_fraction's."""
-  steps = config.decay_steps or round(config.decay_fraction * total_steps)
-  return max(min(steps, total_steps - min(config.warmup_steps, total_steps - 1)), 1)
-
-
 def schedule(config: OptimConfig, total_steps: int, lr: float | None = None) -> optax.Schedule:
   """Learning rate per step: linear warmup from 0, then cosine, constant, or WSD.
 
@@ -55,7 +49,8 @@ def schedule(config: OptimConfig, total_steps: int, lr: float | None = None) -> 
   elif c.schedule == "cosine":
     after = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1), alpha=c.min_lr_ratio)
   else:
-    decay = wsd_decay_steps(c, total_steps)
+    decay = c.decay_steps or round(c.decay_fraction * total_steps)  # the last steps decay
+    decay = max(min(decay, total_steps - min(c.warmup_steps, total_steps - 1)), 1)
     after = optax.join_schedules(
         [optax.constant_schedule(lr), _decay(c.decay_shape, lr, lr * c.min_lr_ratio, decay)],
         [total_steps - warmup - decay])
@@ -125,9 +120,7 @@ def make(config: OptimConfig, total_steps: int, decay_mask, lr_scales=None,
                        beta=c.muon_beta, weight_decay=c.weight_decay, adam_b1=c.b1,
                        adam_b2=c.b2, adam_learning_rate=lr,
                        muon_weight_dimension_numbers=muon_dimensions(specs))
-  parts = [opt]
-  if c.grad_clip > 0:
-    parts.insert(0, optax.clip_by_global_norm(c.grad_clip))
+  parts = ([optax.clip_by_global_norm(c.grad_clip)] if c.grad_clip > 0 else []) + [opt]
   if lr_scales is not None and any(s != 1.0 for s in jax.tree.leaves(lr_scales)):
     parts.append(scale_by_tree(lr_scales))
   return parts[0] if len(parts) == 1 else optax.chain(*parts)

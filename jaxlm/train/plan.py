@@ -27,17 +27,13 @@ from jaxlm.train.step import Trainer
 
 def _device_bytes(abstract_tree) -> int:
   """Bytes of a sharded abstract tree that one device holds (the largest shard)."""
-  total = 0
-  for leaf in jax.tree.leaves(abstract_tree):
-    shard = leaf.sharding.shard_shape(leaf.shape)
-    total += math.prod(shard) * np.dtype(leaf.dtype).itemsize
-  return total
+  return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+             for leaf in jax.tree.leaves(abstract_tree))
 
 
 def device_memory_limit() -> int | None:
   """Usable bytes of device 0, where the backend reports it (GPU, TPU); None on CPU."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return stats.get("bytes_limit")
+  return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
 
 
 def compile_step(trainer):

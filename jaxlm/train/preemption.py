@@ -10,11 +10,6 @@ import jax
 from jax.experimental import multihost_utils
 
 
-def _warn(text: str) -> None:
-  if jax.process_index() == 0:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
-
-
 class Preemption:
   """Turns SIGTERM and SIGINT into a request to save and stop after the current step.
 
@@ -48,8 +43,9 @@ class Preemption:
       signal.raise_signal(signum)
       return
     self.signal = signal.Signals(signum).name
-    _warn(f"{self.signal} received: finishing this step, then saving a checkpoint and "
-          "stopping (send it again to stop at once)")
+    if jax.process_index() == 0:
+      print(f"warning: {self.signal} received: finishing this step, then saving a checkpoint "
+            "and stopping (send it again to stop at once)", file=sys.stderr, flush=True)
     if self._shared:
       signal.raise_signal(signal.SIGTERM)
 

@@ -210,9 +210,7 @@ class Trainer:
     split = {a for s in jax.tree.leaves(self.param_shardings) for e in s.spec
              for a in sharding.spec_axes(e)}
     lead = tuple(itertools.takewhile(lambda a: a not in split, sharding.spec_axes(axes)))
-    local = None
-    if c.train.microbatches > 1 and lead and len(split) <= 1:
-      local = (self.mesh, lead)
+    local = (self.mesh, lead) if c.train.microbatches > 1 and lead and len(split) <= 1 else None
 
     def place(part):  # a microbatch keeps the batch's sharding: every device its own rows
       return {k: sharding.constrain(v, ("batch",) + (None,) * (v.ndim - 1))
@@ -232,11 +230,10 @@ class Trainer:
       with sharding.activation_rules(self.mesh, rules):
         return self.task.eval_sums(params, batch, jnp.asarray(self.token_bytes))
 
-    batch_shardings = self.batch_shardings
     self.init = jax.jit(init_state, out_shardings=self.state_shardings)
-    self.step = jax.jit(step, in_shardings=(self.state_shardings, batch_shardings),
+    self.step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings),
                         out_shardings=(self.state_shardings, replicated), donate_argnums=0)
-    self.evaluate = jax.jit(evaluate, in_shardings=(self.param_shardings, batch_shardings),
+    self.evaluate = jax.jit(evaluate, in_shardings=(self.param_shardings, self.batch_shardings),
                             out_shardings=replicated)
 
   def abstract_state(self) -> TrainState:

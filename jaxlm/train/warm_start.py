@@ -47,10 +47,8 @@ def check_source(config: Config) -> Config:
           f"{key}={config.init.from_workdir!r} was trained with data.{k}={a!r} but this run "
           f"sets data.{k}={b!r}; expected the same tokenizer")
   for k in config_io.to_dict(config.model):
-    if k in _RUNTIME_KEYS:
-      continue
     a, b = getattr(src.model, k), getattr(config.model, k)
-    if a == b or (k in _GROWN_KEYS and config.init.grow != "none"):
+    if k in _RUNTIME_KEYS or a == b or (k in _GROWN_KEYS and config.init.grow != "none"):
       continue
     hint = (" (set init.grow=stack or interleave to grow it)" if k in _GROWN_KEYS else "")
     raise config_lib.ConfigError(
@@ -73,9 +71,7 @@ _BRANCH_KEYS = ("model", "data", "task", "seed", "train.batch_size", "optim.name
                 "optim.warmup_steps", "optim.b1", "optim.b2", "optim.eps",
                 "optim.weight_decay", "optim.grad_clip", "optim.adafactor_decay_rate",
                 "optim.muon_lr", "optim.muon_beta", "optim.muon_ns_steps")
-
-
-_BRANCH_FREE = tuple(f"model.{k}" for k in _RUNTIME_KEYS if k != "param_dtype")
+_BRANCH_FREE = tuple(f"model.{k}" for k in _RUNTIME_KEYS if k != "param_dtype")  # may differ
 
 
 def check_branch(config: Config) -> Config:
@@ -129,12 +125,9 @@ def load(config: Config, mesh, rules, fresh_params: dict) -> dict:
         p, src.model, config.model, depth=config.init.grow, zero_new=config.init.zero_new,
         rng=key), out_shardings=target)
     params = grown(params, jax.random.key(config.seed + 1))
-  out = dict(fresh_params)
-  for name, fresh in fresh_params.items():
-    if name in params:
-      out[name] = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
-                               params[name], fresh)
-  return out
+  place = lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding)
+  return {name: jax.tree.map(place, params[name], fresh) if name in params else fresh
+          for name, fresh in fresh_params.items()}
 
 
 def describe(config: Config) -> str:

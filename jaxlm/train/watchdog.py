@@ -28,22 +28,15 @@ MEDIAN_FACTOR = 50.0
 
 
 class Watchdog:
-  """Ends the process when `beat()` stops being called; a context manager.
-
-  Args:
-    timeout: seconds without a beat before the process is taken for hung (0: off).
-    dump_dir: where hang-process<i>.txt goes.
-    process_index: this process's index in the run.
-    exit: what ends the process (os._exit: the main thread may be stuck in C++,
-      where neither exceptions nor sys.exit reach it).
-  """
+  """Ends the process when `beat()` stops being called for `timeout` seconds (0: never);
+  a context manager. The stacks go to DUMP_DIR/hang-process<process_index>.txt; `exit`
+  ends the process (os._exit: the main thread may be stuck in C++, where neither
+  exceptions nor sys.exit reach it)."""
 
   def __init__(self, timeout: float, dump_dir: str, process_index: int = 0,
                exit=os._exit):
     self.timeout, self.dump_dir, self.process_index = timeout, dump_dir, process_index
-    self._exit = exit
-    self._last = time.monotonic()
-    self._what = "the first step"
+    self._exit, self._last, self._what = exit, time.monotonic(), "the first step"
     self._intervals: list[float] = []
     self._done = threading.Event()
     self._thread = threading.Thread(target=self._watch, name="jaxlm-watchdog", daemon=True)

@@ -44,8 +44,13 @@ def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[st
                      "local filesystem API: use one every process reaches (NFS, Filestore, or "
                      "a bucket mounted with gcsfuse, e.g. /mnt/bucket/runs/NAME)")
   if mode == "overwrite":
-    if jax.process_index() == 0 and files.has_config(workdir):
-      _move_aside(workdir)
+    if jax.process_index() == 0 and files.has_config(workdir):  # renamed, never deleted
+      base = f"{os.path.abspath(workdir)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+      target, n = base, 1
+      while os.path.exists(target):
+        target, n = f"{base}-{n}", n + 1
+      os.rename(workdir, target)
+      print(f"--overwrite: moved the previous run in {workdir} to {target}", flush=True)
     if jax.process_count() > 1:  # nobody reads the workdir before process 0 has moved it
       multihost_utils.sync_global_devices("jaxlm_workdir_overwrite")
   if files.has_config(workdir):
@@ -81,13 +86,3 @@ def prepare_workdir(config: Config, workdir: str, mode: str = "auto") -> list[st
     os.makedirs(workdir, exist_ok=True)
     files.write_config(workdir, config)
   return []
-
-
-def _move_aside(workdir: str) -> None:
-  """Renames a previous run rather than deleting it: --overwrite should not lose work."""
-  base = f"{os.path.abspath(workdir)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-  target, n = base, 1
-  while os.path.exists(target):
-    target, n = f"{base}-{n}", n + 1
-  os.rename(workdir, target)
-  print(f"--overwrite: moved the previous run in {workdir} to {target}", flush=True)
