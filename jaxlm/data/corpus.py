@@ -43,8 +43,7 @@ def load_works(split: str = "all", path: str | None = None) -> list[Work]:
   missing = set(VALIDATION_WORKS) - {w.name for w in works}
   if missing:
     raise ValueError(f"corpus {path} lacks validation works {sorted(missing)}; {_REBUILD}")
-  in_validation = split == "validation"
-  return [w for w in works if (w.name in VALIDATION_WORKS) == in_validation]
+  return [w for w in works if (w.name in VALIDATION_WORKS) == (split == "validation")]
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,8 +52,7 @@ def _read(path: str) -> tuple[Work, ...]:
   try:
     with lzma.open(path, "rt", encoding="utf-8") as f:
       records = [json.loads(line) for line in f if line.strip()]
-    fields = [field.name for field in dataclasses.fields(Work)]
-    works = tuple(Work(**{k: r[k] for k in fields}) for r in records)
+    works = tuple(Work(*(r[field.name] for field in dataclasses.fields(Work))) for r in records)
   except FileNotFoundError:
     raise FileNotFoundError(f"corpus file {path} not found; {_REBUILD}") from None
   # Truncated xz raises EOFError; garbage raises LZMAError; bad rows the rest.

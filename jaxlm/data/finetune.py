@@ -75,15 +75,10 @@ def speeches(work: corpus_lib.Work) -> list[Speech]:
     lines = block.strip("\n").split("\n")
     if len(lines) < 2 or lines[1].startswith("["):
       continue
-    m = _SPEAKER.match(lines[0].strip())
-    if m:
+    if m := _SPEAKER.match(lines[0].strip()):
       out.append(Speech(work.name, work.title, (m.group(1) or m.group(2)).strip(),
                         "\n".join(lines[1:])))
   return out
-
-
-def _held_out(speech: Speech, index: int) -> bool:
-  return zlib.crc32(f"{speech.work}:{index}".encode()) % SFT_TEST_EVERY == 0
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,9 +94,9 @@ def speaker_examples(split: str) -> tuple[tuple[str, str], ...]:
   pairs = []
   for work in corpus_lib.load_works("all"):
     play = speeches(work)
-    for i in range(2, len(play)):
-      s = play[i]
-      if _held_out(s, i) == (split == "validation"):
+    for i, s in enumerate(play[2:], start=2):
+      held_out = zlib.crc32(f"{s.work}:{i}".encode()) % SFT_TEST_EVERY == 0
+      if held_out == (split == "validation"):
         context = (play[i - 2].speaker, play[i - 1].speaker)
         pairs.append((prompt_for(s.title, s.text, context), " " + s.speaker))
   if not pairs:
@@ -175,10 +170,5 @@ def restore_pairs(split: str) -> tuple[tuple[str, str], ...]:
   source its unpunctuate()d form. Test lines come from the validation works, so
   no test line (or its play) is seen in training."""
   _check_split(split)
-  pairs = []
-  for work in corpus_lib.load_works(split):
-    for line in text_lines(work):
-      source = unpunctuate(line)
-      if source:
-        pairs.append((source, line))
-  return tuple(pairs)
+  return tuple((source, line) for work in corpus_lib.load_works(split)
+               for line in text_lines(work) if (source := unpunctuate(line)))

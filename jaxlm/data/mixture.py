@@ -13,7 +13,8 @@ without drawing the blocks before: source s's k-th document is document
 k mod n_s of a permutation of its n_s documents, drawn anew for each pass over
 it (k div n_s); the permutations come from a counter-based hash of (seed,
 source, pass, document), sorted, so any pass is computed on its own and the
-many passes a small source makes in one block in one vectorized call. A block's documents are put in a random order, concatenated
+many passes a small source makes in one block in one vectorized call. A block's
+documents are put in a random order, concatenated
 (each ends with eos) and cut into windows of seq_len + 1 tokens at stride
 seq_len, taken in a random order. Window i of the run is therefore a pure
 function of (seed, data config, i): a resume is exact, on any number of
@@ -104,13 +105,10 @@ class Mixture:
         del cache[old]  # the oldest first
     return cache[p]
 
-  def _drawn(self, block: float) -> np.ndarray:
-    """Documents of each source drawn before `block`."""
-    return np.floor(self.rate * block).astype(np.int64)
-
   def documents(self, b: int) -> tuple[np.ndarray, np.ndarray]:
     """(source, document) of each document of block b, in the block's order."""
-    first, stop = self._drawn(b), self._drawn(b + 1)
+    # Documents of each source drawn before block b and before block b + 1.
+    first, stop = (np.floor(self.rate * x).astype(np.int64) for x in (b, b + 1))
     src, doc = [], []
     with self._lock:
       for s, size in enumerate(self.sizes):
@@ -188,14 +186,10 @@ def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_i
                   process_count: int = 1) -> grain.MapDataset:
   """Infinite dataset of this process's share of each global batch of mixture windows
   (as pipeline.train_dataset), each row with its tokens' `sources`."""
-  if batch_size % process_count:
-    raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
-                     f"{process_count} processes")
+  local = pipeline.local_batch_size(batch_size, process_count)
   mix = mixture(config, tok, seed)
   ds = grain.MapDataset.range(1 << 62).map(mix.example)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return ds.batch(batch_size // process_count, drop_remainder=True)
+  return ds[process_index::process_count].batch(local, drop_remainder=True)
 
 
 def epochs(config: DataConfig, tok, seed: int, examples: int) -> dict[str, float]:

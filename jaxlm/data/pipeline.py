@@ -4,10 +4,11 @@ The documents of a split are tokenized once and concatenated, each followed by
 the end-of-sequence id, into one stream: in memory for the embedded corpus
 (ArrayStream), memory-mapped from prepared shards for `files:`, `hf:` and
 `prepared:` corpora (jaxlm/data/prepared.py; a `files:` or `hf:` corpus is
-prepared into data.cache_dir on first use and reused while it is unchanged). Training draws windows of seq_len + 1
-tokens from it (inputs and next-token targets), in a new random order and at a
-new random offset each epoch; packing keeps document boundaries as segment ids,
-so attention never crosses documents and positions restart in each one.
+prepared into data.cache_dir on first use and reused while it is unchanged).
+Training draws windows of seq_len + 1 tokens from it (inputs and next-token
+targets), in a new random order and at a new random offset each epoch; packing
+keeps document boundaries as segment ids, so attention never crosses documents
+and positions restart in each one.
 Evaluation reads the split's windows in order, each target token exactly once.
 
 A batch is a dict of (B, T) numpy arrays: `inputs`, `targets`, `segment_ids`,
@@ -70,12 +71,6 @@ def _embedded(split: str, tok: tokenizer_lib.Tokenizer) -> ArrayStream:
   return ArrayStream(np.concatenate(tokens), np.concatenate(docs))
 
 
-def cache_dir(config: DataConfig) -> str:
-  """Where files: corpora are prepared: data.cache_dir, or ~/.cache/jaxlm/prepared."""
-  return config.cache_dir or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxlm", "prepared")
-
-
 @functools.lru_cache(maxsize=8)
 def _prepared(config: DataConfig, tok: tokenizer_lib.Tokenizer) -> str:
   """The prepared directory of config.corpus, preparing a files: corpus on first use."""
@@ -86,7 +81,9 @@ def _prepared(config: DataConfig, tok: tokenizer_lib.Tokenizer) -> str:
   options = prepared.Options(config.text_field, config.validation_fraction,
                              config.hf_config, config.hf_split)
   source = prepared.Source.of(config.corpus, options)
-  out = os.path.join(cache_dir(config), prepared.fingerprint(source, tok, options))
+  cache = config.cache_dir or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxlm", "prepared")
+  out = os.path.join(cache, prepared.fingerprint(source, tok, options))
   if not os.path.exists(os.path.join(out, prepared.MANIFEST)):
     print(f"preparing data.corpus={config.corpus} ({len(source.shards)} shards) into {out}",
           flush=True)
@@ -104,19 +101,22 @@ def token_stream(config: DataConfig, split: str, tok):
   return _store(_prepared(config, tok), split, tok)
 
 
-@functools.lru_cache(maxsize=8)
-def _store(directory: str, split: str, tok) -> prepared.TokenStore:
-  return prepared.TokenStore(directory, split, tok)
+_store = functools.lru_cache(maxsize=8)(prepared.TokenStore)
+
+
+def local_batch_size(batch_size: int, process_count: int) -> int:
+  """The rows of each global batch that one process reads."""
+  if batch_size % process_count:
+    raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
+                     f"{process_count} processes")
+  return batch_size // process_count
 
 
 def make_example(stream, start: int, seq_len: int, eos_id: int) -> dict:
   """One packed example from stream[start : start + seq_len + 1], zero-padded at the end."""
   window, doc = stream.window(start, seq_len + 1)
   valid = len(window)
-  if valid < seq_len + 1:
-    pad = seq_len + 1 - valid
-    window = np.pad(window, (0, pad))
-    doc = np.pad(doc, (0, pad))
+  window, doc = (np.pad(a, (0, seq_len + 1 - valid)) for a in (window, doc))
   inputs, targets = window[:-1], window[1:]
   segment_ids = doc[:-1]
   # Position within the document, restarting where the segment id changes.
@@ -143,9 +143,7 @@ def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_i
   sequence; process p gets every process_count-th of them from offset p, so the
   processes together read each window once and none reads another's.
   """
-  if batch_size % process_count:
-    raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
-                     f"{process_count} processes")
+  local = local_batch_size(batch_size, process_count)
   stream = token_stream(config, "train", tok)
   T = config.seq_len
   n = windows_per_epoch(config, tok)
@@ -161,9 +159,7 @@ def train_dataset(config: DataConfig, tok, batch_size: int, seed: int, process_i
     return {**make_example(stream, start, T, tok.eos_id), "index": np.int64(start)}
 
   ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None).map_with_index(example)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return ds.batch(batch_size // process_count, drop_remainder=True)
+  return ds[process_index::process_count].batch(local, drop_remainder=True)
 
 
 def train_iterator(dataset: grain.MapDataset):
@@ -199,8 +195,7 @@ def batch_rows(row, n_rows: int, batch_size: int, max_batches: int = 0,
   local = batch_size // process_count
   for b in chosen:
     rows = [row(i) for i in range(b * batch_size, min((b + 1) * batch_size, n_rows))]
-    while len(rows) < batch_size:
-      rows.append({k: np.zeros_like(v) for k, v in rows[0].items()})
+    rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * (batch_size - len(rows))
     rows = rows[process_index * local:(process_index + 1) * local]
     yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -208,14 +203,10 @@ def batch_rows(row, n_rows: int, batch_size: int, max_batches: int = 0,
 def rows_dataset(row, n_rows: int, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1) -> grain.MapDataset:
   """Infinite dataset of batches of row(i) for i shuffled anew each epoch (fine-tuning sets)."""
-  if batch_size % process_count:
-    raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
-                     f"{process_count} processes")
+  local = local_batch_size(batch_size, process_count)
   if n_rows < batch_size:
     raise ValueError(f"train.batch_size={batch_size} is larger than the {n_rows} training "
                      "examples")
   ds = grain.MapDataset.range(n_rows).shuffle(seed=seed).repeat(None).map(
       lambda i: {**row(i), "index": np.int64(i)})  # the row's number, as in train_dataset
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return ds.batch(batch_size // process_count, drop_remainder=True)
+  return ds[process_index::process_count].batch(local, drop_remainder=True)

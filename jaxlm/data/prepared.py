@@ -21,6 +21,7 @@ without holding the corpus in memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -135,22 +136,17 @@ def fingerprint(source: Source, tok: tokenizer_lib.Tokenizer, options: Options,
   return h.hexdigest()
 
 
-def _tmp(path: str) -> str:
-  """A temporary name beside path, unique to this process on any host that shares it."""
-  return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
-
-
-def _write_npy(path: str, array: np.ndarray) -> None:
-  tmp = _tmp(path) + ".npy"
-  np.save(tmp, array)
+def _write(path: str, save: Callable) -> None:
+  """save(binary file) writes path through a temporary name beside it, unique to this
+  process on any host that shares it."""
+  tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+  with open(tmp, "wb") as f:
+    save(f)
   os.replace(tmp, path)
 
 
 def _write_json(path: str, value) -> None:
-  tmp = _tmp(path)
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+  _write(path, lambda f: f.write(json.dumps(value, indent=1).encode()))
 
 
 def _shard_name(index: int) -> str:
@@ -195,8 +191,8 @@ def _prepare_shard(job) -> dict:
     os.makedirs(os.path.join(out, split), exist_ok=True)
     base = os.path.join(out, split, _shard_name(index))
     ids = np.concatenate(part["ids"]) if part["ids"] else np.zeros(0, dtype)
-    _write_npy(base + ".tokens.npy", ids)
-    _write_npy(base + ".docs.npy", np.asarray(part["ends"], np.int64))
+    _write(base + ".tokens.npy", lambda f: np.save(f, ids))
+    _write(base + ".docs.npy", lambda f: np.save(f, np.asarray(part["ends"], np.int64)))
     record[split] = {k: part[k] for k in ("documents", "tokens", "bytes")}
   _write_json(_record_path(out, index), record)  # last: the shard is complete
   return record
@@ -204,16 +200,16 @@ def _prepare_shard(job) -> dict:
 
 def _open(spec: str, out: str, tokenizer: TokenizerSpec, options: Options, shard_bytes: int,
           rows_per_shard: int, start: bool):
-  """(source, tokenizer, fingerprint, the finished manifest or None) of preparing spec into
-  out; `start` records the fingerprint (a new preparation), else one must be there.
-  ValueError if out holds another corpus's shards."""
+  """(source, manifest) of preparing spec into out: the finished manifest, or its head (no
+  "shards" yet) to finish; `start` records the fingerprint (a new preparation), else one
+  must be there. ValueError if out holds another corpus's shards."""
   source = Source.of(spec, options, shard_bytes, rows_per_shard)
   tok = tokenizer.load()
   digest = fingerprint(source, tok, options, shard_bytes)
   if os.path.exists(os.path.join(out, MANIFEST)):
     manifest = read_manifest(out)
     if manifest["fingerprint"] == digest:
-      return source, tok, digest, manifest
+      return source, manifest
     raise ValueError(f"--out={out} holds a prepared corpus of other sources, tokenizer or "
                      "options; expected an empty or new directory")
   marker = os.path.join(out, "shards", "fingerprint.json")
@@ -228,7 +224,10 @@ def _open(spec: str, out: str, tokenizer: TokenizerSpec, options: Options, shard
   else:
     raise ValueError(f"--out={out} holds no prepared shards of this corpus; run the "
                      "prepare tasks (--num_tasks, --task_id) first")
-  return source, tok, digest, None
+  return source, {"format": FORMAT, "fingerprint": digest, "corpus": spec,
+                  "tokenizer": {**dataclasses.asdict(tokenizer), "vocab_size": tok.vocab_size,
+                                "eos_id": tok.eos_id, "fingerprint": tok.fingerprint},
+                  "options": dataclasses.asdict(options)}
 
 
 def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Options(),
@@ -250,57 +249,45 @@ def prepare(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Op
   if num_tasks < 1 or not 0 <= task_id < num_tasks:
     raise ValueError(f"--num_tasks={num_tasks} --task_id={task_id} is invalid: expected "
                      "num_tasks >= 1 and 0 <= task_id < num_tasks")
-  source, tok, digest, manifest = _open(spec, out, tokenizer, options, shard_bytes,
-                                        rows_per_shard, start=True)
-  if manifest is not None:
+  source, manifest = _open(spec, out, tokenizer, options, shard_bytes, rows_per_shard, True)
+  if "shards" in manifest:
     return manifest
   jobs = [(i, source.kind, source.shards[i], out, tokenizer, options)
           for i in range(task_id, len(source.shards), num_tasks)]
-  records = []
-  if workers == 1 or len(jobs) <= 1:
-    for job in jobs:
-      records.append(_prepare_shard(job))
+  records, serial = [], workers == 1 or len(jobs) <= 1
+  # spawn: the caller may be a training process whose JAX threads fork would copy.
+  with (contextlib.nullcontext() if serial
+        else multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))) as pool:
+    for record in (map if serial else pool.imap)(_prepare_shard, jobs):
+      records.append(record)
       if progress:
-        progress(records[-1], len(jobs))
-  else:
-    # spawn: the caller may be a training process whose JAX threads fork would copy.
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-      for record in pool.imap(_prepare_shard, jobs):
-        records.append(record)
-        if progress:
-          progress(record, len(jobs))
+        progress(record, len(jobs))
   if num_tasks > 1:
     return None
-  return _write_manifest(out, spec, tokenizer, tok, options, digest, records, source)
+  return _write_manifest(out, manifest, records, source)
 
 
 def merge(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Options(),
           shard_bytes: int = SHARD_BYTES, rows_per_shard: int = ROWS_PER_SHARD) -> dict:
   """The manifest of `out`, written from the shards that prepare tasks finished there;
   ValueError naming the shards that are not done yet."""
-  source, tok, digest, manifest = _open(spec, out, tokenizer, options, shard_bytes,
-                                        rows_per_shard, start=False)
-  if manifest is not None:
+  source, manifest = _open(spec, out, tokenizer, options, shard_bytes, rows_per_shard, False)
+  if "shards" in manifest:
     return manifest
   n = len(source.shards)
   records = [_done(out, i) for i in range(n)]
   missing = [i for i, r in enumerate(records) if r is None]
   if missing:
-    listed = ", ".join(_shard_name(i) for i in missing[:8]) + (", ..." if len(missing) > 8
-                                                                else "")
+    listed = ", ".join([_shard_name(i) for i in missing[:8]] + ["..."] * (len(missing) > 8))
     raise ValueError(f"--out={out}: {len(missing)} of {n} shards are not prepared yet "
                      f"({listed}); shard i is prepare task i % --num_tasks's part: rerun "
                      "those tasks, then --merge")
-  return _write_manifest(out, spec, tokenizer, tok, options, digest, records, source)
+  return _write_manifest(out, manifest, records, source)
 
 
-def _write_manifest(out: str, spec: str, tokenizer: TokenizerSpec, tok, options: Options,
-                    digest: str, records: list[dict], source: Source) -> dict:
+def _write_manifest(out: str, head: dict, records: list[dict], source: Source) -> dict:
   manifest = {
-      "format": FORMAT, "fingerprint": digest, "corpus": spec,
-      "tokenizer": {**dataclasses.asdict(tokenizer), "vocab_size": tok.vocab_size,
-                    "eos_id": tok.eos_id, "fingerprint": tok.fingerprint},
-      "options": dataclasses.asdict(options),
+      **head,
       "splits": {s: {k: sum(r[s][k] for r in records) for k in ("documents", "tokens", "bytes")}
                  for s in SPLITS},
       "shards": records,
@@ -339,7 +326,6 @@ class TokenStore:
           f"(fingerprint {manifest['tokenizer']['fingerprint']}); this run's tokenizer "
           f"(data.tokenizer) has fingerprint {want}: set the same data.tokenizer and "
           "data.tokenizer_path, or prepare the corpus with this tokenizer")
-    self.manifest = manifest
     self._tokens, self._ends, starts, doc_starts = [], [], [0], [0]
     for record in manifest["shards"]:
       if not record[split]["tokens"]:
@@ -366,7 +352,7 @@ class TokenStore:
     """int32 tokens [start, start + length) (fewer at the end) and their document ids,
     numbered from 1 in the order of the split."""
     stop = min(start + length, len(self))
-    tokens, docs = [], []
+    tokens, docs = [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]  # none past the end
     s = int(np.searchsorted(self._starts, start, side="right")) - 1
     while start < stop:
       local = start - self._starts[s]
@@ -376,6 +362,4 @@ class TokenStore:
       docs.append((np.searchsorted(self._ends[s], offsets, side="right")
                    + self._doc_starts[s] + 1).astype(np.int32))
       start, s = start + n, s + 1
-    if not tokens:
-      return np.zeros(0, np.int32), np.zeros(0, np.int32)
     return np.concatenate(tokens), np.concatenate(docs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import importlib
 import io
 import json
 import lzma
@@ -71,6 +72,14 @@ def _fixed_dir(pattern: str) -> str:
   return fixed if os.path.isdir(fixed) else os.path.dirname(fixed) or "."
 
 
+def _optional(module: str, needs: str):
+  """An optional dependency (the `data` extra), imported when first needed."""
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise ValueError(f"{needs}: pip install 'jaxlm[data]'") from None
+
+
 def _open(path: str, binary: bool = False):
   """A file opened for reading, decompressed by its suffix."""
   if path.endswith(".gz"):
@@ -78,11 +87,7 @@ def _open(path: str, binary: bool = False):
   elif path.endswith(".xz"):
     f = lzma.open(path, "rb")
   elif path.endswith(".zst"):
-    try:
-      import zstandard  # deferred: an optional dependency (the `data` extra)
-    except ImportError:
-      raise ValueError(f"{path}: reading .zst files needs zstandard: pip install "
-                       "'jaxlm[data]'") from None
+    zstandard = _optional("zstandard", f"{path}: reading .zst files needs zstandard")
     f = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
   else:
     f = open(path, "rb")
@@ -106,8 +111,7 @@ def documents(path: str, key: str, text_field: str = "text") -> Iterator[tuple[s
         if not line.strip():
           continue
         try:
-          record = json.loads(line)
-          text = record[text_field]
+          text = json.loads(line)[text_field]
         except (ValueError, KeyError, TypeError):
           raise ValueError(f"{path}:{n}: expected a JSON object with a string field "
                            f"{text_field!r} (data.text_field)") from None
@@ -116,22 +120,15 @@ def documents(path: str, key: str, text_field: str = "text") -> Iterator[tuple[s
                            "expected a string")
         yield f"{key}:{n}", text
   elif kind == ".parquet":
-    try:
-      import pyarrow.parquet as pq  # deferred: an optional dependency (the `data` extra)
-    except ImportError:
-      raise ValueError(f"{path}: reading .parquet files needs pyarrow: pip install "
-                       "'jaxlm[data]'") from None
+    pq = _optional("pyarrow.parquet", f"{path}: reading .parquet files needs pyarrow")
     with _open(path, binary=True) as f:
       table = pq.ParquetFile(f)
       if text_field not in table.schema_arrow.names:
         raise ValueError(f"{path}: no column {text_field!r} (data.text_field); columns "
                          f"{table.schema_arrow.names}")
-      n = 0
-      for batch in table.iter_batches(columns=[text_field]):
-        for text in batch.column(0).to_pylist():
-          n += 1
-          if text is not None:
-            yield f"{key}:{n}", text
+      batches = table.iter_batches(columns=[text_field])
+      texts = (text for batch in batches for text in batch.column(0).to_pylist())
+      yield from ((f"{key}:{n}", t) for n, t in enumerate(texts, start=1) if t is not None)
   else:
     with _open(path) as f:
       yield key, f.read()
@@ -140,13 +137,8 @@ def documents(path: str, key: str, text_field: str = "text") -> Iterator[tuple[s
 def hf_dataset(name: str, config: str = "", split: str = "train"):
   """The `datasets.Dataset` that hf:NAME_OR_DIR names: load_from_disk for a directory
   saved with save_to_disk, else load_dataset (local files or the cache; offline works)."""
-  try:
-    import datasets  # deferred: an optional dependency (the `data` extra)
-  except ImportError:
-    raise ValueError(f"data.corpus=hf:{name} needs the datasets library: pip install "
-                     "'jaxlm[data]'") from None
-  saved = any(os.path.exists(os.path.join(name, f))
-              for f in ("state.json", "dataset_dict.json"))
+  datasets = _optional("datasets", f"data.corpus=hf:{name} needs the datasets library")
+  saved = any(os.path.exists(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json"))
   try:
     ds = datasets.load_from_disk(name) if saved else \
         datasets.load_dataset(name, config or None, split=split)
@@ -167,12 +159,9 @@ def hf_documents(ds, key: str, start: int, stop: int,
   if text_field not in ds.column_names:
     raise ValueError(f"data.corpus=hf:{key} has no column {text_field!r} (data.text_field); "
                      f"columns {ds.column_names}")
-  row = start
-  for batch in ds.select_columns([text_field]).select(range(start, stop)).iter(batch_size=1024):
-    for text in batch[text_field]:
-      row += 1
-      if text is not None:
-        yield f"{key}:{row}", text
+  batches = ds.select_columns([text_field]).select(range(start, stop)).iter(batch_size=1024)
+  texts = (text for batch in batches for text in batch[text_field])
+  yield from ((f"{key}:{n}", t) for n, t in enumerate(texts, start=start + 1) if t is not None)
 
 
 def is_validation(identity: str, fraction: float) -> bool:

@@ -18,16 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import Config
-from jaxlm.data import finetune, pipeline
+from jaxlm.data import finetune
 from jaxlm.models import layers, transformer
 from jaxlm.params import ParamSpec, zeros
+from jaxlm.tasks import lm
 
 BATCH_KEYS = ("inputs", "segment_ids", "positions", "labels", "weights")
-
-
-def head_specs(d_model: int, n_classes: int) -> dict:
-  return {"w": ParamSpec((d_model, n_classes), ("embed", "classes"), zeros, decay=True),
-          "b": ParamSpec((n_classes,), ("classes",), zeros)}
 
 
 def class_logits(params, batch: dict, config: Config, pooling: str) -> jax.Array:
@@ -49,16 +45,17 @@ def class_logits(params, batch: dict, config: Config, pooling: str) -> jax.Array
 
 
 @dataclasses.dataclass
-class Classification:
+class Classification(lm.RowsTask):
   """Genre of a passage (comedy, tragedy, history, poem); reports accuracy."""
   config: Config
   samples_text: bool = False
   n_classes: int = len(finetune.GENRES)
 
   def param_specs(self) -> dict:
-    specs = transformer.param_specs(self.config.model)
-    specs["head"] = head_specs(self.config.model.d_model, self.n_classes)
-    return specs
+    d, y = self.config.model.d_model, self.n_classes
+    return {**transformer.param_specs(self.config.model),
+            "head": {"w": ParamSpec((d, y), ("embed", "classes"), zeros, decay=True),
+                     "b": ParamSpec((y,), ("classes",), zeros)}}
 
   def flops_per_token(self) -> float:
     m = self.config.model  # the trunk's; no vocabulary projection (the head's is negligible)
@@ -67,9 +64,8 @@ class Classification:
 
   def batch_shapes(self, batch_size: int) -> dict:
     T = self.config.data.seq_len
-    shapes = {k: ((batch_size, T), np.int32) for k in ("inputs", "segment_ids", "positions")}
-    shapes.update(labels=((batch_size,), np.int32), weights=((batch_size,), np.float32))
-    return shapes
+    return {k: ((batch_size,) if k in ("labels", "weights") else (batch_size, T),
+                np.float32 if k == "weights" else np.int32) for k in BATCH_KEYS}
 
   def _nll(self, params, batch):
     logits_BY = class_logits(params, batch, self.config, self.config.task.pooling)
@@ -103,23 +99,9 @@ class Classification:
     return {"val_loss": float(sums["nll"]) / n, "val_accuracy": float(sums["correct"]) / n,
             "val_balanced_accuracy": float(per_class[present].mean()) if present.any() else 0.0}
 
-  def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
-    tokens, lengths, labels = finetune.genre_passages("train", tok, self.config.data.seq_len)
-    return pipeline.rows_dataset(lambda i: _example(tokens[i], int(lengths[i]), int(labels[i])),
-                                 len(labels), self.config.train.batch_size, seed,
-                                 process_index, process_count)
-
-  def epochs(self, tok, examples: int) -> dict[str, float]:
-    passages = len(finetune.genre_passages("train", tok, self.config.data.seq_len)[2])
-    return {self.config.data.corpus: examples / passages}
-
-  def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
-                   process_count: int = 1):
-    tokens, lengths, labels = finetune.genre_passages("validation", tok,
-                                                      self.config.data.seq_len)
-    return pipeline.batch_rows(lambda i: _example(tokens[i], int(lengths[i]), int(labels[i])),
-                               len(labels), self.config.train.batch_size, max_batches,
-                               process_index, process_count)
+  def rows(self, split: str, tok):
+    tokens, lengths, labels = finetune.genre_passages(split, tok, self.config.data.seq_len)
+    return lambda i: _example(tokens[i], int(lengths[i]), int(labels[i])), len(labels)
 
 
 def _example(tokens, length: int, label: int) -> dict:

@@ -82,9 +82,23 @@ def teacher_forced_sums(logits_BTV, targets_BT, w_BT) -> dict:
           "examples": jnp.sum(has_B.astype(jnp.float32))}
 
 
-def token_batch_shapes(batch_size: int, seq_len: int) -> dict:
-  return {k: ((batch_size, seq_len), np.float32 if k == "weights" else np.int32)
-          for k in BATCH_KEYS}
+class RowsTask:
+  """The data of a task whose examples are fixed rows (classify, sft, seq2seq): rows(split,
+  tok) gives (row(i) -> dict of arrays, number of rows)."""
+
+  def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
+    row, n = self.rows("train", tok)
+    return pipeline.rows_dataset(row, n, self.config.train.batch_size, seed, process_index,
+                                 process_count)
+
+  def epochs(self, tok, examples: int) -> dict[str, float]:
+    return {self.config.data.corpus: examples / self.rows("train", tok)[1]}
+
+  def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
+                   process_count: int = 1):
+    row, n = self.rows("validation", tok)
+    return pipeline.batch_rows(row, n, self.config.train.batch_size, max_batches,
+                               process_index, process_count)
 
 
 @dataclasses.dataclass
@@ -104,10 +118,9 @@ class LanguageModeling:
     return transformer.flops_per_token(self.config.model, self.config.data.seq_len)["total"]
 
   def batch_shapes(self, batch_size: int) -> dict:
-    shapes = token_batch_shapes(batch_size, self.config.data.seq_len)
-    if self.sources:
-      shapes["sources"] = ((batch_size, self.config.data.seq_len), np.int32)
-    return shapes
+    keys = BATCH_KEYS + (("sources",) if self.sources else ())
+    return {k: ((batch_size, self.config.data.seq_len), np.float32 if k == "weights" else np.int32)
+            for k in keys}
 
   def loss(self, params, batch: dict):
     return loss_fn(params, batch, self.config, tuple(name for name, _, _ in self.sources))

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxlm.config import Config
 from jaxlm import params as params_lib
-from jaxlm.data import finetune, pipeline
+from jaxlm.data import finetune
 from jaxlm.models import encoder_decoder, transformer
 from jaxlm.tasks import lm
 
@@ -38,20 +38,14 @@ def source_len(config: Config) -> int:
 
 def encode_pair(tok, source: str, target: str, src_len: int, tgt_len: int) -> dict | None:
   """The row of one pair (see the module docstring), or None if it does not fit."""
-  src = tok.encode(source)
-  tgt = tok.encode(target)
+  src, tgt = tok.encode(source), tok.encode(target)
   if len(src) > src_len or len(tgt) + 1 > tgt_len:
     return None
-  n = len(tgt) + 1
-  row = {"src": np.zeros(src_len, np.int32), "src_segments": np.zeros(src_len, np.int32),
-         "tgt_inputs": np.zeros(tgt_len, np.int32), "tgt_targets": np.zeros(tgt_len, np.int32),
-         "tgt_weights": np.zeros(tgt_len, np.float32)}
-  row["src"][:len(src)] = src
-  row["src_segments"][:len(src)] = 1
-  row["tgt_inputs"][:n] = np.concatenate([[tok.eos_id], tgt])
-  row["tgt_targets"][:n] = np.concatenate([tgt, [tok.eos_id]])
-  row["tgt_weights"][:n] = 1.0
-  return row
+  pad = lambda x, n, dtype=np.int32: np.pad(np.asarray(x, dtype), (0, n - len(x)))
+  return {"src": pad(src, src_len), "src_segments": pad(np.ones(len(src)), src_len),
+          "tgt_inputs": pad([tok.eos_id, *tgt], tgt_len),
+          "tgt_targets": pad([*tgt, tok.eos_id], tgt_len),
+          "tgt_weights": pad(np.ones(len(tgt) + 1), tgt_len, np.float32)}
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,7 +72,7 @@ def target_nll(params, batch: dict, config: Config):
 
 
 @dataclasses.dataclass
-class Seq2Seq:
+class Seq2Seq(lm.RowsTask):
   """Restore punctuation and capitals of a line; reports loss, token accuracy, exact match."""
   config: Config
   samples_text: bool = False  # the end-of-run sample continues a prompt: not this model's job
@@ -92,8 +86,7 @@ class Seq2Seq:
     attention 6*L*T*D causal, 12*L*S*D over the whole source)."""
     m, S, T = self.config.model, source_len(self.config), self.config.data.seq_len
     specs = self.param_specs()
-    enc = params_lib.param_count(specs["encoder"])["total"]
-    dec = params_lib.param_count(specs["decoder"])["total"]
+    enc, dec = (params_lib.param_count(specs[k])["total"] for k in ("encoder", "decoder"))
     decoder = 6.0 * (dec + m.vocab_size * m.d_model) + 6.0 * m.n_layers * T * m.d_model \
         + 12.0 * m.n_layers * S * m.d_model
     encoder = (6.0 * enc + 12.0 * m.encoder_layers * S * m.d_model) * S / T
@@ -101,10 +94,8 @@ class Seq2Seq:
 
   def batch_shapes(self, batch_size: int) -> dict:
     S, T = source_len(self.config), self.config.data.seq_len
-    return {"src": ((batch_size, S), np.int32), "src_segments": ((batch_size, S), np.int32),
-            "tgt_inputs": ((batch_size, T), np.int32),
-            "tgt_targets": ((batch_size, T), np.int32),
-            "tgt_weights": ((batch_size, T), np.float32)}
+    return {k: ((batch_size, S if k.startswith("src") else T),
+                np.float32 if k == "tgt_weights" else np.int32) for k in BATCH_KEYS}
 
   def loss(self, params, batch: dict):
     nll_BT = target_nll(params, batch, self.config)
@@ -126,23 +117,6 @@ class Seq2Seq:
             "val_token_accuracy": float(sums["correct"]) / tokens,
             "val_exact_match": float(sums["exact"]) / examples}
 
-  def rows(self, split: str, tok) -> dict:
-    return encoded_rows(split, tok, source_len(self.config), self.config.data.seq_len)
-
-  def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
-    rows = self.rows("train", tok)
-    n = len(rows["src"])
-    return pipeline.rows_dataset(lambda i: {k: v[i] for k, v in rows.items()}, n,
-                                 self.config.train.batch_size, seed, process_index,
-                                 process_count)
-
-  def epochs(self, tok, examples: int) -> dict[str, float]:
-    return {self.config.data.corpus: examples / len(self.rows("train", tok)["src"])}
-
-  def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
-                   process_count: int = 1):
-    rows = self.rows("validation", tok)
-    n = len(rows["src"])
-    return pipeline.batch_rows(lambda i: {k: v[i] for k, v in rows.items()}, n,
-                               self.config.train.batch_size, max_batches, process_index,
-                               process_count)
+  def rows(self, split: str, tok):
+    rows = encoded_rows(split, tok, source_len(self.config), self.config.data.seq_len)
+    return lambda i: {k: v[i] for k, v in rows.items()}, len(rows["src"])

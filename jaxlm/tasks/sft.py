@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from jaxlm.config import Config
-from jaxlm.data import finetune, pipeline
+from jaxlm.data import finetune
 from jaxlm.models import transformer
 from jaxlm.tasks import lm
 
@@ -33,13 +33,9 @@ def encode_pair(tok, prompt: str, response: str, seq_len: int, max_response: int
                      "task.max_response_tokens")
   context = list(tok.encode(prompt))[-room:]
   seq = np.asarray(context + answer, np.int32)
-  n = len(seq) - 1
-  T = seq_len
-  idx = np.arange(T)
-  valid = idx < n
-  inputs = np.zeros(T, np.int32)
-  targets = np.zeros(T, np.int32)
-  inputs[:n], targets[:n] = seq[:-1], seq[1:]
+  idx = np.arange(seq_len)
+  valid = idx < len(seq) - 1
+  inputs, targets = (np.pad(x, (0, seq_len + 1 - len(seq))) for x in (seq[:-1], seq[1:]))
   weights = ((idx >= len(context) - 1) & valid).astype(np.float32)
   return {"inputs": inputs, "targets": targets, "segment_ids": valid.astype(np.int32),
           "positions": np.where(valid, idx, 0).astype(np.int32), "weights": weights}
@@ -52,7 +48,7 @@ def _encoded(split: str, tok, seq_len: int, max_response: int) -> list[dict]:
 
 
 @dataclasses.dataclass
-class SupervisedFineTuning(lm.LanguageModeling):
+class SupervisedFineTuning(lm.RowsTask, lm.LanguageModeling):
   """Name the speaker of a speech; reports response loss and exact-match accuracy.
 
   The model, batch layout and loss are language modeling's (the weights select
@@ -72,20 +68,6 @@ class SupervisedFineTuning(lm.LanguageModeling):
     return {"val_loss": float(sums["nll"]) / max(float(sums["tokens"]), 1.0),
             "val_exact_match": float(sums["exact"]) / max(float(sums["examples"]), 1.0)}
 
-  def _rows(self, split: str, tok) -> list[dict]:
-    c = self.config
-    return _encoded(split, tok, c.data.seq_len, c.task.max_response_tokens)
-
-  def train_dataset(self, tok, seed: int, process_index: int = 0, process_count: int = 1):
-    rows = self._rows("train", tok)
-    return pipeline.rows_dataset(rows.__getitem__, len(rows), self.config.train.batch_size,
-                                 seed, process_index, process_count)
-
-  def epochs(self, tok, examples: int) -> dict[str, float]:
-    return {self.config.data.corpus: examples / len(self._rows("train", tok))}
-
-  def eval_batches(self, tok, max_batches: int = 0, process_index: int = 0,
-                   process_count: int = 1):
-    rows = self._rows("validation", tok)
-    return pipeline.batch_rows(rows.__getitem__, len(rows), self.config.train.batch_size,
-                               max_batches, process_index, process_count)
+  def rows(self, split: str, tok):
+    rows = _encoded(split, tok, self.config.data.seq_len, self.config.task.max_response_tokens)
+    return rows.__getitem__, len(rows)

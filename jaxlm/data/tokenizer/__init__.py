@@ -33,15 +33,12 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> np.ndarray:
     """Returns the int32 ids of `text`, with no eos appended."""
-    ...
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """Returns the text of `ids`, skipping eos and other control ids."""
-    ...
 
   def token_bytes(self) -> np.ndarray:
     """Returns int32 (vocab_size,): the UTF-8 bytes each id decodes to, 0 for control ids."""
-    ...
 
 
 def _as_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
@@ -68,8 +65,7 @@ class ByteTokenizer:
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """Returns the text of `ids`; invalid UTF-8 (a sampled byte soup) becomes U+FFFD."""
     ids = _as_ids(ids, self.vocab_size)
-    data = ids[ids != self.eos_id].astype(np.uint8).tobytes()
-    return data.decode("utf-8", errors="replace")
+    return ids[ids != self.eos_id].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
   def token_bytes(self) -> np.ndarray:
     """Returns 1 for each byte id and 0 for eos."""
@@ -227,26 +223,17 @@ def save_hf(tok, out_dir: str, eos: str, model_max_length: int | None = None) ->
 
 def committed_vocab_sizes() -> list[int]:
   """The vocab sizes of the sentencepiece models committed under jaxlm/data/assets/."""
-  sizes = []
-  for path in ASSETS.glob("shakespeare_sp*.model"):
-    suffix = path.stem.removeprefix("shakespeare_sp")
-    if suffix.isdigit():
-      sizes.append(int(suffix))
-  return sorted(sizes)
+  return sorted(int(n) for path in ASSETS.glob("shakespeare_sp*.model")
+                if (n := path.stem.removeprefix("shakespeare_sp")).isdigit())
 
 
 _BYTES = ByteTokenizer()
 
 
 def load_tokenizer(kind: str, path: str = "", vocab_size: int = 0) -> Tokenizer:
-  """Returns the tokenizer that the config keys name; each model is loaded once.
-
-  Args:
-    kind: `data.tokenizer`, "sentencepiece" or "bytes".
-    path: `data.tokenizer_path`, a sentencepiece .model file; "" means the
-      committed jaxlm/data/assets/shakespeare_sp{vocab_size}.model.
-    vocab_size: `model.vocab_size`; picks the committed model when path is "".
-  """
+  """Returns the tokenizer that data.tokenizer (kind), data.tokenizer_path and
+  model.vocab_size name; each model is loaded once. A sentencepiece path "" is the
+  committed jaxlm/data/assets/shakespeare_sp{vocab_size}.model."""
   if kind == "bytes":
     return _BYTES
   if kind == "hf":
@@ -270,9 +257,7 @@ def load_tokenizer(kind: str, path: str = "", vocab_size: int = 0) -> Tokenizer:
   return _load_sentencepiece(str(pathlib.Path(path).resolve()))
 
 
-@functools.lru_cache(maxsize=16)
-def _load_hf(path: str) -> HFTokenizer:
-  return HFTokenizer(path)
+_load_hf = functools.lru_cache(maxsize=16)(HFTokenizer)
 
 
 @functools.lru_cache(maxsize=16)

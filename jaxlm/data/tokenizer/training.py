@@ -63,8 +63,7 @@ def _split_documents(spec: str, options: prepared.Options) -> Iterator[tuple[boo
   """(is validation, text) of each document of a corpus spec, in the corpus's order."""
   kind, _ = config_lib.parse_corpus(spec)
   if kind == "shakespeare":
-    for work in corpus.load_works("all"):
-      yield work.name in corpus.VALIDATION_WORKS, work.text
+    yield from ((w.name in corpus.VALIDATION_WORKS, w.text) for w in corpus.load_works("all"))
     return
   if kind == "prepared":
     raise ValueError(f"--corpus={spec!r} is already tokenized; expected the files: or hf: "
@@ -77,18 +76,16 @@ def _split_documents(spec: str, options: prepared.Options) -> Iterator[tuple[boo
 
 def sample(spec: str, options: prepared.Options, sample_bytes: int) -> tuple[list, list]:
   """(training texts up to sample_bytes, validation texts up to a tenth of it)."""
-  train, valid, sizes = [], [], [0, 0]
+  texts, sizes, budgets = ([], []), [0, 0], (sample_bytes, sample_bytes // 10)
   for is_valid, text in _split_documents(spec, options):
-    n = len(text.encode("utf-8"))
-    budget = sample_bytes // 10 if is_valid else sample_bytes
-    if sizes[is_valid] < budget:
-      (valid if is_valid else train).append(text)
-      sizes[is_valid] += n
-    if sizes[0] >= sample_bytes and sizes[1] >= sample_bytes // 10:
+    if sizes[is_valid] < budgets[is_valid]:
+      texts[is_valid].append(text)
+      sizes[is_valid] += len(text.encode("utf-8"))
+    if sizes[0] >= budgets[0] and sizes[1] >= budgets[1]:
       break
-  if not train:
+  if not texts[0]:
     raise ValueError(f"--corpus={spec!r} has no training documents to learn a tokenizer from")
-  return train, valid
+  return texts
 
 
 def _pieces(texts: list[str]) -> Iterator[str]:
