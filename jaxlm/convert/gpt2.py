@@ -44,11 +44,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
 def config_to_hf(c: ModelConfig) -> dict:
   """A minimal GPT2LMHeadModel config.json for a jaxlm model config with learned positions."""
   arch = ARCHITECTURES["gpt2"]
-  require_model(c.positions, "model.positions", "learned", arch)
-  require_model(c.norm, "model.norm", "layernorm", arch)
-  require_model(c.mlp, "model.mlp", "gelu", arch)
-  require_model(c.kv_heads, "model.n_kv_heads", c.n_heads, arch)
-  require_model(c.qk_norm, "model.qk_norm", False, arch)
+  require_model(c, arch, positions="learned", norm="layernorm", mlp="gelu", n_kv_heads=c.n_heads,
+                qk_norm=False)
   return {
       "architectures": [arch], "model_type": "gpt2", "vocab_size": c.vocab_size,
       "n_positions": c.max_seq_len, "n_embd": c.d_model, "n_layer": c.n_layers,
@@ -63,7 +60,8 @@ def config_to_hf(c: ModelConfig) -> dict:
 
 
 def params_from_hf(t, c: ModelConfig, hf: dict) -> dict:
-  """jaxlm params (numpy, stacked over layers) from HF tensors `t` (has(), take(name, shape))."""
+  """jaxlm params (numpy, stacked over layers; hf.read_hf adds the untied unembedding) from
+  HF tensors `t` (has(), take(name, shape))."""
   del hf  # every GPT-2 option that changes the weights is checked by config_from_hf
   V, P, D, N, H, F, L = (c.vocab_size, c.max_seq_len, c.d_model, c.n_heads, c.head_dim,
                          c.ff_dim, c.n_layers)
@@ -91,13 +89,12 @@ def params_from_hf(t, c: ModelConfig, hf: dict) -> dict:
             "pos_embed": t.take(pre + "wpe.weight", (P, D)),
             "layers": jax.tree.map(lambda *x_L: np.stack(x_L), *map(layer, range(L))),
             "final_norm": norm(pre + "ln_f")}
-  if not c.tie_embeddings:
-    params["unembed"] = t.take("lm_head.weight", (V, D)).T
   return params
 
 
 def params_to_hf(params: dict, c: ModelConfig) -> dict[str, np.ndarray]:
-  """HF tensor name -> array for GPT2LMHeadModel; a model without biases gets zero biases."""
+  """HF tensor name -> array for GPT2LMHeadModel (hf.to_hf adds an untied lm_head); a model
+  without biases gets zero biases."""
   D, F = c.d_model, c.ff_dim
   lay = params["layers"]
   a, m = lay["attn"], lay["mlp"]
@@ -120,7 +117,5 @@ def params_to_hf(params: dict, c: ModelConfig) -> dict[str, np.ndarray]:
     out[h + "mlp.c_fc.bias"] = bias(m, "b_in", i, F)
     out[h + "mlp.c_proj.weight"] = m["w_out"][i]
     out[h + "mlp.c_proj.bias"] = bias(m, "b_out", i, D)
-  if not c.tie_embeddings:
-    out["lm_head.weight"] = params["unembed"].T
   return out
 

@@ -48,16 +48,15 @@ class Tensors:
     elif os.path.isfile(os.path.join(hf_dir, _INDEX)):
       with open(os.path.join(hf_dir, _INDEX)) as f:
         files = sorted(set(json.load(f)["weight_map"].values()))
-      for name in files:
-        if not os.path.isfile(os.path.join(hf_dir, name)):
-          raise FileNotFoundError(f"{os.path.join(hf_dir, _INDEX)} lists {name}, which is not "
-                                  f"in {hf_dir}; expected every shard it names")
     else:
       raise FileNotFoundError(f"{hf_dir} has neither {_SINGLE} nor {_INDEX}; expected a "
                               "directory written by save_pretrained with safetensors "
                               "(pytorch_model.bin is not read)")
     self.where: dict[str, str] = {}
     for name in files:
+      if not os.path.isfile(os.path.join(hf_dir, name)):  # a shard the index lists
+        raise FileNotFoundError(f"{os.path.join(hf_dir, _INDEX)} lists {name}, which is not "
+                                f"in {hf_dir}; expected every shard it names")
       with self._open(name) as f:
         self.where.update({k: name for k in f.keys()})
     self.taken: set[str] = set()
@@ -82,15 +81,6 @@ class Tensors:
     return a
 
 
-def read_hf_config(hf_dir: str) -> dict:
-  path = os.path.join(hf_dir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--from_hf {hf_dir} has no config.json; expected a directory "
-                            "written by save_pretrained")
-  with open(path) as f:
-    return json.load(f)
-
-
 def model_config(hf: dict) -> ModelConfig:
   """The jaxlm model config of an HF config.json; an error naming any unsupported key."""
   model_type = hf.get("model_type")
@@ -99,10 +89,9 @@ def model_config(hf: dict) -> ModelConfig:
                       f"{', '.join(map(repr, MODEL_TYPES))} (decoder-only causal LMs)")
   module = MODEL_TYPES[model_type]
   want = module.ARCHITECTURES[model_type]
-  for arch in hf.get("architectures") or []:
-    if arch != want:
-      raise ConfigError(f"config.json architectures={hf['architectures']} is not supported: "
-                        f"expected [{want!r}] for model_type={model_type!r}")
+  if any(arch != want for arch in hf.get("architectures") or []):
+    raise ConfigError(f"config.json architectures={hf['architectures']} is not supported: "
+                      f"expected [{want!r}] for model_type={model_type!r}")
   return module.config_from_hf(hf)
 
 
@@ -139,12 +128,17 @@ def read_hf(hf_dir: str, dtype: str = "float32") -> tuple[Config, dict]:
     raise FileNotFoundError(f"--from_hf {hf_dir} is not a directory; expected one written by "
                             "save_pretrained")
   _check_dtype(dtype)
-  hf = read_hf_config(hf_dir)
-  model = model_config(hf)
-  model = config_lib.replace(model, param_dtype=dtype)
+  if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+    raise FileNotFoundError(f"--from_hf {hf_dir} has no config.json; expected a directory "
+                            "written by save_pretrained")
+  with open(os.path.join(hf_dir, "config.json")) as f:
+    hf = json.load(f)
+  model = config_lib.replace(model_config(hf), param_dtype=dtype)
   module = MODEL_TYPES[hf["model_type"]]
   t = Tensors(hf_dir)
   params = module.params_from_hf(t, model, hf)
+  if not model.tie_embeddings:
+    params["unembed"] = t.take(LM_HEAD, params["embed"].shape).T
   t.progress.close()
   if model.tie_embeddings and t.has(LM_HEAD):  # a tied model that saved its head anyway
     if not np.array_equal(t.take(LM_HEAD, params["embed"].shape), params["embed"]):
@@ -208,8 +202,11 @@ def to_hf(workdir: str, hf_dir: str, step: int | None = None,
   eos = load_tokenizer(kind, tok_dir).eos_id if kind in ("bytes", "hf") else None
   hf.update(dtype=dtype, bos_token_id=eos, eos_token_id=eos)
   params = load_run(workdir, step).params
+  named = module.params_to_hf(params, c)
+  if not c.tie_embeddings:
+    named[LM_HEAD] = params["unembed"].T
   tensors = {k: np.ascontiguousarray(np.asarray(v).astype(jnp.dtype(dtype)))
-             for k, v in module.params_to_hf(params, c).items()}
+             for k, v in named.items()}
 
   def write(tmp):
     with open(os.path.join(tmp, "config.json"), "w") as f:

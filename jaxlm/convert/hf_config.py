@@ -19,14 +19,13 @@ def value(hf: dict, key: str, default: Any = _REQUIRED) -> Any:
   return default
 
 
-def expect(hf: dict, key: str, allowed: tuple, default: Any, what: str) -> Any:
-  """value(hf, key, default), which must be one of `allowed`; `what` names the supported case."""
+def expect(hf: dict, key: str, allowed: tuple, default: Any, what: str) -> None:
+  """value(hf, key, default) must be one of `allowed`; `what` names the supported case."""
   got = value(hf, key, default)
   if got not in allowed:
     shown = " or ".join(repr(a) for a in allowed)
     raise ConfigError(f"config.json {key}={got!r} is not supported: jaxlm converts {what} with "
                       f"{key}={shown}")
-  return got
 
 
 def positive(hf: dict, key: str) -> int:
@@ -37,10 +36,12 @@ def positive(hf: dict, key: str) -> int:
   return got
 
 
-def require_model(value_now: Any, key: str, want: Any, arch: str) -> None:
-  """Export: a jaxlm model.* value that the target HF architecture fixes."""
-  if value_now != want:
-    raise ConfigError(
-        f"{key}={value_now!r} has no Hugging Face equivalent here: {arch} needs {key}={want!r}. "
-        "Convertible models: positions=learned, norm=layernorm, mlp=gelu, n_kv_heads=n_heads "
-        "(GPT2LMHeadModel), or positions=rope, norm=rmsnorm, mlp=swiglu (LlamaForCausalLM)")
+def require_model(c, arch: str, **want: Any) -> None:
+  """Export: the jaxlm model.* values (n_kv_heads resolved) that the HF architecture fixes."""
+  for name, wanted in want.items():
+    now, key = c.kv_heads if name == "n_kv_heads" else getattr(c, name), f"model.{name}"
+    if now != wanted:
+      raise ConfigError(
+          f"{key}={now!r} has no Hugging Face equivalent here: {arch} needs {key}={wanted!r}. "
+          "Convertible models: positions=learned, norm=layernorm, mlp=gelu, n_kv_heads=n_heads "
+          "(GPT2LMHeadModel), or positions=rope, norm=rmsnorm, mlp=swiglu (LlamaForCausalLM)")

@@ -80,10 +80,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
 def config_to_hf(c: ModelConfig) -> dict:
   """A minimal LlamaForCausalLM config.json for a jaxlm model config with rotary positions."""
   arch = ARCHITECTURES["llama"]
-  require_model(c.positions, "model.positions", "rope", arch)
-  require_model(c.norm, "model.norm", "rmsnorm", arch)
-  require_model(c.mlp, "model.mlp", "swiglu", arch)
-  require_model(c.qk_norm, "model.qk_norm", False, arch)
+  require_model(c, arch, positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=False)
   return {
       "architectures": [arch], "model_type": "llama", "vocab_size": c.vocab_size,
       "hidden_size": c.d_model, "intermediate_size": c.ff_dim, "num_hidden_layers": c.n_layers,
@@ -100,7 +97,8 @@ def config_to_hf(c: ModelConfig) -> dict:
 
 
 def params_from_hf(t, c: ModelConfig, hf: dict) -> dict:
-  """jaxlm params (numpy, stacked over layers) from HF tensors `t` (has(), take(name, shape)).
+  """jaxlm params (numpy, stacked over layers; hf.read_hf adds the untied unembedding) from
+  HF tensors `t` (has(), take(name, shape)).
 
   jaxlm has one use_bias for attention and MLP; where config.json has only one of
   attention_bias and mlp_bias, the other projections get zero biases (the same function).
@@ -140,13 +138,11 @@ def params_from_hf(t, c: ModelConfig, hf: dict) -> dict:
   params = {"embed": t.take(pre + "embed_tokens.weight", (V, D)),
             "layers": jax.tree.map(lambda *x_L: np.stack(x_L), *map(layer, range(L))),
             "final_norm": {"scale": t.take(pre + "norm.weight", (D,))}}
-  if not c.tie_embeddings:
-    params["unembed"] = t.take("lm_head.weight", (V, D)).T
   return params
 
 
 def params_to_hf(params: dict, c: ModelConfig) -> dict[str, np.ndarray]:
-  """HF tensor name -> array for LlamaForCausalLM."""
+  """HF tensor name -> array for LlamaForCausalLM (hf.to_hf adds an untied lm_head)."""
   D = c.d_model
   lay = params["layers"]
   a, m = lay["attn"], lay["mlp"]
@@ -166,6 +162,4 @@ def params_to_hf(params: dict, c: ModelConfig) -> dict[str, np.ndarray]:
         out[s + proj + ".bias"] = a[b][i].reshape(-1)
       for proj, b in (("gate_proj", "b_gate"), ("up_proj", "b_in"), ("down_proj", "b_out")):
         out[p + proj + ".bias"] = m[b][i]
-  if not c.tie_embeddings:
-    out["lm_head.weight"] = params["unembed"].T
   return out

@@ -102,8 +102,7 @@ def evaluate(params, config: Config, tok, mesh, split: str = "validation",
     with sharding.activation_rules(mesh, rules):
       return eval_sums(params, batch, config=config, token_bytes=token_bytes)
 
-  def sums_of(data, n_batches: int) -> dict:
-    """eval_sums over the split of one data config, added over its batches."""
+  def sums_of(data, n_batches: int) -> dict:  # eval_sums over one data config's split
     batches = pipeline.eval_batches(data, tok, config.train.batch_size, n_batches, split=split)
     sums = sum_batches(lambda b: step(params, jax.device_put(b, batch_sharding)),
                        loggers.progress(batches, desc=f"evaluating {split}"))
@@ -153,13 +152,11 @@ def reliability_diagram(result: dict):
   top.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width,
           edgecolor="black", label="accuracy")
   top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-  top.set_ylabel("accuracy of top-1 prediction")
-  top.set_title(f"ECE {result['ece']:.4f} ({result.get('split', '')})")
+  top.set(ylabel="accuracy of top-1 prediction",
+          title=f"ECE {result['ece']:.4f} ({result.get('split', '')})")
   top.legend(loc="upper left")
   bottom.bar(centers, [b["count"] / total for b in bins], width=width, edgecolor="black")
-  bottom.set_xlabel("confidence of top-1 prediction")
-  bottom.set_ylabel("share of tokens")
-  bottom.set_xlim(0, 1)
+  bottom.set(xlabel="confidence of top-1 prediction", ylabel="share of tokens", xlim=(0, 1))
   fig.tight_layout()
   return fig
 

@@ -59,13 +59,20 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
 
 def load(path: str) -> tuple[dict, dict, int]:
   """(params as a nested dict of numpy arrays, config dict, step) from an exported file."""
-  if path.endswith(".safetensors"):
-    tensors, meta = load_safetensors(path)
-    params = traverse_util.unflatten_dict(tensors, sep=".")
-    return params, json.loads(meta["config"]), int(meta["step"])
+  if not path.endswith(".safetensors"):
+    with open(path, "rb") as f:
+      tree = serialization.msgpack_restore(f.read())
+    return tree["params"], json.loads(tree["config"]), int(tree["step"])
+  dtypes = {v: np.dtype(ml_dtypes.bfloat16 if k == "bfloat16" else k) for k, v in _DTYPES.items()}
   with open(path, "rb") as f:
-    tree = serialization.msgpack_restore(f.read())
-  return tree["params"], json.loads(tree["config"]), int(tree["step"])
+    (n,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(n))
+    data = f.read()
+  meta = header.pop("__metadata__", {})
+  tensors = {name: np.frombuffer(data[slice(*info["data_offsets"])], dtypes[info["dtype"]])
+             .reshape(info["shape"]) for name, info in header.items()}
+  params = traverse_util.unflatten_dict(tensors, sep=".")
+  return params, json.loads(meta["config"]), int(meta["step"])
 
 
 def save_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]):
@@ -86,18 +93,3 @@ def save_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[s
     f.write(struct.pack("<Q", len(raw)) + raw)
     for a in arrays:
       f.write(a.tobytes())
-
-
-def load_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """(name -> array, metadata) from a safetensors file."""
-  names = {v: np.dtype(ml_dtypes.bfloat16 if k == "bfloat16" else k) for k, v in _DTYPES.items()}
-  with open(path, "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
-    data = f.read()
-  meta = header.pop("__metadata__", {})
-  tensors = {}
-  for name, info in header.items():
-    begin, end = info["data_offsets"]
-    tensors[name] = np.frombuffer(data[begin:end], names[info["dtype"]]).reshape(info["shape"])
-  return tensors, meta

@@ -38,11 +38,6 @@ def _start(params, inputs: dict, config: ModelConfig, n_max: int):
   return decode.prefill(params, inputs["tokens"], inputs["lengths"], config, T + n_max - 1)
 
 
-def _step(params, cache: dict, tok_B, config: ModelConfig):
-  step = encoder_decoder.decode_step if config.encoder_layers else decode.decode_step
-  return step(params, cache, tok_B, config)
-
-
 def _pick(logits_BV, done_B, key, i, sampling, stops_S):
   tok_B = sample_logits(jax.random.fold_in(key, i), logits_BV, *sampling)
   tok_B = jnp.where(done_B, -1, tok_B)  # -1: this row has ended
@@ -51,7 +46,8 @@ def _pick(logits_BV, done_B, key, i, sampling, stops_S):
 
 def _step_pick(params, cache, tok_B, done_B, key, i, sampling, stops_S, config):
   """Feeds each row's last token (an ended row's -1 as 0) and draws the next."""
-  logits_BV, cache = _step(params, cache, jnp.maximum(tok_B, 0), config)
+  step = encoder_decoder.decode_step if config.encoder_layers else decode.decode_step
+  logits_BV, cache = step(params, cache, jnp.maximum(tok_B, 0), config)
   return (*_pick(logits_BV, done_B, key, i, sampling, stops_S), cache)
 
 
@@ -138,37 +134,27 @@ def _windows(prompts, max_new_tokens: int, max_len: int, stops: np.ndarray,
 def _sources(config: ModelConfig, sources, max_new_tokens: int, start_id: int,
              source_len: int | None) -> dict:
   """An encoder-decoder's inputs: sources right-padded to S, with segment ids and start tokens."""
-  c = config
-  if not 1 <= max_new_tokens <= c.max_seq_len:
+  max_len = config.max_seq_len
+  if not 1 <= max_new_tokens <= max_len:
     raise ValueError(f"max_new_tokens={max_new_tokens} is invalid for an encoder-decoder: "
-                     f"expected an integer in [1, model.max_seq_len={c.max_seq_len}]")
+                     f"expected an integer in [1, model.max_seq_len={max_len}]")
   S = max(len(s) for s in sources) if source_len is None else source_len
-  for i, s in enumerate(sources):
-    if not len(s) <= min(S, c.max_seq_len):
-      raise ValueError(f"source {i} has {len(s)} tokens; expected 1 to {min(S, c.max_seq_len)} "
-                       "(source_len, model.max_seq_len)")
   src_BS = np.zeros((len(sources), S), np.int32)
   for b, ids in enumerate(sources):
+    if not len(ids) <= min(S, max_len):
+      raise ValueError(f"source {b} has {len(ids)} tokens; expected 1 to {min(S, max_len)} "
+                       "(source_len, model.max_seq_len)")
     src_BS[b, :len(ids)] = ids
   segments_BS = np.arange(S)[None, :] < np.array([len(s) for s in sources])[:, None]
   return {"src": src_BS, "src_segments": segments_BS.astype(np.int32),
           "start": np.full((len(sources),), start_id, np.int32)}
 
 
-def _blocks(config: ModelConfig, prompts, max_new_tokens: int, stops: np.ndarray,
-            run: Callable, start_id, source_len) -> Iterator[np.ndarray]:
-  """The blocks of new tokens `run` yields over the whole generation (see _windows)."""
-  if not config.encoder_layers:
-    return _windows(prompts, max_new_tokens, config.max_seq_len, stops, run)
-  if start_id is None:
-    raise ValueError("an encoder-decoder needs start_id (or eos_id): the decoder's first input")
-  inputs = _sources(config, prompts, max_new_tokens, start_id, source_len)
-  return run(inputs, np.zeros(len(prompts), bool), 0, max_new_tokens, max_new_tokens)
-
-
-def _prepare(params, config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top_p,
-             seed, eos_id, mesh, rules, vocab_limit=0, stop_ids=()):
-  """Checks inputs at the boundary; returns what both drivers pass to the jitted steps."""
+def _prepare(params, config: ModelConfig, prompts, max_new_tokens, temperature=1.0, top_k=0,
+             top_p=1.0, seed=0, eos_id=None, mesh=None, rules=None, vocab_limit=0,
+             start_id=None, source_len=None, stop_ids=()):
+  """Checks inputs at the boundary; returns what both drivers pass to the jitted steps, and
+  blocks(run): the blocks of new tokens `run` yields over the whole generation."""
   if ("encoder" in params) != bool(config.encoder_layers):
     kind = "an encoder-decoder's" if "encoder" in params else "a decoder-only model's"
     raise ValueError(f"params are {kind} but model.encoder_layers={config.encoder_layers}; "
@@ -190,7 +176,17 @@ def _prepare(params, config: ModelConfig, prompts, max_new_tokens, temperature, 
   sampling = Sampling(temperature, top_k, top_p, vocab_limit).arrays()
   shard = None if mesh is None else (mesh, tuple(rules or config_lib.DEFAULT_RULES))
   stops_S = np.array([-1 if eos_id is None else eos_id, *stop_ids], np.int32)
-  return sampling, jax.random.key(seed), shard, stops_S
+  start_id = eos_id if start_id is None else start_id
+
+  def blocks(run: Callable) -> Iterator[np.ndarray]:
+    if not config.encoder_layers:  # a window at a time (_windows)
+      return _windows(prompts, max_new_tokens, config.max_seq_len, stops_S, run)
+    if start_id is None:
+      raise ValueError("an encoder-decoder needs start_id (or eos_id): the decoder's first input")
+    inputs = _sources(config, prompts, max_new_tokens, start_id, source_len)
+    return run(inputs, np.zeros(len(prompts), bool), 0, max_new_tokens, max_new_tokens)
+
+  return sampling, jax.random.key(seed), shard, stops_S, blocks
 
 
 def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
@@ -221,33 +217,26 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
   Returns:
     One int32 array of new tokens per row.
   """
-  sampling, key, shard, stops = _prepare(params, config, prompts, max_new_tokens, temperature,
-                                         top_k, top_p, seed, eos_id, mesh, rules, vocab_limit,
-                                         stop_ids)
+  sampling, key, shard, stops, blocks = _prepare(
+      params, config, prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, mesh,
+      rules, vocab_limit, start_id, source_len, stop_ids)
 
   def run(inputs, done_B, i0, n, n_max):
     out_BM = _window(params, inputs, done_B, key, i0, n, sampling, stops, config=config,
                      n_max=n_max, shard=shard)
     yield np.asarray(out_BM)[:, :n]
 
-  blocks = list(_blocks(config, prompts, max_new_tokens, stops, run,
-                        eos_id if start_id is None else start_id, source_len))
+  blocks = list(blocks(run))
   out_BM = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(prompts), 0), np.int32)
   return [row[row >= 0] for row in out_BM]
 
 
-def stream(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
-           max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, seed: int = 0, eos_id: int | None = None, mesh=None,
-           rules=None, vocab_limit: int = 0, start_id: int | None = None,
-           source_len: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
-  """Like generate(), but yields each step's tokens (B,) as drawn; -1 marks an ended row.
-
-  Inputs are checked on the call, not on the first token.
-  """
-  sampling, key, shard, stops = _prepare(params, config, prompts, max_new_tokens, temperature,
-                                         top_k, top_p, seed, eos_id, mesh, rules, vocab_limit,
-                                         stop_ids)
+def stream(params, config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+           **options) -> Iterator[np.ndarray]:
+  """Like generate() (the same keyword options), but yields each step's tokens (B,) as drawn;
+  -1 marks an ended row. Inputs are checked on the call, not on the first token."""
+  sampling, key, shard, stops, blocks = _prepare(params, config, prompts, max_new_tokens,
+                                                 **options)
 
   def run(inputs, done_B, i0, n, n_max):
     tok_B, done_B, cache = _first(params, inputs, done_B, key, i0, sampling, stops,
@@ -260,6 +249,4 @@ def stream(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
                                    config=config, shard=shard)
       yield np.asarray(tok_B)[:, None]
 
-  blocks = _blocks(config, prompts, max_new_tokens, stops, run,
-                   eos_id if start_id is None else start_id, source_len)
-  return (block_B1[:, 0] for block_B1 in blocks)
+  return (block_B1[:, 0] for block_B1 in blocks(run))

@@ -48,14 +48,10 @@ _NOT_METRICS = ("alias", "name", "sample_len", "sample_count")
 
 
 class JaxlmLM(TemplateLM):
-  """A jaxlm model as an lm-eval model: params, config, tokenizer and mesh of a run.
-
-  Args:
-    params, config, tokenizer, mesh: a run's (see jaxlm.run.load.load_run).
-    batch_size: requests per forward pass or generation batch.
-    max_gen_toks: tokens generated per request where a task does not say.
-    on_batch: called after each batch (a training run's watchdog beats).
-  """
+  """A jaxlm model as an lm-eval model: a run's params, config, tokenizer and mesh (see
+  jaxlm.run.load.load_run); batch_size requests per forward pass or generation batch,
+  max_gen_toks per request where a task does not say, and on_batch called after each batch
+  (a training run's watchdog beats)."""
 
   def __init__(self, params, config: Config, tokenizer, mesh, batch_size: int = 16,
                max_gen_toks: int = 256, on_batch=None):
@@ -190,45 +186,34 @@ def evaluate(lm: JaxlmLM, names: Sequence[str], *, num_fewshot: int | None = Non
   """Runs harness tasks on lm; returns lm-eval's results dict, and under "jaxlm" the
   seconds taken, the examples and the requests answered."""
   manager = manager or task_manager(names, include)
-  _quiet_custom_dataset_notes()
+  logging.getLogger("lm_eval.api.task").addFilter(_no_custom_dataset_note)  # added once
   started, answered = time.perf_counter(), getattr(lm, "requests", 0)
   results = evaluator.simple_evaluate(
       model=lm, tasks=list(names), num_fewshot=num_fewshot, limit=limit,
       task_manager=manager, log_samples=False, random_seed=seed, numpy_random_seed=seed,
       torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000)
-  seconds = time.perf_counter() - started
-  results["jaxlm"] = {"seconds": seconds, "examples": sum(
+  results["jaxlm"] = {"seconds": time.perf_counter() - started, "examples": sum(
       n["effective"] for n in results.get("n-samples", {}).values())}
   if hasattr(lm, "requests"):  # lm-eval's own models do not count theirs
     results["jaxlm"]["requests"] = lm.requests - answered
   return results
 
 
-class _CustomDatasetNote(logging.Filter):
-  """Drops lm-eval's note, printed for every task with a custom_dataset loader (jaxlm's
-  own tasks), on passing --metadata to it: none of jaxlm's loaders takes any."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "Custom kwargs can be passed" not in record.getMessage()
-
-
-def _quiet_custom_dataset_notes() -> None:
-  log = logging.getLogger("lm_eval.api.task")
-  if not any(isinstance(f, _CustomDatasetNote) for f in log.filters):
-    log.addFilter(_CustomDatasetNote())
+def _no_custom_dataset_note(record: logging.LogRecord) -> bool:
+  """A log filter that drops lm-eval's note, printed for every task with a custom_dataset
+  loader (jaxlm's own tasks), on passing --metadata to it: none of jaxlm's loaders takes any."""
+  return "Custom kwargs can be passed" not in record.getMessage()
 
 
 def metrics(results: dict) -> dict[str, dict[str, float]]:
   """{task: {metric: value}} from lm-eval's results (its "acc,none" keys as "acc")."""
   out = {}
   for task, values in results["results"].items():
-    row = {}
+    out[task] = row = {}
     for key, value in values.items():
       metric, _, filt = key.partition(",")
-      if metric in _NOT_METRICS or not isinstance(value, (int, float)):
-        continue
-      row[metric if filt in ("", "none") else f"{metric}_{filt}"] = float(value)
-    out[task] = row
+      if metric not in _NOT_METRICS and isinstance(value, (int, float)):
+        row[metric if filt in ("", "none") else f"{metric}_{filt}"] = float(value)
   return out
 
 
@@ -251,6 +236,4 @@ def run(workdir: str, names: Sequence[str], *, num_fewshot: int | None = None,
   return summary
 
 
-def table(results: dict) -> str:
-  """lm-eval's own markdown table of results."""
-  return lm_utils.make_table(results)
+table = lm_utils.make_table  # lm-eval's own markdown table of results

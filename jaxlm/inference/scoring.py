@@ -53,16 +53,10 @@ def buckets(max_len: int) -> list[int]:
 
 
 class Scorer:
-  """Scores (context, continuation) token-id pairs with a model's params on a mesh.
-
-  Args:
-    params: the model's params (sharded over mesh).
-    config: the model config (decoder-only).
-    mesh, rules: the device mesh and logical-axis rules of the activations.
-    batch_size: rows per forward pass; rounded up to a multiple of the mesh's
-      batch-parallel devices.
-    on_batch: called after each batch (a training run's watchdog beats).
-  """
+  """Scores (context, continuation) token-id pairs with a decoder-only model's params on a
+  mesh (rules: the activations' logical-axis rules). batch_size, the rows per forward pass,
+  is rounded up to a multiple of the mesh's batch-parallel devices; on_batch is called after
+  each batch (a training run's watchdog beats)."""
 
   def __init__(self, params, config: ModelConfig, mesh, rules, batch_size: int = 16,
                on_batch=None):
@@ -78,10 +72,6 @@ class Scorer:
     self._buckets = buckets(config.max_seq_len)
     self.on_batch = on_batch or (lambda: None)
 
-  @property
-  def max_length(self) -> int:
-    return self.config.max_seq_len
-
   def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                     desc: str = "scoring") -> list[tuple[float, bool]]:
     """(summed log-probability, greedy) of each continuation given its context.
@@ -91,13 +81,13 @@ class Scorer:
         harness puts the end-of-text id where a request has none), the
         continuation 1 to max_seq_len ids.
     """
-    rows = []
+    rows, max_len = [], self.config.max_seq_len
     for i, (context, continuation) in enumerate(pairs):
-      if len(context) == 0 or not 0 < len(continuation) <= self.max_length:
+      if len(context) == 0 or not 0 < len(continuation) <= max_len:
         raise ValueError(f"request {i} has {len(context)} context and {len(continuation)} "
                          f"continuation tokens; expected a context of at least 1 and a "
-                         f"continuation of 1 to model.max_seq_len={self.max_length}")
-      whole = np.asarray(list(context) + list(continuation), np.int32)[-(self.max_length + 1):]
+                         f"continuation of 1 to model.max_seq_len={max_len}")
+      whole = np.asarray(list(context) + list(continuation), np.int32)[-(max_len + 1):]
       rows.append((whole, len(continuation)))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     out: list = [None] * len(rows)
@@ -117,15 +107,14 @@ class Scorer:
     longest = max(len(whole) - 1 for whole, _ in rows)
     T = next(b for b in self._buckets if b >= longest)
     B = self.batch_size
-    tokens_BT = np.zeros((B, T), np.int32)
-    targets_BT = np.zeros((B, T), np.int32)
+    tokens_BT, targets_BT = np.zeros((2, B, T), np.int32)
     weights_BT = np.zeros((B, T), np.float32)
     for b, (whole, n) in enumerate(rows):
       L = len(whole) - 1
       tokens_BT[b, :L], targets_BT[b, :L] = whole[:-1], whole[1:]
       weights_BT[b, L - n:L] = 1.0
     put = functools.partial(jax.device_put, device=self._sharding)
-    logp_B, greedy_B = _score(self.params, put(tokens_BT), put(targets_BT), put(weights_BT),
-                              config=self.config, mesh=self.mesh, rules=self.rules)
-    logp_B, greedy_B = jax.device_get((logp_B, greedy_B))
+    logp_B, greedy_B = jax.device_get(_score(
+        self.params, put(tokens_BT), put(targets_BT), put(weights_BT), config=self.config,
+        mesh=self.mesh, rules=self.rules))
     return logp_B[:len(rows)], greedy_B[:len(rows)]

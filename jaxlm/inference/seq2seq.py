@@ -27,9 +27,8 @@ def restore(params, config: Config, tok, lines: Sequence[str], batch_size: int =
   out = []
   for start in range(0, len(lines), batch_size):
     chunk = [tok.encode(finetune.unpunctuate(line)) for line in lines[start:start + batch_size]]
-    ids = generate(params, config.model, chunk, T, start_id=tok.eos_id, eos_id=tok.eos_id,
-                   vocab_limit=tok.vocab_size, source_len=S, temperature=temperature,
-                   **sampling)
+    ids = generate(params, config.model, chunk, T, eos_id=tok.eos_id, vocab_limit=tok.vocab_size,
+                   source_len=S, temperature=temperature, **sampling)  # start_id: eos_id
     out.extend(tok.decode(row) for row in ids)
   return out
 

@@ -122,12 +122,10 @@ def collect(sweep_dir: str, convention: str = "6ND") -> list[dict]:
   if convention not in flops_lib.CONVENTIONS:
     raise ValueError(f"flops convention {convention!r} is invalid: expected one of "
                      f"{', '.join(flops_lib.CONVENTIONS)}")
-  names, roles = set(), {}
-  plan = os.path.join(sweep_dir, "sweep.json")
+  plan, roles = os.path.join(sweep_dir, "sweep.json"), {}
   if os.path.exists(plan):
-    planned = _read_json(plan)["runs"]
-    names.update(r["name"] for r in planned)
-    roles = {r["name"]: r.get("role", "point") for r in planned}
+    roles = {r["name"]: r.get("role", "point") for r in _read_json(plan)["runs"]}
+  names = set(roles)
   for entry in os.listdir(sweep_dir):
     path = os.path.join(sweep_dir, entry)
     if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f))
@@ -144,11 +142,10 @@ def write_csv(rows: list[dict], path: str) -> None:
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if row.get(k) is None else
-                           repr(float(row[k])) if isinstance(row[k], (float, np.floating))
-                           else row[k])
-                       for k in columns})
+    writer.writerows({k: ("" if row.get(k) is None else
+                          repr(float(row[k])) if isinstance(row[k], (float, np.floating))
+                          else row[k])
+                      for k in columns} for row in rows)
 
 
 def read_runs(path: str) -> dict:
@@ -171,9 +168,8 @@ def read_runs(path: str) -> dict:
                          f"tokens, loss (optional flops); found {', '.join(header) or 'none'}")
     rows = list(reader)
   has_flops = "flops" in header
-  downstream = [c for c in header if "/" in c]
   out = {"params": [], "tokens": [], "loss": [], "flops": [], "names": []}
-  scores = {c: [] for c in downstream}
+  scores = {c: [] for c in header if "/" in c}  # downstream columns
   for i, row in enumerate(rows, start=1):
     if row.get("status", "ok") not in ("ok", "") or row.get("role") == "stable":
       continue
@@ -189,12 +185,11 @@ def read_runs(path: str) -> dict:
         raise ValueError(f"{path}: row {i} ({row.get('name', '')!r}) has {column}={text}: "
                          "expected a positive number")
       values[column] = value
-    for column in ("params", "tokens", "loss"):
+    values.setdefault("flops", 6.0 * values["params"] * values["tokens"])
+    for column in ("params", "tokens", "loss", "flops"):
       out[column].append(values[column])
-    out["flops"].append(values["flops"] if has_flops
-                        else flops_lib.six_nd(values["params"], values["tokens"]))
     out["names"].append(row.get("name", str(i)))
-    for c in downstream:
+    for c in scores:
       scores[c].append(float(row[c]) if (row.get(c) or "").strip() else math.nan)
   arrays = {k: np.asarray(v, dtype=np.float64) for k, v in out.items() if k != "names"}
   arrays["names"] = out["names"]

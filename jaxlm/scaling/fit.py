@@ -93,13 +93,10 @@ def fit_law(n, d, loss, delta=HUBER_DELTA, starts=8, extra_starts=()):
   grid = np.array(list(itertools.product(*INIT_GRID.values())))
   order = np.argsort(_grid_objective(grid, log_n, log_d, log_l, delta))
   inits = [grid[i] for i in order[:starts]] + [np.asarray(x) for x in extra_starts]
-  best = None
-  for x0 in inits:
-    res = optimize.minimize(_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
-                            method="L-BFGS-B", bounds=BOUNDS,
-                            options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 20000})
-    if best is None or res.fun < best.fun:
-      best = res
+  best = min((optimize.minimize(_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
+                                method="L-BFGS-B", bounds=BOUNDS,
+                                options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 20000})
+              for x0 in inits), key=lambda res: res.fun)
   a, b, e, alpha, beta = best.x
   return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta,
           "a": beta / (alpha + beta), "b": alpha / (alpha + beta), "objective": best.fun,
@@ -111,11 +108,7 @@ def group_budgets(flops, tolerance_dex):
   log_c = np.log10(flops)
   order = np.argsort(log_c)
   groups = np.zeros(len(flops), dtype=int)
-  current = 0
-  for prev, i in zip(order[:-1], order[1:]):
-    if log_c[i] - log_c[prev] > tolerance_dex:
-      current += 1
-    groups[i] = current
+  groups[order[1:]] = np.cumsum(np.diff(log_c[order]) > tolerance_dex)
   return groups
 
 
@@ -143,9 +136,7 @@ def fit_isoflop(n, d, loss, flops, groups):
     m = groups == g
     c = float(np.exp(np.mean(np.log(flops[m]))))
     vertex, reason = _parabola(np.log(n[m]), np.log(d[m]), loss[m])
-    entry = {"flops": c, "n_runs": int(m.sum())}
-    entry.update(vertex if vertex else {"rejected": reason})
-    budgets.append(entry)
+    budgets.append({"flops": c, "n_runs": int(m.sum()), **(vertex or {"rejected": reason})})
   ok = [b for b in budgets if "n_opt" in b]
   out = {"budgets": budgets, "a": None, "b": None}
   if len(ok) >= 2:
@@ -165,6 +156,7 @@ def _interval(samples, level=0.95):
   return [float(lo), float(hi)]
 
 
+@_serial_blas()
 def fit(data: dict, n_boot: int = 200, seed: int = 0, group_tolerance_dex: float = 0.15,
         delta: float = HUBER_DELTA) -> dict:
   """Both approaches with bootstrap intervals; the fit.json layout of docs/interfaces.md.
@@ -172,11 +164,6 @@ def fit(data: dict, n_boot: int = 200, seed: int = 0, group_tolerance_dex: float
   Bootstrap: runs are resampled with replacement (within each budget for
   Approach 2, so every budget keeps its profile) and both fits are redone.
   """
-  with _serial_blas():
-    return _fit(data, n_boot, seed, group_tolerance_dex, delta)
-
-
-def _fit(data, n_boot, seed, group_tolerance_dex, delta):
   n, d, loss, flops = data["params"], data["tokens"], data["loss"], data["flops"]
   if len(n) < 5:
     raise ValueError(f"{len(n)} finished runs: expected at least 5 to fit 5 parameters")
@@ -216,8 +203,7 @@ def _fit(data, n_boot, seed, group_tolerance_dex, delta):
     # then cannot show the uncertainty, and a zero-width interval would mislead.
     iso["warning"] = ("bootstrap cannot measure this fit's uncertainty (too few sizes per "
                       "budget or budgets); expected >= 5 sizes per budget and >= 3 budgets")
-  iso["n_boot"] = n_boot
-  iso["group_tolerance_dex"] = group_tolerance_dex
+  iso.update(n_boot=n_boot, group_tolerance_dex=group_tolerance_dex)
   return {"parametric": parametric, "isoflop": iso,
           "flops_convention": data.get("flops_convention", "6ND")}
 

@@ -16,9 +16,8 @@ from jaxlm.models import transformer
 CONVENTIONS = ("6ND", "exact")
 
 
-def params(model: ModelConfig) -> dict[str, int]:
-  """Total and non-embedding parameters; derived from the model's spec tree, as init is."""
-  return transformer.param_count(model)
+# Total and non-embedding parameters; derived from the model's spec tree, as init is.
+params = transformer.param_count
 
 
 def forward_flops_per_sequence(model: ModelConfig, seq_len: int) -> dict[str, float]:
@@ -68,8 +67,3 @@ def training_flops(model: ModelConfig, seq_len: int, tokens: float,
     flops = 3.0 * forward_flops_per_sequence(model, seq_len)["total"] / seq_len * tokens
   return {"flops": flops, "convention": convention, "params": counts["total"],
           "non_embedding_params": counts["non_embedding"]}
-
-
-def six_nd(n: float, d: float) -> float:
-  """The 6·N·D approximation of training compute."""
-  return 6.0 * n * d

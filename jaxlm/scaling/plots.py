@@ -18,10 +18,30 @@ def _pyplot():
   return plt
 
 
+def _axes():
+  """A new 6 x 4.5 inch figure and its axes."""
+  return _pyplot().subplots(figsize=(6, 4.5))
+
+
+def _save(fig, path: str, *axes) -> None:
+  """Legends on axes, then the figure written to path and closed."""
+  for ax in axes:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  _pyplot().close(fig)
+
+
+def _law(data: dict, p: dict):
+  """Compute from half the runs' least to ten times their most, and the law's optima there."""
+  c = np.geomspace(data["flops"].min() / 2, data["flops"].max() * 10, 100)
+  return c, fit_lib.law_optimum(p["E"], p["A"], p["B"], p["alpha"], p["beta"], c)
+
+
 def isoflop_profiles(data: dict, result: dict, path: str) -> None:
   """Loss against N per budget, with each fitted parabola and its minimum."""
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = _axes()
   budgets = result["isoflop"]["budgets"]
   tolerance = result["isoflop"].get("group_tolerance_dex", 0.15)
   groups = fit_lib.group_budgets(data["flops"], tolerance)
@@ -37,39 +57,30 @@ def isoflop_profiles(data: dict, result: dict, path: str) -> None:
                  edgecolor="k")
   ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss",
          title="IsoFLOP profiles (stars: parabola minima)")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, ax)
 
 
 def frontier(data: dict, result: dict, path: str) -> None:
   """Every run's loss against compute, with the fitted law's compute-optimal loss."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = _axes()
   sc = ax.scatter(data["flops"], data["loss"], c=np.log10(data["params"]), s=18)
   fig.colorbar(sc, ax=ax, label="log10 N")
   p = result["parametric"]
-  c = np.geomspace(data["flops"].min() / 2, data["flops"].max() * 10, 100)
-  ax.plot(c, fit_lib.law_optimum(p["E"], p["A"], p["B"], p["alpha"], p["beta"], c)[2], "k-",
+  c, (_, _, loss) = _law(data, p)
+  ax.plot(c, loss, "k-",
           label=f"L = {p['E']:.2f} + {p['A']:.3g}/N^{p['alpha']:.2f} + "
                 f"{p['B']:.3g}/D^{p['beta']:.2f}")
   ax.set(xscale="log", xlabel=f"training FLOPs ({result['flops_convention']})",
          ylabel="validation loss", title="Loss-compute frontier")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, ax)
 
 
 def optimal_allocation(data: dict, result: dict, path: str) -> None:
   """N_opt and D_opt against compute: IsoFLOP minima, their power laws, and the parametric law."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = _axes()
   iso, p = result["isoflop"], result["parametric"]
   ok = [b for b in iso["budgets"] if "n_opt" in b]
-  c = np.geomspace(data["flops"].min() / 2, data["flops"].max() * 10, 100)
-  n_law, d_law, _ = fit_lib.law_optimum(p["E"], p["A"], p["B"], p["alpha"], p["beta"], c)
+  c, (n_law, d_law, _) = _law(data, p)
   ax.plot(c, n_law, "C0--", label=f"N_opt, parametric (a={p['a']:.2f})")
   ax.plot(c, d_law, "C1--", label=f"D_opt, parametric (b={p['b']:.2f})")
   if ok:
@@ -82,10 +93,7 @@ def optimal_allocation(data: dict, result: dict, path: str) -> None:
             label=f"D_opt, IsoFLOP (b={iso['b']:.2f})")
   ax.set(xscale="log", yscale="log", xlabel=f"training FLOPs ({result['flops_convention']})",
          ylabel="parameters / tokens", title="Compute-optimal allocation")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, ax)
 
 
 def best_per_budget(data: dict, tolerance: float = 0.15) -> list[int]:
@@ -117,22 +125,16 @@ def downstream(data: dict, path: str, metric: str = "acc") -> list[str]:
                title="Downstream vs compute (line: each budget's best-loss run)")
   by_loss.set(xlabel="validation loss", ylabel=metric, title="Downstream vs loss")
   by_loss.invert_xaxis()
-  for ax in (by_flops, by_loss):
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, by_flops, by_loss)
   return columns
 
 
 def write_all(data: dict, result: dict, out_dir: str) -> list[str]:
   """Writes the three plots into out_dir; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
-  paths = []
-  for fn, name in ((isoflop_profiles, "isoflop.png"), (frontier, "frontier.png"),
-                   (optimal_allocation, "optimal.png")):
-    paths.append(os.path.join(out_dir, name))
-    fn(data, result, paths[-1])
+  paths = [os.path.join(out_dir, name) for name in ("isoflop.png", "frontier.png", "optimal.png")]
+  for fn, path in zip((isoflop_profiles, frontier, optimal_allocation), paths):
+    fn(data, result, path)
   return paths
 
 
@@ -167,8 +169,5 @@ def lr_transfer(result: dict, path: str) -> None:
     ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
   axes[0][0].set_ylabel(f"final validation loss (clipped at {top:.2f})")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, *axes[0])

@@ -53,13 +53,6 @@ def sci(x: float, digits: int = 2) -> str:
   return f"{mantissa}e{int(exponent)}"
 
 
-def _model(base: ModelConfig, d: int, n_layers: int, head_dim: int) -> ModelConfig:
-  # d_ff and n_kv_heads reset to their derived defaults, so every size has the
-  # base's architecture (MLP kind, norms, positions) at a consistent ratio.
-  return dataclasses.replace(base, d_model=d, n_layers=n_layers, n_heads=d // head_dim,
-                             d_ff=0, n_kv_heads=0)
-
-
 def shape_for(target: float, base: ModelConfig, aspect: float = 32.0,
               head_dim: int = 32, exclude: frozenset[Shape] | set[Shape] = frozenset()) -> Shape:
   """Width, depth and heads whose non-embedding parameter count is closest to `target`.
@@ -79,7 +72,10 @@ def shape_for(target: float, base: ModelConfig, aspect: float = 32.0,
   for n_layers in range(1, 129):
     width = math.sqrt(target / (per_layer * n_layers))
     for mult in {max(1, math.floor(width / head_dim)), max(1, math.ceil(width / head_dim))}:
-      model = _model(base, mult * head_dim, n_layers, head_dim)
+      # d_ff and n_kv_heads reset to their derived defaults, so every size has the
+      # base's architecture (MLP kind, norms, positions) at a consistent ratio.
+      model = dataclasses.replace(base, d_model=mult * head_dim, n_layers=n_layers, n_heads=mult,
+                                  d_ff=0, n_kv_heads=0)
       counts = flops_lib.params(model)
       shape = Shape(model.d_model, n_layers, model.n_heads, counts["total"],
                     counts["non_embedding"])
@@ -175,8 +171,7 @@ class IsoFlopSpec:
       raise ValueError(f"n_ranges has {len(self.n_ranges)} entries: expected one per budget "
                        f"({len(self.budgets)})")
     if self.lr_at_width is not None and not (len(self.lr_at_width) == 2
-                                             and self.lr_at_width[0] > 0
-                                             and self.lr_at_width[1] > 0):
+                                             and min(self.lr_at_width) > 0):
       raise ValueError(f"lr_at_width {self.lr_at_width!r} is invalid: expected "
                        "(a positive learning rate, a positive width)")
     _check_seeds(self.seeds)
@@ -247,10 +242,8 @@ class LrTransferSpec:
   seeds: tuple[int, ...] = (0,)  # each point once per seed; `transfer` averages the losses
 
   def runs(self) -> list[SweepRun]:
-    """Every (name, overrides) point: mutransfer-<parameterization>-d<width>-lr<lr>[-s<seed>].
-
-    Seed 0 adds no suffix (and no override), so a one-seed sweep's names stay as they were.
-    """
+    """Every (name, overrides) point: mutransfer-<parameterization>-d<width>-lr<lr>[-s<seed>]
+    (seed 0: no suffix, see _per_seed)."""
     base = _base(self)
     bad = [w for w in self.widths if w <= 0 or w % self.head_dim]
     if bad:
@@ -265,14 +258,13 @@ class LrTransferSpec:
             and "standard" in self.parameterizations):
           continue  # the same runs as standard's, bit for bit
         shape = Shape(width, base.model.n_layers, width // self.head_dim, 0, 0)
+        common = _shape_overrides(shape, base.model)
+        common.append(f"model.parameterization={parameterization}")
+        if parameterization == "mup":
+          common.append(f"model.mup_base_width={mup_base}")
         for lr in self.lrs:
-          overrides = _shape_overrides(shape, base.model)
-          overrides.append(f"model.parameterization={parameterization}")
-          if parameterization == "mup":
-            overrides.append(f"model.mup_base_width={mup_base}")
-          overrides += [f"optim.lr={lr:g}", *self.extra]
           name = f"mutransfer-{parameterization}-d{width}-lr{sci(lr)}"
-          out += _per_seed(name, overrides, self.seeds)
+          out += _per_seed(name, common + [f"optim.lr={lr:g}", *self.extra], self.seeds)
     return out
 
 

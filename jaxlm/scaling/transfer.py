@@ -44,11 +44,10 @@ def read(path: str) -> list[dict]:
       if not row["d_model"] or not row["lr"] or row.get("status") in _NOT_DONE:
         continue  # planned, still running or cut off: not a result yet
       ok = row.get("status", "ok") == "ok" and row["loss"] not in ("", None)
-      base = row.get("mup_base_width") or ""
+      base = row.get("mup_base_width")
       rows.append({"name": row.get("name", ""), "parameterization": row["parameterization"],
                    "d_model": int(row["d_model"]), "lr": float(row["lr"]),
-                   "loss": float(row["loss"]) if ok else None,
-                   "status": row.get("status", "ok"),
+                   "loss": float(row["loss"]) if ok else None, "status": row.get("status", "ok"),
                    "mup_base_width": int(base) if base else None,
                    "seed": int(row.get("seed") or 0)})
   return rows
