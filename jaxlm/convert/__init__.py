@@ -7,11 +7,13 @@
 safetensors: one file or shards with an index) of a GPT2LMHeadModel,
 LlamaForCausalLM or MistralForCausalLM and writes a new jaxlm run (config.json
 and an Orbax checkpoint at step 0) that `python -m jaxlm.generate` and
-`python -m jaxlm.evaluate` read. `--to_hf` writes a run's checkpoint as
-config.json and model.safetensors that `transformers.AutoModelForCausalLM.
-from_pretrained` loads, and for a byte-level run a tokenizer.json that
-`AutoTokenizer` loads (jaxlm/convert/hf_tokenizer.py). Other tokenizers are not
-converted: a run imported with `--from_hf` names jaxlm's byte tokenizer. Unsupported options are errors that name the key.
+`python -m jaxlm.evaluate` read, with the model's own tokenizer files copied
+into it where jaxlm can use them (else it names jaxlm's byte tokenizer).
+`--to_hf` writes a run's checkpoint as config.json and model.safetensors that
+`transformers.AutoModelForCausalLM.from_pretrained` loads, with a tokenizer.json
+that `AutoTokenizer` loads: the byte tokenizer's twin (hf_tokenizer.py) or the
+copied Hugging Face files (a sentencepiece tokenizer is not converted).
+Unsupported options are errors that name the key.
 """
 
 from jaxlm.convert.hf import from_hf, model_config, read_hf, to_hf

@@ -231,12 +231,16 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
   return [row[row >= 0] for row in out_BM]
 
 
-def stream(params, config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-           **options) -> Iterator[np.ndarray]:
-  """Like generate() (the same keyword options), but yields each step's tokens (B,) as drawn;
-  -1 marks an ended row. Inputs are checked on the call, not on the first token."""
-  sampling, key, shard, stops, blocks = _prepare(params, config, prompts, max_new_tokens,
-                                                 **options)
+def stream(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
+           max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, seed: int = 0, eos_id: int | None = None, mesh=None,
+           rules=None, vocab_limit: int = 0, start_id: int | None = None,
+           source_len: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[np.ndarray]:
+  """Like generate(), but yields each step's tokens (B,) as drawn; -1 marks an ended row.
+  Inputs are checked on the call, not on the first token."""
+  sampling, key, shard, stops, blocks = _prepare(
+      params, config, prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, mesh,
+      rules, vocab_limit, start_id, source_len, stop_ids)
 
   def run(inputs, done_B, i0, n, n_max):
     tok_B, done_B, cache = _first(params, inputs, done_B, key, i0, sampling, stops,
