@@ -437,6 +437,9 @@ def replace(config, **changes):
   flat, nested = {}, {}
   for key, value in changes.items():
     head, _, rest = key.partition(".")
-    (nested.setdefault(head, {}) if rest else flat)[rest or key] = value
+    if rest:
+      nested.setdefault(head, {})[rest] = value
+    else:
+      flat[key] = value
   flat.update({head: replace(getattr(config, head), **sub) for head, sub in nested.items()})
   return dataclasses.replace(config, **flat)

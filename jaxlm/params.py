@@ -63,7 +63,9 @@ def abstract_params(specs: dict, dtype, shardings=None) -> dict:
   allocating anything.
   """
   struct = lambda s, sh=None: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype), sharding=sh)
-  return jax.tree.map(struct, specs, *(() if shardings is None else (shardings,)), is_leaf=is_spec)
+  if shardings is None:
+    return jax.tree.map(struct, specs, is_leaf=is_spec)
+  return jax.tree.map(struct, specs, shardings, is_leaf=is_spec)
 
 
 def param_count(specs: dict) -> dict[str, int]:

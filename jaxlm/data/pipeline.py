@@ -116,7 +116,8 @@ def make_example(stream, start: int, seq_len: int, eos_id: int) -> dict:
   """One packed example from stream[start : start + seq_len + 1], zero-padded at the end."""
   window, doc = stream.window(start, seq_len + 1)
   valid = len(window)
-  window, doc = (np.pad(a, (0, seq_len + 1 - valid)) for a in (window, doc))
+  if valid < seq_len + 1:  # the stream's end: most windows are whole (np.pad copies)
+    window, doc = (np.pad(a, (0, seq_len + 1 - valid)) for a in (window, doc))
   inputs, targets = window[:-1], window[1:]
   segment_ids = doc[:-1]
   # Position within the document, restarting where the segment id changes.

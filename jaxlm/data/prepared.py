@@ -278,7 +278,7 @@ def merge(spec: str, out: str, tokenizer: TokenizerSpec, options: Options = Opti
   records = [_done(out, i) for i in range(n)]
   missing = [i for i, r in enumerate(records) if r is None]
   if missing:
-    listed = ", ".join([_shard_name(i) for i in missing[:8]] + ["..."] * (len(missing) > 8))
+    listed = ", ".join(_shard_name(i) for i in missing[:8]) + (", ..." if len(missing) > 8 else "")
     raise ValueError(f"--out={out}: {len(missing)} of {n} shards are not prepared yet "
                      f"({listed}); shard i is prepare task i % --num_tasks's part: rerun "
                      "those tasks, then --merge")

@@ -226,8 +226,8 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
                      n_max=n_max, shard=shard)
     yield np.asarray(out_BM)[:, :n]
 
-  blocks = list(blocks(run))
-  out_BM = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(prompts), 0), np.int32)
+  new = list(blocks(run))
+  out_BM = np.concatenate(new, axis=1) if new else np.zeros((len(prompts), 0), np.int32)
   return [row[row >= 0] for row in out_BM]
 
 

@@ -46,7 +46,7 @@ class Run:
   tokenizer: Any
   trainer: Trainer
   dataset: Any
-  checkpoints: Any = None  # the Orbax CheckpointManager of workdir
+  checkpoints: Any         # the Orbax CheckpointManager of workdir
   restored: Any = None     # (state, data iterator state) of the checkpoint resumed from
   branched: bool = False   # restored is init.from_workdir's at init.from_step (a new branch)
   harness: Any = None      # (params, beat) -> {task: {metric: value}}: train.harness_tasks
