@@ -34,7 +34,6 @@ import re
 import sys
 import statistics
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,13 +113,7 @@ def main():
   layers, width = tt.parse_size(args.size)
   config = config_io.apply_overrides(tt.make_config(layers, width, args), args.set)
   step = tt.jaxlm_step(config, tt.token_batches(config, 2))
-  for i in range(2):
-    step(i)
-  times = []
-  for i in range(args.steps):
-    start = time.perf_counter()
-    step(i)
-    times.append(time.perf_counter() - start)
+  times = tt.time_steps({"jaxlm": step}, 2, args.steps)["jaxlm"]["times"]
   print(f"step: median {statistics.median(times) * 1e3:.0f} ms of {args.steps} "
         f"(min {min(times) * 1e3:.0f}, max {max(times) * 1e3:.0f}), untraced")
   out = tempfile.mkdtemp(prefix="jaxlm_profile_")
@@ -186,13 +179,7 @@ def profile_torch(config, args) -> None:
     torch.set_num_threads(args.threads)
   args.gpu = False
   step, _ = tt.torch_step(config, tt.token_batches(config, 2), args)
-  for i in range(2):
-    step(i)
-  times = []
-  for i in range(args.steps):
-    start = time.perf_counter()
-    step(i)
-    times.append(time.perf_counter() - start)
+  times = tt.time_steps({"torch": step}, 2, args.steps)["torch"]["times"]
   with profile(activities=[ProfilerActivity.CPU]) as prof:
     for i in range(args.steps):
       step(i)
