@@ -194,8 +194,10 @@ def _lookup(table, ids_BT: jax.Array, rows_axis: str) -> jax.Array:
   # and a plain constraint all-reduces the gradient whole instead. A step that
   # differentiates the tables gives each device a copy instead (device_tables).
   if sharding.axis_size("tensor") == 1:
-    return jnp.take(sharding.gathered(table, (rows_axis, "embed")), ids_BT, axis=0)
-  return jnp.take(sharding.constrain(table, (rows_axis, "act_embed")), ids_BT, axis=0)
+    table = sharding.gathered(table, (rows_axis, "embed"))
+  else:
+    table = sharding.constrain(table, (rows_axis, "act_embed"))
+  return jnp.take(table, ids_BT, axis=0)
 
 
 def device_tables(params: dict, config: ModelConfig, shape_BT: tuple[int, int],

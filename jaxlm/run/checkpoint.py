@@ -216,15 +216,20 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
       "expected a complete checkpoint of the same model, or use --overwrite to start over")
 
 
+def _step_metadata(mngr: ocp.CheckpointManager, step: int):
+  """Orbax's metadata of saved step `step`, or None if there is no such step."""
+  return mngr.metadata(step) if step in mngr.all_steps() else None
+
+
 def saved_metrics(mngr: ocp.CheckpointManager, step: int) -> dict | None:
   """The evaluation metrics saved with `step`, or None if it had none."""
-  meta = mngr.metadata(step) if step in mngr.all_steps() else None
+  meta = _step_metadata(mngr, step)
   return (meta and meta.metrics) or None
 
 
 def saved_wall_seconds(mngr: ocp.CheckpointManager, step: int) -> float | None:
   """The run's wall time when `step` was saved, or None (a checkpoint from before it was kept)."""
-  meta = mngr.metadata(step) if step in mngr.all_steps() else None
+  meta = _step_metadata(mngr, step)
   value = ((meta and meta.custom_metadata) or {}).get("wall_seconds")
   return None if value is None else float(value)
 
