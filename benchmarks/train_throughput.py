@@ -8,8 +8,10 @@ For each size (LAYERSxWIDTH, head dim 64), times the real jitted jaxlm Trainer
 step (learned positions, LayerNorm, GELU, biases, tied embeddings, float32,
 AdamW) and benchmarks/torch_gpt.py's PyTorch model with the same shapes, init
 and optimizer, in this one process, on the same random tokens, in alternating
-blocks of steps. Reports the median step time after warm-up as tokens/s and the ratio
-jaxlm / PyTorch, and writes JSON. Each --variants entry (comma-separated jaxlm
+blocks of steps. Reports the median step time after warm-up as tokens/s, the ratio
+jaxlm / PyTorch, and the range of that ratio over the rounds (each round's two blocks
+compared: on a shared VM it shows how far the machine's drift moves one figure), and
+writes JSON. Each --variants entry (comma-separated jaxlm
 config overrides) gives one jaxlm row against the same PyTorch run; --check
 first confirms that both models compute the same loss from the same params.
 On a GPU it also reports MFU (see benchmarks/mfu.py).
@@ -80,6 +82,10 @@ def time_steps(steps: dict, n_warmup: int, n_steps: int, rounds: int = 1) -> dic
         out[name]["times"].append(time.perf_counter() - t)
   for r in out.values():
     r["step_s"] = float(np.median(r["times"]))
+    # Each block's median: two contenders' blocks of one round ran a minute apart at
+    # most, so their ratio round by round shows how far the machine's drift moves it.
+    r["block_s"] = [float(np.median(r["times"][i:i + n_steps]))
+                    for i in range(0, len(r["times"]), n_steps)]
   return out
 
 
@@ -232,15 +238,17 @@ def main():
         f"AdamW; median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up; "
         f"{torch.get_num_threads()} PyTorch threads")
   header = ["model", "params", "jaxlm variant", "jaxlm tokens/s", "PyTorch tokens/s",
-            "jaxlm / PyTorch"] + (["jaxlm MFU", "PyTorch MFU"] if peak else [])
+            "jaxlm / PyTorch", "per round"] + (["jaxlm MFU", "PyTorch MFU"] if peak else [])
   table = []
   for row in rows:
     t = row["torch"]
     for variant in args.variants:
       j = row[f"jaxlm {variant}"]
+      j["round_ratios"] = [tb / jb for jb, tb in zip(j["block_s"], t["block_s"])]
       table.append([f"{row['layers']} x {row['width']}", f"{row['params_jaxlm'] / 1e6:.2f}M",
                     variant, f"{j['tokens_per_sec']:,.0f}", f"{t['tokens_per_sec']:,.0f}",
-                    f"{j['tokens_per_sec'] / t['tokens_per_sec']:.2f}"]
+                    f"{j['tokens_per_sec'] / t['tokens_per_sec']:.2f}",
+                    f"{min(j['round_ratios']):.2f}-{max(j['round_ratios']):.2f}"]
                    + ([f"{j['mfu']:.1%}", f"{t['mfu']:.1%}"] if peak else []))
   print(report.table(header, table))
   report.write(args.out, {
