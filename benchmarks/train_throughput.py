@@ -11,8 +11,8 @@ and optimizer, in this one process, on the same random tokens, in alternating
 blocks of steps. Reports the median step time after warm-up as tokens/s, the ratio
 jaxlm / PyTorch, and the range of that ratio over the rounds (each round's two blocks
 compared: on a shared VM it shows how far the machine's drift moves one figure), and
-writes JSON. Each --variants entry (comma-separated jaxlm
-config overrides) gives one jaxlm row against the same PyTorch run; --check
+writes JSON. Each --variants entry (comma-separated jaxlm config overrides) gives one
+jaxlm row against the same PyTorch run; --check
 first confirms that both models compute the same loss from the same params.
 On a GPU it also reports MFU (see benchmarks/mfu.py).
 """
@@ -82,8 +82,8 @@ def time_steps(steps: dict, n_warmup: int, n_steps: int, rounds: int = 1) -> dic
         out[name]["times"].append(time.perf_counter() - t)
   for r in out.values():
     r["step_s"] = float(np.median(r["times"]))
-    # Each block's median: two contenders' blocks of one round ran a minute apart at
-    # most, so their ratio round by round shows how far the machine's drift moves it.
+    # Each block's median: the contenders' blocks of one round ran back to back, so
+    # their ratio round by round shows how far the machine's drift moves it.
     r["block_s"] = [float(np.median(r["times"][i:i + n_steps]))
                     for i in range(0, len(r["times"]), n_steps)]
   return out
@@ -229,6 +229,9 @@ def main():
       r = row[key]
       r["tokens_per_sec"] = tokens_per_step / r["step_s"]
       r["mfu"] = r["tokens_per_sec"] * per_token / peak if peak else None
+    for variant in args.variants:
+      j = row[f"jaxlm {variant}"]
+      j["round_ratios"] = [tb / jb for jb, tb in zip(j["block_s"], row["torch"]["block_s"])]
     print(f"{size}: params jaxlm {counts['total']:,} torch {row['params_torch']:,} "
           f"({'match' if counts['total'] == row['params_torch'] else 'MISMATCH'}); "
           f"load {row['load_before']:.2f} -> {row['load_after']:.2f}", flush=True)
@@ -244,7 +247,6 @@ def main():
     t = row["torch"]
     for variant in args.variants:
       j = row[f"jaxlm {variant}"]
-      j["round_ratios"] = [tb / jb for jb, tb in zip(j["block_s"], t["block_s"])]
       table.append([f"{row['layers']} x {row['width']}", f"{row['params_jaxlm'] / 1e6:.2f}M",
                     variant, f"{j['tokens_per_sec']:,.0f}", f"{t['tokens_per_sec']:,.0f}",
                     f"{j['tokens_per_sec'] / t['tokens_per_sec']:.2f}",
