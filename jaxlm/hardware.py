@@ -149,16 +149,21 @@ def devices(name: str) -> tuple[Slice, list]:
   return spec, list(desc.devices)
 
 
+def _tpu_attached() -> bool:
+  """Whether this machine has a TPU JAX could open: libtpu installed and a TPU VM's device
+  files present (/dev/accel* on v4 / v5e, /dev/vfio/N on v5p / v6e). libtpu alone, as
+  the topology extra installs it, only compiles for slices elsewhere."""
+  return bool(importlib.util.find_spec("libtpu")
+              and (glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
+
+
 def cpu_only() -> bool:
   """Whether JAX can only run on CPU here: JAX_PLATFORMS says so, or no GPU plugin is
-  installed and no TPU is attached. A TPU is attached where libtpu is installed and a TPU
-  VM's device files are present (/dev/accel* on v4 / v5e, /dev/vfio/N on v5p / v6e);
-  libtpu alone, as the topology extra installs it, only compiles for slices elsewhere."""
+  installed and no TPU is attached."""
   platforms = os.environ.get("JAX_PLATFORMS", "")
   if platforms:
     return platforms.split(",")[0].strip() == "cpu"
-  return not (importlib.util.find_spec("jax_plugins") or (importlib.util.find_spec("libtpu") and (
-      glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))))
+  return not (importlib.util.find_spec("jax_plugins") or _tpu_attached())
 
 
 def chip_of(device) -> Chip | None:

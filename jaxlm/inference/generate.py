@@ -150,9 +150,8 @@ def _sources(config: ModelConfig, sources, max_new_tokens: int, start_id: int,
           "start": np.full((len(sources),), start_id, np.int32)}
 
 
-def _prepare(params, config: ModelConfig, prompts, max_new_tokens, temperature=1.0, top_k=0,
-             top_p=1.0, seed=0, eos_id=None, mesh=None, rules=None, vocab_limit=0,
-             start_id=None, source_len=None, stop_ids=()):
+def _prepare(params, config: ModelConfig, prompts, max_new_tokens, temperature, top_k, top_p,
+             seed, eos_id, mesh, rules, vocab_limit, start_id, source_len, stop_ids):
   """Checks inputs at the boundary; returns what both drivers pass to the jitted steps, and
   blocks(run): the blocks of new tokens `run` yields over the whole generation."""
   if ("encoder" in params) != bool(config.encoder_layers):

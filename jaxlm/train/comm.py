@@ -65,10 +65,18 @@ class Collective:
         self.array_bytes
 
 
+_ITEMSIZE = {"pred": 1, "bf16": 2}
+
+
+def _itemsize(dtype: str) -> int:
+  """Bytes of one element of an HLO type: pred, bf16, f8*, or the bits its name gives."""
+  if dtype in _ITEMSIZE:
+    return _ITEMSIZE[dtype]
+  return 1 if dtype.startswith("f8") else int(re.sub(r"\D", "", dtype)) // 8
+
+
 def _array_bytes(shape: str) -> list[int]:
-  itemsize = lambda t: ({"pred": 1, "bf16": 2}.get(t) or (1 if t.startswith("f8") else
-                                                           int(re.sub(r"\D", "", t)) // 8))
-  return [math.prod(int(d) for d in dims.split(",") if d) * itemsize(dtype)
+  return [math.prod(int(d) for d in dims.split(",") if d) * _itemsize(dtype)
           for dtype, dims in _ARRAY.findall(shape)]
 
 
