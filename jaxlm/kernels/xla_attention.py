@@ -8,8 +8,10 @@ Grouped-query products without repeating K/V, a float32 softmax, causal
 attention by query blocks that skip the fully masked key blocks, and a
 custom VJP (_attend_blocks) whose every product contracts the last axis of its
 left operand and the first of its right one: the only layout XLA's CPU backend
-runs in YNNPACK rather than in Eigen at about half the speed. Its jnp
-reference is kernels/reference.py.
+runs in YNNPACK rather than in Eigen at about half the speed. The custom VJP
+takes and gives the callers' (B, T, N, H) layout and makes the heads-major
+copies itself, so that it can hand dQ, dK and dV back materialized once (left
+to XLA, each consumer recomputed them). Its jnp reference is kernels/reference.py.
 """
 
 from __future__ import annotations
@@ -74,12 +76,7 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, 
       mask = jnp.broadcast_to(m[:, None], (m.shape[0], G, b - a, end)).reshape(
           m.shape[0], 1, G * (b - a), end)
     masks.append(mask)
-  # Heads-major layout, so that a query block is a slice of T.
-  q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
-  o_BKGTH, max_logit = _attend_blocks(q_BKGTH, k_BSKH.transpose(0, 2, 1, 3),
-                                      v_BSKH.transpose(0, 2, 1, 3), tuple(masks), tuple(spans),
-                                      scale)
-  o_BTNH = o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+  o_BTNH, max_logit = _attend_blocks(q_BTNH, k_BSKH, v_BSKH, tuple(masks), tuple(spans), scale)
   return (o_BTNH, max_logit) if return_max_logit else o_BTNH
 
 
@@ -105,15 +102,24 @@ def _query_block(x_BKGTH, a, b):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attend_blocks(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
+def _attend_blocks(q_BTNH, k_BSKH, v_BSKH, masks, spans, scale):
   """(Attention of each query block (a, b) over keys [0, end), the largest unmasked score);
   spans = ((a, b, end), ...)."""
-  return _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale)[0]
+  return _attend_blocks_fwd(q_BTNH, k_BSKH, v_BSKH, masks, spans, scale)[0]
 
 
-def _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
-  B, K, G, _, H = q_BKGTH.shape
-  k_BKHS = _transposed_copy(k_BKSH)
+def _heads_major(x_BTKH):
+  return x_BTKH.transpose(0, 2, 1, 3)
+
+
+def _attend_blocks_fwd(q_BTNH, k_BSKH, v_BSKH, masks, spans, scale):
+  B, T, N, H = q_BTNH.shape
+  K = k_BSKH.shape[2]
+  G = N // K
+  # Heads-major layout, so that a query block is a slice of T.
+  q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  k_BKHS = jax.lax.optimization_barrier(k_BSKH.transpose(0, 2, 3, 1))
+  v_BKSH = _heads_major(v_BSKH)
   outs, probs, maxes = [], [], []
   for (a, b, end), mask in zip(spans, masks):
     s_BKRS = _bmm(_query_block(q_BKGTH, a, b), k_BKHS[..., :end], jnp.float32) * scale
@@ -128,23 +134,26 @@ def _attend_blocks_fwd(q_BKGTH, k_BKSH, v_BKSH, masks, spans, scale):
     o_BKRH = _bmm(p_BKRS.astype(v_BKSH.dtype), v_BKSH[:, :, :end])
     outs.append(o_BKRH.reshape(B, K, G, b - a, H))
   o_BKGTH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-  return (o_BKGTH, jnp.max(jnp.stack(maxes))), (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs))
+  o_BTNH = o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+  return (o_BTNH, jnp.max(jnp.stack(maxes))), (q_BKGTH, k_BSKH, v_BSKH, masks, tuple(probs))
 
 
 def _attend_blocks_bwd(spans, scale, residuals, cotangents):
-  do_BKGTH, _ = cotangents  # the largest score is a statistic: no gradient flows from it
-  q_BKGTH, k_BKSH, v_BKSH, masks, probs = residuals
-  B, K, G, _, H = q_BKGTH.shape
-  S = k_BKSH.shape[2]
+  do_BTNH, _ = cotangents  # the largest score is a statistic: no gradient flows from it
+  q_BKGTH, k_BSKH, v_BSKH, masks, probs = residuals
+  B, K, G, T, H = q_BKGTH.shape
+  S = k_BSKH.shape[1]
+  do_BKGTH = do_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
   # dS times K and Q: in the inputs' dtype, as the forward's products, but not in
   # float16, where small score gradients would underflow (no loss scaling here).
-  ds_dtype = jnp.promote_types(q_BKGTH.dtype, k_BKSH.dtype)
+  ds_dtype = jnp.promote_types(q_BKGTH.dtype, k_BSKH.dtype)
   ds_dtype = jnp.float32 if ds_dtype == jnp.float16 else ds_dtype
-  v_BKHS = _transposed_copy(v_BKSH)
+  k_BKSH = _heads_major(k_BSKH)
+  v_BKHS = _transposed_copy(_heads_major(v_BSKH))
   dq_blocks, dk_parts, dv_parts = [], [], []  # dK, dV transposed: each product is canonical
   for (a, b, end), mask, p_BKRS in zip(spans, masks, probs):
     do_BKRH = _query_block(do_BKGTH, a, b)
-    dv_parts.append(_bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BKSH.dtype), jnp.float32))
+    dv_parts.append(_bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BSKH.dtype), jnp.float32))
     dp_BKRS = _bmm(do_BKRH, v_BKHS[..., :end], jnp.float32)
     ds_BKRS = p_BKRS * (dp_BKRS - jnp.sum(dp_BKRS * p_BKRS, axis=-1, keepdims=True))
     if mask is not None:  # as autodiff of the where: no gradient into masked scores
@@ -155,15 +164,30 @@ def _attend_blocks_bwd(spans, scale, residuals, cotangents):
     q_BKHR = _transposed_copy(_query_block(q_BKGTH, a, b)).astype(ds_dtype)
     dk_parts.append(_bmm(q_BKHR, ds_BKRS, jnp.float32))
   dq_BKGTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=3)
-  # Each block's keys are a prefix [0, end): pad to S and add (no zeros of an
-  # unsharded shape to scatter into, which a mesh with explicit axes rejects).
-  pad = lambda x: jnp.pad(x, ((0, 0),) * 3 + ((0, S - x.shape[3]),))
-  dk_BKHS, dv_BKHS = sum(map(pad, dk_parts)), sum(map(pad, dv_parts))
-  # The barrier keeps XLA from folding the transposes below into the products,
-  # which would leave them in a layout (and, for bfloat16, a type) only Eigen takes.
-  dk_BKHS, dv_BKHS = jax.lax.optimization_barrier((dk_BKHS, dv_BKHS))
-  return (dq_BKGTH.astype(q_BKGTH.dtype), jnp.swapaxes(dk_BKHS, -1, -2).astype(k_BKSH.dtype),
-          jnp.swapaxes(dv_BKHS, -1, -2).astype(v_BKSH.dtype), None)
+  dq_BTNH = dq_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, K * G, H)
+  dk_BSKH, dv_BSKH = (_keys_major(_sum_prefixes(parts, S)) for parts in (dk_parts, dv_parts))
+  # Materialized once, in the layout of the projections' gradients: without the
+  # barrier XLA fuses the sum and transpose into each consumer and computes them twice.
+  dq_BTNH, dk_BSKH, dv_BSKH = jax.lax.optimization_barrier((dq_BTNH, dk_BSKH, dv_BSKH))
+  return (dq_BTNH.astype(q_BKGTH.dtype), dk_BSKH.astype(k_BSKH.dtype),
+          dv_BSKH.astype(v_BSKH.dtype), None)
+
+
+def _keys_major(x_BKHS):
+  return x_BKHS.transpose(0, 3, 1, 2)
+
+
+def _sum_prefixes(parts, S):
+  """Σ of parts (B, K, H, end_i) over [0, end_i) of S: each key range [e, e') summed
+  over the parts that reach it, the ranges joined (no zero-padded copies)."""
+  ends = sorted({p.shape[3] for p in parts})
+  if ends[-1] != S:
+    raise ValueError(f"no part covers all {S} keys")
+  pieces, start = [], 0
+  for e in ends:
+    pieces.append(sum(p[..., start:e] for p in parts if p.shape[3] >= e))
+    start = e
+  return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=3)
 
 
 _attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
