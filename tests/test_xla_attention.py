@@ -84,8 +84,8 @@ def test_bfloat16_keeps_dtypes_and_tracks_float32():
 
 def test_every_product_has_the_layout_ynnpack_takes():
   # XLA's CPU backend sends a product to YNNPACK only when it contracts the
-  # last axis of the left and the first non-batch axis of the right operand;
-  # others run in Eigen at about half the speed. Forward and backward of
+  # last axis of the left operand (and the first or last non-batch axis of the
+  # right one); others run in Eigen at about half the speed. Forward and backward of
   # xla_attention must leave no such product to Eigen.
   q, k, v = _qkv(B=2, T=256, S=256, N=4, K=2, H=64)
   f = jax.jit(jax.grad(lambda q, k, v: jnp.sum(xla_attention(q, k, v, is_causal=True)),

@@ -7,8 +7,10 @@ kv head, H head dim, R rows of one block's product (its G * t stacked queries).
 Grouped-query products without repeating K/V, a float32 softmax, causal
 attention by query blocks that skip the fully masked key blocks, and a
 custom VJP (_attend_blocks) whose every product contracts the last axis of its
-left operand and the first of its right one: the only layout XLA's CPU backend
-runs in YNNPACK rather than in Eigen at about half the speed. The custom VJP
+left operand (and the first or the last of its right one): the layouts XLA's
+CPU backend runs in YNNPACK rather than in Eigen at about half the speed. The
+scores and dP read K and V as they come (contracted on their last axis), so only
+Q and dO are copied with their last two axes swapped, for dK and dV. The custom VJP
 takes and gives the callers' (B, T, N, H) layout and makes the heads-major
 copies itself, so that it can hand dQ, dK and dV back materialized once (left
 to XLA, each consumer recomputed them). Its jnp reference is kernels/reference.py.
@@ -83,11 +85,17 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, *, is_causal=False, segment_ids=None, 
 def _bmm(a, b, dtype=None):
   """(B, K, M, C) @ (B, K, C, N): the contraction last in a and first in b.
 
-  XLA's CPU backend hands products in this layout to YNNPACK; with a
-  transposed operand it falls back to Eigen, and the attention's forward and
-  backward ran 15-27% slower (docs/benchmarks.md, CPU section).
+  XLA's CPU backend hands products in this layout (and _bmm_t's) to YNNPACK; with
+  the left operand transposed it falls back to Eigen, and the attention's forward
+  and backward ran 15-27% slower (docs/benchmarks.md, CPU section).
   """
   return jax.lax.dot_general(a, b, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=dtype)
+
+
+def _bmm_t(a, b, dtype=None):
+  """(B, K, M, C) @ (B, K, N, C)^T: the contraction last in both, which YNNPACK also
+  takes as it comes (a^T @ b, the contraction first in both, it does not)."""
+  return jax.lax.dot_general(a, b, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=dtype)
 
 
 def _transposed_copy(x):
@@ -118,11 +126,10 @@ def _attend_blocks_fwd(q_BTNH, k_BSKH, v_BSKH, masks, spans, scale):
   G = N // K
   # Heads-major layout, so that a query block is a slice of T.
   q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
-  k_BKHS = jax.lax.optimization_barrier(k_BSKH.transpose(0, 2, 3, 1))
-  v_BKSH = _heads_major(v_BSKH)
+  k_BKSH, v_BKSH = _heads_major(k_BSKH), _heads_major(v_BSKH)
   outs, probs, maxes = [], [], []
   for (a, b, end), mask in zip(spans, masks):
-    s_BKRS = _bmm(_query_block(q_BKGTH, a, b), k_BKHS[..., :end], jnp.float32) * scale
+    s_BKRS = _bmm_t(_query_block(q_BKGTH, a, b), k_BKSH[:, :, :end], jnp.float32) * scale
     if mask is not None:
       s_BKRS = jnp.where(mask, s_BKRS, MASKED)
     # jax.nn.softmax's own steps, keeping its row maxima (a fully masked row's is MASKED).
@@ -135,26 +142,24 @@ def _attend_blocks_fwd(q_BTNH, k_BSKH, v_BSKH, masks, spans, scale):
     outs.append(o_BKRH.reshape(B, K, G, b - a, H))
   o_BKGTH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
   o_BTNH = o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
-  return (o_BTNH, jnp.max(jnp.stack(maxes))), (q_BKGTH, k_BSKH, v_BSKH, masks, tuple(probs))
+  return (o_BTNH, jnp.max(jnp.stack(maxes))), (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs))
 
 
 def _attend_blocks_bwd(spans, scale, residuals, cotangents):
   do_BTNH, _ = cotangents  # the largest score is a statistic: no gradient flows from it
-  q_BKGTH, k_BSKH, v_BSKH, masks, probs = residuals
+  q_BKGTH, k_BKSH, v_BKSH, masks, probs = residuals
   B, K, G, T, H = q_BKGTH.shape
-  S = k_BSKH.shape[1]
+  S = k_BKSH.shape[2]
   do_BKGTH = do_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
   # dS times K and Q: in the inputs' dtype, as the forward's products, but not in
   # float16, where small score gradients would underflow (no loss scaling here).
-  ds_dtype = jnp.promote_types(q_BKGTH.dtype, k_BSKH.dtype)
+  ds_dtype = jnp.promote_types(q_BKGTH.dtype, k_BKSH.dtype)
   ds_dtype = jnp.float32 if ds_dtype == jnp.float16 else ds_dtype
-  k_BKSH = _heads_major(k_BSKH)
-  v_BKHS = _transposed_copy(_heads_major(v_BSKH))
   dq_blocks, dk_parts, dv_parts = [], [], []  # dK, dV transposed: each product is canonical
   for (a, b, end), mask, p_BKRS in zip(spans, masks, probs):
     do_BKRH = _query_block(do_BKGTH, a, b)
-    dv_parts.append(_bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BSKH.dtype), jnp.float32))
-    dp_BKRS = _bmm(do_BKRH, v_BKHS[..., :end], jnp.float32)
+    dv_parts.append(_bmm(_transposed_copy(do_BKRH), p_BKRS.astype(v_BKSH.dtype), jnp.float32))
+    dp_BKRS = _bmm_t(do_BKRH, v_BKSH[:, :, :end], jnp.float32)
     ds_BKRS = p_BKRS * (dp_BKRS - jnp.sum(dp_BKRS * p_BKRS, axis=-1, keepdims=True))
     if mask is not None:  # as autodiff of the where: no gradient into masked scores
       ds_BKRS = jnp.where(mask, ds_BKRS, 0.0)
@@ -169,8 +174,8 @@ def _attend_blocks_bwd(spans, scale, residuals, cotangents):
   # Materialized once, in the layout of the projections' gradients: without the
   # barrier XLA fuses the sum and transpose into each consumer and computes them twice.
   dq_BTNH, dk_BSKH, dv_BSKH = jax.lax.optimization_barrier((dq_BTNH, dk_BSKH, dv_BSKH))
-  return (dq_BTNH.astype(q_BKGTH.dtype), dk_BSKH.astype(k_BSKH.dtype),
-          dv_BSKH.astype(v_BSKH.dtype), None)
+  return (dq_BTNH.astype(q_BKGTH.dtype), dk_BSKH.astype(k_BKSH.dtype),
+          dv_BSKH.astype(v_BKSH.dtype), None)
 
 
 def _keys_major(x_BKHS):
