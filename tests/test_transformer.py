@@ -338,3 +338,25 @@ def test_qk_norm_bounds_the_attention_scores():
   off = described(transformer.param_specs(tiny_model()))
   assert set(on) - set(off) == {"layers/attn/q_norm/scale", "layers/attn/k_norm/scale"}
   assert {k: on[k] for k in off} == off
+
+
+@pytest.mark.parametrize("dtype,out_dtype", [(jnp.float32, None), (jnp.bfloat16, jnp.float32)])
+def test_matmul_gradient_equals_autodiff_and_stays_in_ynnpack(dtype, out_dtype):
+  # layers.matmul computes the weight gradient of a narrow input from a copy of x
+  # with its axes swapped, so that on CPU the product has the layout YNNPACK takes;
+  # values and dtypes must be those of plain jnp.matmul's autodiff.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((512, 64)), dtype)
+  w = jnp.asarray(rng.standard_normal((64, 192)), dtype)
+  loss = lambda mm: lambda x, w: jnp.sum(jnp.sin(mm(x, w).astype(jnp.float32)))
+  ours = jax.jit(jax.grad(loss(lambda x, w: layers.matmul(x, w, out_dtype)), (0, 1)))
+  plain = jax.grad(loss(lambda x, w: jnp.matmul(x, w, preferred_element_type=out_dtype)), (0, 1))
+  tol = 1e-4 if dtype == jnp.float32 else 2e-2  # the products sum in another order
+  for a, b in zip(ours(x, w), plain(x, w)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=tol, atol=tol)
+  if jax.default_backend() == "cpu" and dtype == jnp.float32:
+    hlo = ours.lower(x, w).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]  # YNNPACK's products sit in fused computations
+    assert not [line for line in entry[:entry.index("\n}")].splitlines() if " dot(" in line]

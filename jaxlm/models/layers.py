@@ -7,6 +7,7 @@ J chunks of them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -73,14 +74,53 @@ def dense(x: jax.Array, w, n_in: int = 1, out_dtype=None) -> jax.Array:
   than the same product on (B*T, D) matrices (measured; docs/benchmarks.md).
   w may be a sharding.Split (a layer's weight under FSDP on CPU: transformer.layer_stack).
   """
-  def matmul(x, w):
+  def product(x, w):
     lead, k = x.shape[:x.ndim - n_in], math.prod(x.shape[x.ndim - n_in:])
-    y = jnp.matmul(x.reshape(-1, k), w.astype(x.dtype).reshape(k, -1),
-                   preferred_element_type=out_dtype)
+    y = matmul(x.reshape(-1, k), w.astype(x.dtype).reshape(k, -1), out_dtype)
     return y.reshape(*lead, *w.shape[n_in:])
 
   split = isinstance(w, sharding.Split)
-  return sharding.split_matmul(matmul, x, w, n_in) if split else matmul(x, w)
+  return sharding.split_matmul(product, x, w, n_in) if split else product(x, w)
+
+
+def matmul(x_RK: jax.Array, w_KN: jax.Array, out_dtype=None) -> jax.Array:
+  """x @ w of 2-D operands, whose weight gradient on CPU has the layout YNNPACK takes.
+
+  The weight gradient x^T dy contracts the first axis of x, a layout XLA's CPU
+  backend leaves to Eigen, at 90-130 GFLOP/s against YNNPACK's 180-200 on the
+  2-core AMD EPYC (docs/benchmarks.md, CPU section). Where x is no wider than
+  the output, it is computed from a copy of x with its axes swapped instead
+  (_matmul_xt); a wider x stays with Eigen: XLA builds the copy inside the fusion
+  that computes x (a GELU's output, say), and a transposed read of a wide row
+  costs more than the product gains. Values and dtypes are those of jnp.matmul.
+  """
+  if sharding.platform() == "cpu" and x_RK.shape[1] <= w_KN.shape[1]:
+    return _matmul_xt(x_RK, w_KN, out_dtype)
+  return jnp.matmul(x_RK, w_KN, preferred_element_type=out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_xt(x_RK, w_KN, out_dtype):
+  return jnp.matmul(x_RK, w_KN, preferred_element_type=out_dtype)
+
+
+def _matmul_xt_fwd(x_RK, w_KN, out_dtype):
+  return _matmul_xt(x_RK, w_KN, out_dtype), (x_RK, w_KN)
+
+
+def _matmul_xt_bwd(out_dtype, residuals, dy_RN):
+  x_RK, w_KN = residuals
+  mm = functools.partial(jnp.matmul, preferred_element_type=out_dtype)
+  dx_RK = jax.vjp(lambda x: mm(x, w_KN), x_RK)[1](dy_RN)[0]
+  # The barrier keeps XLA from folding the swap back into the product (which would
+  # then contract x's first axis again); the product of its swap reads the copy as
+  # (K, R) contracted on its last axis.
+  x_KR = jax.lax.optimization_barrier(x_RK.T)
+  dw_KN = jax.vjp(lambda w: mm(x_KR.T, w), w_KN)[1](dy_RN)[0]
+  return dx_RK, dw_KN
+
+
+_matmul_xt.defvjp(_matmul_xt_fwd, _matmul_xt_bwd)
 
 
 def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
@@ -169,7 +209,7 @@ def cross_entropy(x_BTD: jax.Array, w_DV: jax.Array, targets_BT: jax.Array,
   x_RD, t_R = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
 
   def nll(x_RD, t_R, w_DV):
-    logits_RV = jnp.matmul(x_RD, w_DV.astype(x_RD.dtype), preferred_element_type=jnp.float32)
+    logits_RV = matmul(x_RD, w_DV.astype(x_RD.dtype), jnp.float32)
     picked_R = jnp.take_along_axis(logits_RV, t_R[:, None], axis=-1)[:, 0]
     lse_R = jax.nn.logsumexp(logits_RV, axis=-1)
     return lse_R - picked_R, lse_R
