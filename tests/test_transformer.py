@@ -360,3 +360,13 @@ def test_matmul_gradient_equals_autodiff_and_stays_in_ynnpack(dtype, out_dtype):
     hlo = ours.lower(x, w).compile().as_text()
     entry = hlo[hlo.index("\nENTRY"):]  # YNNPACK's products sit in fused computations
     assert not [line for line in entry[:entry.index("\n}")].splitlines() if " dot(" in line]
+
+
+def test_remat_dots_keeps_the_products_of_layers_matmul(capsys):
+  # A remat policy sees layers.matmul's custom VJP as one opaque call: its output is
+  # named so that model.remat="dots" keeps it, as it keeps plain products.
+  x, w = jnp.ones((32, 16)), jnp.ones((16, 48))
+  f = jax.checkpoint(lambda x, w: jnp.sum(jnp.tanh(layers.matmul(x, w))),
+                     policy=transformer.REMAT_POLICIES["dots"])
+  jax.ad_checkpoint.print_saved_residuals(f, x, w)
+  assert "f32[32,48]" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxlm import sharding
 from jaxlm.params import ParamSpec, normal, ones, zeros
@@ -83,6 +84,9 @@ def dense(x: jax.Array, w, n_in: int = 1, out_dtype=None) -> jax.Array:
   return sharding.split_matmul(product, x, w, n_in) if split else product(x, w)
 
 
+MATMUL_NAME = "layers.matmul"  # the checkpoint_name of matmul's CPU products
+
+
 def matmul(x_RK: jax.Array, w_KN: jax.Array, out_dtype=None) -> jax.Array:
   """x @ w of 2-D operands, whose weight gradient on CPU has the layout YNNPACK takes.
 
@@ -95,7 +99,9 @@ def matmul(x_RK: jax.Array, w_KN: jax.Array, out_dtype=None) -> jax.Array:
   costs more than the product gains. Values and dtypes are those of jnp.matmul.
   """
   if sharding.platform() == "cpu" and x_RK.shape[1] <= w_KN.shape[1]:
-    return _matmul_xt(x_RK, w_KN, out_dtype)
+    # Named, so that model.remat="dots" keeps it as it keeps dot_general outputs
+    # (a remat policy sees a custom VJP as one opaque call).
+    return checkpoint_name(_matmul_xt(x_RK, w_KN, out_dtype), MATMUL_NAME)
   return jnp.matmul(x_RK, w_KN, preferred_element_type=out_dtype)
 
 

@@ -29,7 +29,9 @@ from jaxlm.params import ParamSpec, normal
 # What a layer keeps for the backward pass: "full" keeps only its input (and
 # recomputes the rest), "dots" keeps matmul outputs and recomputes elementwise ops.
 REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+                  "dots": jax.checkpoint_policies.save_from_both_policies(
+                      jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                      jax.checkpoint_policies.save_only_these_names(layers.MATMUL_NAME))}
 
 
 def param_specs(config: ModelConfig) -> dict:
