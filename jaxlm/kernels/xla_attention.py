@@ -120,12 +120,21 @@ def _heads_major(x_BTKH):
   return x_BTKH.transpose(0, 2, 1, 3)
 
 
+def _grouped_heads_major(x_BTNH, K):
+  """(B, K, G, T, H) of queries or their gradient: a query block is then a slice of T."""
+  B, T, N, H = x_BTNH.shape
+  return x_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+
+
+def _tokens_major(x_BKGTH):
+  """(B, T, N, H), the callers' layout, of _grouped_heads_major's."""
+  B, K, G, T, H = x_BKGTH.shape
+  return x_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, K * G, H)
+
+
 def _attend_blocks_fwd(q_BTNH, k_BSKH, v_BSKH, masks, spans, scale):
-  B, T, N, H = q_BTNH.shape
-  K = k_BSKH.shape[2]
-  G = N // K
-  # Heads-major layout, so that a query block is a slice of T.
-  q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  q_BKGTH = _grouped_heads_major(q_BTNH, k_BSKH.shape[2])
+  B, K, G, _, H = q_BKGTH.shape
   k_BKSH, v_BKSH = _heads_major(k_BSKH), _heads_major(v_BSKH)
   outs, probs, maxes = [], [], []
   for (a, b, end), mask in zip(spans, masks):
@@ -141,16 +150,16 @@ def _attend_blocks_fwd(q_BTNH, k_BSKH, v_BSKH, masks, spans, scale):
     o_BKRH = _bmm(p_BKRS.astype(v_BKSH.dtype), v_BKSH[:, :, :end])
     outs.append(o_BKRH.reshape(B, K, G, b - a, H))
   o_BKGTH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-  o_BTNH = o_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
-  return (o_BTNH, jnp.max(jnp.stack(maxes))), (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs))
+  return ((_tokens_major(o_BKGTH), jnp.max(jnp.stack(maxes))),
+          (q_BKGTH, k_BKSH, v_BKSH, masks, tuple(probs)))
 
 
 def _attend_blocks_bwd(spans, scale, residuals, cotangents):
   do_BTNH, _ = cotangents  # the largest score is a statistic: no gradient flows from it
   q_BKGTH, k_BKSH, v_BKSH, masks, probs = residuals
-  B, K, G, T, H = q_BKGTH.shape
+  B, K, G, _, H = q_BKGTH.shape
   S = k_BKSH.shape[2]
-  do_BKGTH = do_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  do_BKGTH = _grouped_heads_major(do_BTNH, K)
   # dS times K and Q: in the inputs' dtype, as the forward's products, but not in
   # float16, where small score gradients would underflow (no loss scaling here).
   ds_dtype = jnp.promote_types(q_BKGTH.dtype, k_BKSH.dtype)
@@ -169,7 +178,7 @@ def _attend_blocks_bwd(spans, scale, residuals, cotangents):
     q_BKHR = _transposed_copy(_query_block(q_BKGTH, a, b)).astype(ds_dtype)
     dk_parts.append(_bmm(q_BKHR, ds_BKRS, jnp.float32))
   dq_BKGTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=3)
-  dq_BTNH = dq_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, K * G, H)
+  dq_BTNH = _tokens_major(dq_BKGTH)
   dk_BSKH, dv_BSKH = (_keys_major(_sum_prefixes(parts, S)) for parts in (dk_parts, dv_parts))
   # Materialized once, in the layout of the projections' gradients: without the
   # barrier XLA fuses the sum and transpose into each consumer and computes them twice.
