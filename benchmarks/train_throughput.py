@@ -5,7 +5,7 @@
       [--variants train.loss_chunk=0 train.loss_chunk=1024,model.remat=dots]
 
 For each size (LAYERSxWIDTH, head dim 64), times the real jitted jaxlm Trainer
-step (learned positions, LayerNorm, GELU, biases, tied embeddings, float32,
+step as the training loop runs it between log steps (learned positions, LayerNorm, GELU, biases, tied embeddings, float32,
 AdamW) and benchmarks/torch_gpt.py's PyTorch model with the same shapes, init
 and optimizer, in this one process, on the same random tokens, in alternating
 blocks of steps. Reports the median step time after warm-up as tokens/s, the ratio
@@ -90,7 +90,9 @@ def time_steps(steps: dict, n_warmup: int, n_steps: int, rounds: int = 1) -> dic
 
 
 def jaxlm_step(config: Config, tokens):
-  """step(i) -> loss of the real jitted Trainer step (as benchmarks/mfu.py times it)."""
+  """step(i) -> loss of the real jitted Trainer step (as benchmarks/mfu.py times it): the
+  one the training loop runs between log steps, without train.layer_stats' statistics (a
+  log step, one in train.log_every, adds them: benchmarks/layer_stats.py)."""
   trainer = Trainer(config, sharding.make_mesh(config.mesh),
                     np.ones(config.model.vocab_size, np.int32))
   state = trainer.init(jax.random.key(0))
@@ -102,11 +104,11 @@ def jaxlm_step(config: Config, tokens):
   holder = {"state": state}
 
   def step(i):
-    holder["state"], m = trainer.step(holder["state"], batches[i % len(batches)])
+    holder["state"], m = trainer.unlogged_step(holder["state"], batches[i % len(batches)])
     return float(m["loss"])  # float() blocks until the step is done
 
   # For benchmarks/profile_step.py: the optimized HLO of this step.
-  step.hlo_text = lambda: trainer.step.lower(holder["state"], batches[0]).compile().as_text()
+  step.hlo_text = lambda: trainer.unlogged_step.lower(holder["state"], batches[0]).compile().as_text()
   return step
 
 

@@ -208,3 +208,22 @@ def test_microbatches_per_data_group_weight_uneven_rows(mesh):
   # per-group loop too.
   for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+
+
+def test_unlogged_step_takes_the_same_step_without_statistics():
+  """The loop's steps between log steps drop the statistics, not the update; with
+  train.layer_stats off there is one step function."""
+  trainer, batch, _ = _setup(tiny_config())
+  logged, m = trainer.step(trainer.init(jax.random.key(0)), batch)
+  unlogged, m2 = trainer.unlogged_step(trainer.init(jax.random.key(0)), batch)
+  assert "layers.attn.wq" in m["stats"] and "max_attention_logit" in m["stats"]
+  assert "stats" not in m2 and float(m2["loss"]) == float(m["loss"])
+  for a, b in zip(*(jax.tree.leaves((s.params, s.opt_state)) for s in (logged, unlogged))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  trainer.compile_steps()  # ahead of time, then called as before
+  assert isinstance(trainer.unlogged_step, jax.stages.Compiled)
+  assert "stats" in trainer.step(logged, batch)[1]
+  quiet = Trainer(tiny_config(**{"train.layer_stats": False}), trainer.mesh, trainer.token_bytes)
+  assert quiet.unlogged_step is quiet.step
+  quiet.compile_steps()
+  assert quiet.unlogged_step is quiet.step

@@ -66,9 +66,8 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
   elif config.init.from_workdir:
     warm_start.check_source(config)
   if plan.device_memory_limit() is not None:  # accelerators: compile ahead, stop if too big
-    compiled = plan.compile_step(trainer)
-    plan.check_fits(compiled, config)
-    trainer.step = compiled
+    trainer.compile_steps()
+    plan.check_fits(trainer.step, config)
   harness = _harness(config, tok, mesh) if config_lib.names(config.train.harness_tasks) else None
   changed = prepare_workdir(config, workdir, mode)
   mngr = checkpoint.manager(workdir, config.checkpoint.keep,
@@ -233,15 +232,18 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       host_batch = next(it)
       waited += time.perf_counter() - fetch_start
       indices = host_batch.pop("index", None)  # where each row came from, for spike records
-      state, step_metrics = trainer.step(state, trainer.device_batch(host_batch))
+      final = step == c.train.steps
+      logged = step % c.train.log_every == 0 or final
+      batch = trainer.device_batch(host_batch)
+      state, step_metrics = (trainer.step if logged else trainer.unlogged_step)(state, batch)
       profile.after(step, step_metrics)
       report.advance(step)
-      if last_time is None:  # the first step includes compilation
-        jax.block_until_ready(step_metrics)
+      if last_time is None:  # the first step includes compilation (of both steps: the other
+        jax.block_until_ready(step_metrics)  # one's would land in a throughput record)
+        trainer.compile_steps(state, batch)
         report.print(f"compiled and ran step {step} in {wall_seconds() - began:.1f}s")
         last_time, last_step, waited = time.perf_counter(), step, 0.0
-      final = step == c.train.steps
-      if step % c.train.log_every == 0 or final:
+      if logged:
         m = jax.device_get(step_metrics)
         check_finite(step, m)
         now = time.perf_counter()

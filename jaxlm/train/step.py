@@ -8,6 +8,7 @@ applies jit, shardings and donation to them for one config on one mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any
@@ -130,9 +131,10 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = 
   nonfinite="skip" (train.nonfinite) its update is dropped (params and optimizer moments stay
   as they were), decided on device so that no step waits for the host. Given the params'
   specs (train.layer_stats), metrics["stats"] holds the loss function's statistics and
-  each parameter's norms and update ratio (params.update_stats), every step: gating them
-  to log steps with lax.cond cost more (its operands, the whole gradient and update
-  trees, were materialized apart from the optimizer's fusions). With microbatches > 1
+  each parameter's norms and update ratio (params.update_stats). Trainer compiles the step
+  twice, with them for log steps and without for the rest (gating them with lax.cond
+  inside one step cost more: its operands, the whole gradient and update trees, were
+  materialized apart from the optimizer's fusions). With microbatches > 1
   the gradient is accumulated over that many parts of the batch (accumulated_grad; `local`
   its per-device form), and the optimizer steps once.
   """
@@ -159,7 +161,11 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, tx, nonfinite: str = 
 
 @dataclasses.dataclass
 class Trainer:
-  """The jitted, sharded init/train/eval functions of one config's task on one mesh."""
+  """The jitted, sharded init/train/eval functions of one config's task on one mesh.
+
+  step returns the statistics of train.layer_stats in its metrics; unlogged_step, the one
+  the training loop runs between log steps, does not (with layer_stats off, the same
+  function)."""
   config: Config
   mesh: jax.sharding.Mesh
   token_bytes: np.ndarray
@@ -216,11 +222,10 @@ class Trainer:
       return {k: sharding.constrain(v, ("batch",) + (None,) * (v.ndim - 1))
               for k, v in part.items()}
 
-    def step(state, batch):
+    def step(state, batch, stats: bool):
       with sharding.activation_rules(self.mesh, rules):
         return train_step(state, batch, loss_fn=self.task.loss, tx=self.tx,
-                          nonfinite=c.train.nonfinite,
-                          specs=self.specs if c.train.layer_stats else None,
+                          nonfinite=c.train.nonfinite, specs=self.specs if stats else None,
                           microbatches=c.train.microbatches,
                           loss_weight=self.task.loss_weight, place=place,
                           unroll_microbatches=c.train.microbatch_loop == "unroll",
@@ -231,10 +236,28 @@ class Trainer:
         return self.task.eval_sums(params, batch, jnp.asarray(self.token_bytes))
 
     self.init = jax.jit(init_state, out_shardings=self.state_shardings)
-    self.step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings),
-                        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    jit_step = lambda stats: jax.jit(
+        functools.partial(step, stats=stats), out_shardings=(self.state_shardings, replicated),
+        in_shardings=(self.state_shardings, self.batch_shardings), donate_argnums=0)
+    self.step = jit_step(c.train.layer_stats)
+    # The steps between log steps: the same update, metrics without "stats", whose
+    # computation XLA then drops (1.5-4.7% of a CPU step; docs/benchmarks.md).
+    self.unlogged_step = jit_step(False) if c.train.layer_stats else self.step
     self.evaluate = jax.jit(evaluate, in_shardings=(self.param_shardings, self.batch_shardings),
                             out_shardings=replicated)
+
+  def compile_steps(self, state=None, batch=None) -> None:
+    """Compiles step and unlogged_step ahead of time for state and batch (arrays or
+    abstract; default: abstract_state() and abstract_batch()) and calls the compiled forms
+    from then on: a step that compiled its variant in the middle of a run would add the
+    compilation to a throughput record and to the hang watchdog's step times."""
+    state = self.abstract_state() if state is None else state
+    batch = self.abstract_batch() if batch is None else batch
+    compile_ = lambda fn: fn if isinstance(fn, jax.stages.Compiled) else (
+        fn.lower(state, batch).compile())
+    same = self.unlogged_step is self.step
+    self.step = compile_(self.step)
+    self.unlogged_step = self.step if same else compile_(self.unlogged_step)
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, without allocating it."""
