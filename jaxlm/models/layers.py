@@ -123,7 +123,10 @@ def _matmul_xt_bwd(out_dtype, residuals, dy_RN):
   # (K, R) contracted on its last axis.
   x_KR = jax.lax.optimization_barrier(x_RK.T)
   dw_KN = jax.vjp(lambda w: mm(x_KR.T, w), w_KN)[1](dy_RN)[0]
-  return dx_RK, dw_KN
+  # And one on the result: a caller's w = param.T (the tied output projection) hands
+  # dw back through a transpose, which XLA would fold into the product, again as a
+  # first-axis contraction (dy^T x) that Eigen runs; this way it copies (N, K) instead.
+  return dx_RK, jax.lax.optimization_barrier(dw_KN)
 
 
 _matmul_xt.defvjp(_matmul_xt_fwd, _matmul_xt_bwd)
