@@ -340,17 +340,19 @@ def test_qk_norm_bounds_the_attention_scores():
   assert {k: on[k] for k in off} == off
 
 
-@pytest.mark.parametrize("dtype,out_dtype,tied", [(jnp.float32, None, False),
-                                                   (jnp.bfloat16, jnp.float32, False),
-                                                   (jnp.float32, jnp.float32, True)])
-def test_matmul_gradient_equals_autodiff_and_stays_in_ynnpack(dtype, out_dtype, tied):
-  # layers.matmul computes the weight gradient of a narrow input from a copy of x
-  # with its axes swapped, so that on CPU the product has the layout YNNPACK takes;
-  # values and dtypes must be those of plain jnp.matmul's autodiff. tied: the weight
-  # is the transpose of the parameter, as the tied embedding's output projection.
+@pytest.mark.parametrize("dtype,out_dtype,tied,wide", [
+    (jnp.float32, None, False, False), (jnp.bfloat16, jnp.float32, False, False),
+    (jnp.float32, jnp.float32, True, False), (jnp.float32, None, False, True),
+    (jnp.bfloat16, jnp.float32, False, True), (jnp.float32, None, True, True)])
+def test_matmul_gradient_equals_autodiff_and_stays_in_ynnpack(dtype, out_dtype, tied, wide):
+  # layers.matmul computes the weight gradient from a transposed copy of x (or, for an
+  # x wider than the output, of dy), so that on CPU the product has the layout YNNPACK
+  # takes; values and dtypes must be those of plain jnp.matmul's autodiff. tied: the
+  # weight is the transpose of the parameter, as the tied embedding's output projection.
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((512, 64)), dtype)
-  w = jnp.asarray(rng.standard_normal((192, 64) if tied else (64, 192)), dtype)
+  k, n = (192, 64) if wide else (64, 192)
+  x = jnp.asarray(rng.standard_normal((512, k)), dtype)
+  w = jnp.asarray(rng.standard_normal((n, k) if tied else (k, n)), dtype)
   weight = (lambda w: w.T) if tied else (lambda w: w)
   loss = lambda mm: lambda x, w: jnp.sum(jnp.sin(mm(x, weight(w)).astype(jnp.float32)))
   ours = jax.jit(jax.grad(loss(lambda x, w: layers.matmul(x, w, out_dtype)), (0, 1)))

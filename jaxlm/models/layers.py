@@ -91,45 +91,63 @@ def matmul(x_RK: jax.Array, w_KN: jax.Array, out_dtype=None) -> jax.Array:
   """x @ w of 2-D operands, whose weight gradient on CPU has the layout YNNPACK takes.
 
   The weight gradient x^T dy contracts the first axis of x, a layout XLA's CPU
-  backend leaves to Eigen, at 90-130 GFLOP/s against YNNPACK's 180-200 on the
-  2-core AMD EPYC (docs/benchmarks.md, CPU section). Where x is no wider than
-  the output, it is computed from a copy of x with its axes swapped instead
-  (_matmul_xt); a wider x stays with Eigen: XLA builds the copy inside the fusion
-  that computes x (a GELU's output, say), and a transposed read of a wide row
-  costs more than the product gains. Values and dtypes are those of jnp.matmul.
+  backend leaves to Eigen, at 60-130 GFLOP/s against YNNPACK's 100 (one thread) to
+  180-200 (two) on the 2-core AMD EPYC (docs/benchmarks.md, CPU section). On CPU it
+  is computed from a transposed copy of the narrower of x and dy instead
+  (_matmul_cpu_bwd), so that YNNPACK runs it. Values and dtypes are those of jnp.matmul.
   """
-  if sharding.platform() == "cpu" and x_RK.shape[1] <= w_KN.shape[1]:
+  if sharding.platform() == "cpu":
     # Named, so that model.remat="dots" keeps it as it keeps dot_general outputs
     # (a remat policy sees a custom VJP as one opaque call).
-    return checkpoint_name(_matmul_xt(x_RK, w_KN, out_dtype), MATMUL_NAME)
+    return checkpoint_name(_matmul_cpu(x_RK, w_KN, out_dtype), MATMUL_NAME)
   return jnp.matmul(x_RK, w_KN, preferred_element_type=out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul_xt(x_RK, w_KN, out_dtype):
+def _matmul_cpu(x_RK, w_KN, out_dtype):
   return jnp.matmul(x_RK, w_KN, preferred_element_type=out_dtype)
 
 
-def _matmul_xt_fwd(x_RK, w_KN, out_dtype):
-  return _matmul_xt(x_RK, w_KN, out_dtype), (x_RK, w_KN)
+def _matmul_cpu_fwd(x_RK, w_KN, out_dtype):
+  return _matmul_cpu(x_RK, w_KN, out_dtype), (x_RK, w_KN)
 
 
-def _matmul_xt_bwd(out_dtype, residuals, dy_RN):
+def _matmul_cpu_bwd(out_dtype, residuals, dy_RN):
   x_RK, w_KN = residuals
   mm = functools.partial(jnp.matmul, preferred_element_type=out_dtype)
   dx_RK = jax.vjp(lambda x: mm(x, w_KN), x_RK)[1](dy_RN)[0]
-  # The barrier keeps XLA from folding the swap back into the product (which would
-  # then contract x's first axis again); the product of its swap reads the copy as
-  # (K, R) contracted on its last axis.
-  x_KR = jax.lax.optimization_barrier(x_RK.T)
-  dw_KN = jax.vjp(lambda w: mm(x_KR.T, w), w_KN)[1](dy_RN)[0]
-  # And one on the result: a caller's w = param.T (the tied output projection) hands
-  # dw back through a transpose, which XLA would fold into the product, again as a
-  # first-axis contraction (dy^T x) that Eigen runs; this way it copies (N, K) instead.
-  return dx_RK, jax.lax.optimization_barrier(dw_KN)
+  barrier = jax.lax.optimization_barrier
+  if x_RK.shape[1] <= w_KN.shape[1]:
+    # x^T dy from a copy of x with its axes swapped: the barrier keeps XLA from folding
+    # the swap back into the product (which would contract x's first axis again); the
+    # product of its swap reads the copy as (K, R) contracted on its last axis.
+    x_KR = barrier(x_RK.T)
+    dw_KN = jax.vjp(lambda w: mm(x_KR.T, w), w_KN)[1](dy_RN)[0]
+    # And one on the result: a caller's w = param.T (the tied output projection) hands
+    # dw back through a transpose, which XLA would fold into the product, again as a
+    # first-axis contraction (dy^T x) that Eigen runs; this way it copies (N, K) instead.
+    return dx_RK, barrier(dw_KN)
+  # A wide x (the MLP's second matrix: a GELU's output): (dy^T x)^T. XLA would build
+  # x^T inside the fusion that computes x, reading rows K floats apart (8-11 ms for
+  # (2048, 1024) against 0.4 for a plain transpose), and dy^T inside the fusions that
+  # sum the residual stream's gradient, recomputing them; dy comes out of a loop first.
+  dy_NR = barrier(_materialized(dy_RN).T)
+  dw_NK = barrier(jnp.matmul(dy_NR, x_RK, preferred_element_type=out_dtype))
+  return dx_RK, dw_NK.T.astype(w_KN.dtype)
 
 
-_matmul_xt.defvjp(_matmul_xt_fwd, _matmul_xt_bwd)
+_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
+
+
+def _materialized(x: jax.Array) -> jax.Array:
+  """x, computed into a buffer of its own: a loop of one trip that XLA cannot count
+  (x[0] == x[0]; none for a NaN, which leaves x as it is), the one boundary XLA 0.10's
+  CPU fusion keeps (optimization_barrier is gone before fusion; an identity loop or
+  cond is simplified away)."""
+  first = x.reshape(-1)[0]
+  trips = (first == first).astype(jnp.int32)
+  return jax.lax.while_loop(lambda c: c[0] < trips,
+                            lambda c: (c[0] + 1, jnp.where(c[0] < 0, 0, c[1])), (0, x))[1]
 
 
 def dense_shared(x: jax.Array, ws: list, n_in: int = 1) -> list:
