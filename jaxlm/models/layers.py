@@ -144,6 +144,8 @@ def _materialized(x: jax.Array) -> jax.Array:
   (x[0] == x[0]; none for a NaN, which leaves x as it is), the one boundary XLA 0.10's
   CPU fusion keeps (optimization_barrier is gone before fusion; an identity loop or
   cond is simplified away)."""
+  if not x.size:
+    return x
   first = x.reshape(-1)[0]
   trips = (first == first).astype(jnp.int32)
   return jax.lax.while_loop(lambda c: c[0] < trips,
