@@ -36,6 +36,8 @@ def test_default_experiment_end_to_end_then_resume(tmp_path):
   eval_lines = [l for l in lines if "val_loss" in l]
   assert [l["step"] for l in train_lines] == [2, 4]
   assert {"step", "loss", "lr", "tokens_per_sec"} <= set(train_lines[0])
+  # Steps 1 and 3 ran Trainer.unlogged_step; the log steps carry the statistics.
+  assert all(len(l["stats"]["max_attention_logit"]) == 1 for l in train_lines)
   assert {"step", "val_loss", "val_bpb"} <= set(eval_lines[-1])
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   for key in ("steps", "final_val_loss", "final_val_bpb", "params", "non_embedding_params",

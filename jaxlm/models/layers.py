@@ -143,7 +143,7 @@ def _materialized(x: jax.Array) -> jax.Array:
   """x, computed into a buffer of its own: a loop of one trip that XLA cannot count
   (x[0] == x[0]; none for a NaN, which leaves x as it is), the one boundary XLA 0.10's
   CPU fusion keeps (optimization_barrier is gone before fusion; an identity loop or
-  cond is simplified away)."""
+  cond is simplified away). Under a mesh, reading x[0] costs an all-reduce of one float."""
   if not x.size:
     return x
   first = x.reshape(-1)[0]

@@ -66,7 +66,7 @@ def setup(config: Config, workdir: str, mode: str = "auto") -> Run:
   elif config.init.from_workdir:
     warm_start.check_source(config)
   if plan.device_memory_limit() is not None:  # accelerators: compile ahead, stop if too big
-    trainer.compile_steps()
+    trainer.compile_steps(unlogged=config.train.log_every > 1)
     plan.check_fits(trainer.step, config)
   harness = _harness(config, tok, mesh) if config_lib.names(config.train.harness_tasks) else None
   changed = prepare_workdir(config, workdir, mode)
@@ -238,9 +238,12 @@ def _train(r: Run, state, it, mngr, report: loggers.Reporter, counts: dict, wall
       state, step_metrics = (trainer.step if logged else trainer.unlogged_step)(state, batch)
       profile.after(step, step_metrics)
       report.advance(step)
-      if last_time is None:  # the first step includes compilation (of both steps: the other
-        jax.block_until_ready(step_metrics)  # one's would land in a throughput record)
-        trainer.compile_steps(state, batch)
+      if last_time is None:  # the first step includes compilation, and so does the other
+        jax.block_until_ready(step_metrics)  # step's (not in a throughput record later)
+        watchdog.beat("compiling the train step")
+        trainer.compile_steps(state, batch, unlogged=any(
+            s % c.train.log_every for s in range(step + 1, c.train.steps)))
+        watchdog.beat(f"step {step + 1}")  # its time stays out of the watchdog's median
         report.print(f"compiled and ran step {step} in {wall_seconds() - began:.1f}s")
         last_time, last_step, waited = time.perf_counter(), step, 0.0
       if logged:

@@ -246,18 +246,22 @@ class Trainer:
     self.evaluate = jax.jit(evaluate, in_shardings=(self.param_shardings, self.batch_shardings),
                             out_shardings=replicated)
 
-  def compile_steps(self, state=None, batch=None) -> None:
-    """Compiles step and unlogged_step ahead of time for state and batch (arrays or
-    abstract; default: abstract_state() and abstract_batch()) and calls the compiled forms
-    from then on: a step that compiled its variant in the middle of a run would add the
-    compilation to a throughput record and to the hang watchdog's step times."""
+  def compile_steps(self, state=None, batch=None, unlogged: bool = True) -> None:
+    """Compiles step (and unlogged_step, unless `unlogged` is False: no step between log
+    steps is left to run) ahead of time for state and batch (arrays or abstract; default:
+    abstract_state() and abstract_batch()) and calls the compiled forms from then on: a
+    step compiling its variant in the middle of a run would add the compilation to a
+    throughput record."""
     state = self.abstract_state() if state is None else state
     batch = self.abstract_batch() if batch is None else batch
     compile_ = lambda fn: fn if isinstance(fn, jax.stages.Compiled) else (
         fn.lower(state, batch).compile())
     same = self.unlogged_step is self.step
     self.step = compile_(self.step)
-    self.unlogged_step = self.step if same else compile_(self.unlogged_step)
+    if same:
+      self.unlogged_step = self.step
+    elif unlogged:
+      self.unlogged_step = compile_(self.unlogged_step)
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, without allocating it."""
