@@ -5,15 +5,15 @@
       [--variants train.loss_chunk=0 train.loss_chunk=1024,model.remat=dots]
 
 For each size (LAYERSxWIDTH, head dim 64), times the real jitted jaxlm Trainer
-step as the training loop runs it between log steps (learned positions, LayerNorm, GELU, biases, tied embeddings, float32,
-AdamW) and benchmarks/torch_gpt.py's PyTorch model with the same shapes, init
-and optimizer, in this one process, on the same random tokens, in alternating
-blocks of steps. Reports the median step time after warm-up as tokens/s, the ratio
-jaxlm / PyTorch, and the range of that ratio over the rounds (each round's two blocks
-compared: on a shared VM it shows how far the machine's drift moves one figure), and
-writes JSON. Each --variants entry (comma-separated jaxlm config overrides) gives one
-jaxlm row against the same PyTorch run; --check
-first confirms that both models compute the same loss from the same params.
+step as the training loop runs it between log steps (learned positions, LayerNorm,
+GELU, biases, tied embeddings, float32, AdamW) and benchmarks/torch_gpt.py's PyTorch
+model with the same shapes, init and optimizer, in this one process, on the same
+random tokens, in alternating blocks of steps. Reports the median step time after
+warm-up as tokens/s, the ratio jaxlm / PyTorch, and the range of that ratio over the
+rounds (each round's two blocks compared: on a shared VM it shows how far the
+machine's drift moves one figure), and writes JSON. Each --variants entry
+(comma-separated jaxlm config overrides) gives one jaxlm row against the same PyTorch
+run; --check first confirms that both models compute the same loss from the same params.
 On a GPU it also reports MFU (see benchmarks/mfu.py).
 """
 
@@ -108,7 +108,8 @@ def jaxlm_step(config: Config, tokens):
     return float(m["loss"])  # float() blocks until the step is done
 
   # For benchmarks/profile_step.py: the optimized HLO of this step.
-  step.hlo_text = lambda: trainer.unlogged_step.lower(holder["state"], batches[0]).compile().as_text()
+  step.hlo_text = lambda: trainer.unlogged_step.lower(
+      holder["state"], batches[0]).compile().as_text()
   return step
 
 
